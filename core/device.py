@@ -1,0 +1,57 @@
+"""Device and dtype choice: cuda (fp16, or bf16 on request) > mps > cpu (fp32)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .errors import BadParameter
+
+DeviceName = Literal["auto", "cuda", "mps", "cpu"]
+DtypeName = Literal["auto", "fp16", "bf16", "fp32"]
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = device.split(":")[0]
+    if kind not in ("cuda", "mps", "cpu"):
+        raise BadParameter("device", device, "auto, cuda, cuda:N, mps or cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BadParameter("device", device, "this machine has no CUDA device; use auto or cpu")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BadParameter("device", device, "this machine has no Apple MPS device; use auto or cpu")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if dtype not in DTYPES:
+        raise BadParameter("dtype", dtype, "auto, fp16, bf16 or fp32")
+    if device.type == "cpu" and dtype == "fp16":
+        raise BadParameter("dtype", dtype, "fp32 or bf16 on the CPU (fp16 convolutions are not "
+                           "supported there)")
+    return DTYPES[dtype]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def empty_cache() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.empty_cache()

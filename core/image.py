@@ -1,0 +1,232 @@
+"""Image generation: text-to-image, image-to-image, depth-guided, seamless, N variations.
+
+The main path, ``generate``, is a short story:
+
+1. validate the request;
+2. encode the prompt and the negative prompt;
+3. prepare the starting latents: seeded noise, or the encoded init image noised to the start step;
+4. denoise with the shared loop;
+5. decode, and hand back images with their provenance.
+
+Seeds follow diffusers' convention (CPU ``torch.Generator(seed)``, one per image, drawn in the same
+order as ``StableDiffusionPipeline``), so image i of a batch equals a single run with ``seed + i``,
+and the same settings reproduce the same image in diffusers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from . import latents as latent_space
+from . import text
+from .denoiser import Denoiser, make_conditioning
+from .device import empty_cache, is_out_of_memory
+from .errors import BadParameter, OutOfMemory
+from .loading import Models
+from .provenance import version
+from .sampling import OnStep, sample, timesteps_for
+from .schedulers import DEFAULT_SCHEDULER, is_stochastic, make_scheduler, names
+from .seamless import seamless
+
+log = logging.getLogger("sfumato")
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class ImageRequest:
+    """One image job. Paths are files the job reads; nothing else is read."""
+
+    prompt: str
+    negative: str = ""
+    bundle: str | None = None  # name on the search path or a folder; None = the default bundle
+    seed: int | None = None  # None = random (the chosen seed is recorded)
+    steps: int = 25
+    guidance: float = 7.5  # classifier-free guidance scale w; ≤ 1 turns guidance off
+    width: int | None = None  # pixels, multiple of 8; None = the bundle's native size
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    init_image: str | None = None  # image-to-image source
+    strength: float = 0.75  # img2img: share of the schedule re-run (1 = ignore the init image)
+    depth_image: str | None = None  # depth map, near = bright (greyscale PNG 8/16-bit, or .npy distances)
+    control_scale: float = 1.0  # ControlNet residual scale
+    seamless: Literal["none", "x", "y", "xy"] = "none"
+    n: int = 1  # variations with seeds seed, seed+1, ..., seed+n-1
+    batch_size: int = 4  # images per network batch (memory); does not change results
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImageRequest":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadParameter(unknown[0], data[unknown[0]], f"unknown field; allowed: {', '.join(sorted(known))}")
+        if "prompt" not in data:
+            raise BadParameter("prompt", None, "a text prompt is required")
+        return cls(**data)
+
+    def validate(self) -> "ImageRequest":
+        def check(name: str, ok: bool, allowed: str) -> None:
+            if not ok:
+                raise BadParameter(name, getattr(self, name), allowed)
+
+        check("prompt", isinstance(self.prompt, str), "a string")
+        check("negative", isinstance(self.negative, str), "a string")
+        check("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
+              f"an integer 0..{MAX_SEED}, or none for random")
+        check("steps", isinstance(self.steps, int) and 1 <= self.steps <= 500, "an integer 1..500")
+        check("guidance", isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50, "a number 0..50")
+        for dim in ("width", "height"):
+            v = getattr(self, dim)
+            if v is not None and not (isinstance(v, int) and 64 <= v <= 4096 and v % 8 == 0):
+                lo = max(64, (v // 8) * 8) if isinstance(v, int) else 64
+                check(dim, False, f"a multiple of 8 from 64 to 4096 (nearest: {lo} or {lo + 8})")
+        check("scheduler", self.scheduler in names(), ", ".join(names()))
+        check("strength", isinstance(self.strength, (int, float)) and 0 < self.strength <= 1, "a number in (0, 1]")
+        check("control_scale", isinstance(self.control_scale, (int, float)) and 0 <= self.control_scale <= 4,
+              "a number 0..4")
+        check("seamless", self.seamless in ("none", "x", "y", "xy"), "none, x, y or xy")
+        check("n", isinstance(self.n, int) and 1 <= self.n <= 256, "an integer 1..256")
+        check("batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "an integer 1..64")
+        for name in ("init_image", "depth_image"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                check(name, False, "an existing image file")
+        return self
+
+    @property
+    def mode(self) -> str:
+        if self.depth_image:
+            return "depth"
+        return "img2img" if self.init_image else "txt2img"
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def load_depth(path: str, width: int, height: int) -> torch.Tensor:
+    """A depth map as a ControlNet image (1, 3, H, W) in [0, 1], near = bright.
+
+    PNG/TIFF (8 or 16 bit) are taken as already normalised (near bright, as Blender's add-on writes
+    them); ``.npy`` holds distances, normalised here with one near/far (inf or ≤ 0 = background = 0).
+    """
+    if path.endswith(".npy"):
+        d = np.load(path).astype(np.float32)
+        valid = np.isfinite(d) & (d > 0)
+        if not valid.any():
+            raise BadParameter("depth_image", path, "a depth array with at least one finite positive distance")
+        near, far = d[valid].min(), d[valid].max()
+        v = np.where(valid, 1.0 - (d - near) / max(far - near, 1e-6) * 0.9, 0.0)
+        image = Image.fromarray((v * 65535).astype(np.uint16))
+    else:
+        image = Image.open(path)
+    if image.mode in ("I;16", "I;16B", "I"):
+        a = np.asarray(image, dtype=np.float32) / 65535.0
+    else:
+        a = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    t = torch.from_numpy(a)[None, None]
+    t = torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+    return t.clamp(0, 1).repeat(1, 3, 1, 1)
+
+
+def _native_size(models: Models) -> int:
+    return int(models.unet.config.sample_size) * models.vae_scale_factor
+
+
+def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = None) -> list[GeneratedImage]:
+    """Run one request on loaded models; images come back in seed order."""
+    # 1. validate
+    req = request.validate()
+    seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)
+    width, height = req.width or _native_size(models), req.height or _native_size(models)
+    scheduler = make_scheduler(req.scheduler, models.scheduler_config)
+    control = load_depth(req.depth_image, width, height) if req.depth_image else None
+    init = latent_space.pil_to_tensor(Image.open(req.init_image), width, height) if req.init_image else None
+    # 2. encode the prompts once for the whole job
+    positive, negative = text.encode_pair(models, req.prompt, req.negative)
+    denoiser = Denoiser(models)
+    results = []
+    with seamless([models.unet, models.vae, models.controlnet], req.seamless):
+        for first in range(0, req.n, req.batch_size):
+            seeds = list(range(seed + first, seed + min(first + req.batch_size, req.n)))
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            cond = make_conditioning(models, positive, negative, len(seeds), req.guidance, width=width,
+                                     height=height, control=control, control_scale=req.control_scale)
+            # 3. starting latents: noise for text-to-image; the noised init image for image-to-image
+            timesteps, _ = timesteps_for(scheduler, req.steps, models.device,
+                                         strength=req.strength if init is not None else 1.0)
+            shape = (len(seeds), models.unet.config.in_channels, height // models.vae_scale_factor,
+                     width // models.vae_scale_factor)
+            if init is None:
+                x = randn_tensor(shape, generator=generators, device=models.device, dtype=models.dtype)
+                x = x * scheduler.init_noise_sigma
+            else:
+                x0 = latent_space.encode(models, init.repeat(len(seeds), 1, 1, 1), generators)
+                noise = randn_tensor(shape, generator=generators, device=models.device, dtype=models.dtype)
+                x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(seeds)))
+            # 4. denoise
+            x = sample(denoiser, scheduler, x, cond, timesteps,
+                       generator=generators if is_stochastic(req.scheduler, scheduler) else None, on_step=on_step)
+            # 5. decode
+            for s, image in zip(seeds, latent_space.tensor_to_pil(latent_space.decode(models, x))):
+                results.append(GeneratedImage(image, s, metadata(req, models, s, width, height)))
+            scheduler = make_scheduler(req.scheduler, models.scheduler_config)  # fresh state per batch
+    return results
+
+
+def metadata(req: ImageRequest, models: Models, seed: int, width: int, height: int) -> dict[str, Any]:
+    meta = {
+        "prompt": req.prompt, "negative": req.negative, "seed": seed, "bundle": models.bundle.name,
+        "bundle_hash": models.bundle.identity(), "scheduler": req.scheduler, "steps": req.steps,
+        "guidance": req.guidance, "width": width, "height": height, "mode": req.mode, "seamless": req.seamless,
+        "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
+        "sfumato_version": version(),
+    }
+    if req.init_image:
+        meta.update(init_image=Path(req.init_image).name, strength=req.strength)
+    if req.depth_image:
+        meta.update(depth_image=Path(req.depth_image).name, control_scale=req.control_scale)
+    return meta
+
+
+def generate_safely(request: ImageRequest, models: Models, *, on_step: OnStep | None = None
+                    ) -> list[GeneratedImage]:
+    """``generate`` with out-of-memory turned into a clear error; the caller's process survives."""
+    try:
+        return generate(request, models, on_step=on_step)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        empty_cache()
+        raise OutOfMemory(f"out of memory on {models.device} at {request.width}x{request.height}, "
+                          f"batch {min(request.n, request.batch_size)}",
+                          hint="lower the size or batch_size, use dtype fp16/bf16, or release other "
+                          "GPU memory") from None
+
+
+def output_paths(output: Path, seeds: list[int]) -> list[Path]:
+    """``out.png`` for one image; ``out_s<seed>.png`` for each of several."""
+    output = Path(output)
+    if output.suffix.lower() != ".png":
+        raise BadParameter("output", str(output), "a path ending in .png")
+    if len(seeds) == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}_s{s}{output.suffix}") for s in seeds]
+
+
+ProgressFn = Callable[[int, int, Image.Image | None], None]

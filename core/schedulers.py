@@ -1,0 +1,75 @@
+"""Schedulers by name: diffusers' scheduler classes, configured from the bundle's own schedule.
+
+Each entry builds the class from the bundle's ``scheduler_config.json`` (so beta schedule,
+prediction type and timestep spacing stay what the model was trained with) plus a few overrides.
+``stochastic`` schedulers draw fresh noise in ``step`` and receive the job's generators there, as
+diffusers' pipelines pass them, so seeds reproduce across tools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import diffusers
+
+from .errors import BadParameter
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    cls: str  # diffusers class name
+    overrides: dict[str, Any] = field(default_factory=dict)
+    stochastic: bool = False  # step() draws noise: pass the generators
+    note: str = ""
+
+
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    "ddim": SchedulerSpec("DDIMScheduler", stochastic=True, note="deterministic with eta=0"),
+    "ddpm": SchedulerSpec("DDPMScheduler", stochastic=True, note="ancestral, needs many steps"),
+    "euler": SchedulerSpec("EulerDiscreteScheduler"),
+    "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", stochastic=True),
+    "dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler",
+                              {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": SchedulerSpec("DPMSolverMultistepScheduler",
+                                     {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler"),
+    "lcm": SchedulerSpec("LCMScheduler", stochastic=True, note="for LCM-distilled weights, 4-8 steps"),
+}
+DEFAULT_SCHEDULER = "dpmpp_2m"
+# keys a bundle's config may carry for its own class that another class would reject or misuse
+_CLASS_SPECIFIC = ("skip_prk_steps", "set_alpha_to_one", "solver_order", "algorithm_type", "use_karras_sigmas",
+                   "original_inference_steps", "timestep_scaling")
+
+
+def names() -> list[str]:
+    return ["bundle", *SCHEDULERS]
+
+
+def make_scheduler(name: str, bundle_config: dict[str, Any], *, beta_schedule: str | None = None):
+    """A fresh scheduler instance. ``bundle`` uses the bundle's own class unchanged.
+
+    ``beta_schedule`` overrides the noise schedule (heads such as video may need ``linear``).
+    """
+    config = dict(bundle_config)
+    if beta_schedule is not None:
+        config["beta_schedule"] = beta_schedule
+    if name == "bundle":
+        cls = getattr(diffusers, config.get("_class_name", ""), None)
+        if cls is None:
+            raise BadParameter("scheduler", name, f"the bundle's class {config.get('_class_name')!r} is not in "
+                               f"diffusers; choose one of {', '.join(SCHEDULERS)}")
+        return cls.from_config(config)
+    if name not in SCHEDULERS:
+        raise BadParameter("scheduler", name, ", ".join(names()))
+    spec = SCHEDULERS[name]
+    if config.get("_class_name") != spec.cls:
+        for key in _CLASS_SPECIFIC:
+            config.pop(key, None)
+    return getattr(diffusers, spec.cls).from_config({**config, **spec.overrides})
+
+
+def is_stochastic(name: str, scheduler) -> bool:
+    if name in SCHEDULERS:
+        return SCHEDULERS[name].stochastic
+    return type(scheduler).__name__ in {s.cls for s in SCHEDULERS.values() if s.stochastic}
