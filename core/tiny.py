@@ -97,6 +97,11 @@ def build_tiny_bundle(folder: Path, family: Literal["sd15", "sdxl"] = "sd15", *,
         with torch.no_grad():  # random zero-convs, so that depth visibly steers this untrained model
             for module in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
                 module.weight.normal_(0, 0.3)
+            for conv in net.controlnet_cond_embedding.modules():
+                if isinstance(conv, torch.nn.Conv2d):  # He init without bias: the input pattern survives
+                    conv.weight.normal_(0, (2.0 / conv.weight[0].numel()) ** 0.5)
+                    conv.bias.zero_()
+            net.controlnet_cond_embedding.conv_out.weight.mul_(8.0)
         net.save_pretrained(folder / "controlnet_depth")
     write_manifest(folder, name=name or folder.name, family="sdxl" if family == "sdxl" else "sd15",
                    license="CC0-1.0 (random weights, for tests)",

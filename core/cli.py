@@ -1,0 +1,232 @@
+"""The ``sfumato`` command line: image generation, bundles, the worker.
+
+    sfumato image "red brick wall" -o brick.png --seed 1 --n 4
+    sfumato bundle list | info NAME | verify NAME | import FILE --family sd15 | make-tiny
+    sfumato worker            # JSON lines on stdin/stdout, for the Blender add-on and scripts
+    sfumato info              # device, dtype and bundles
+
+Bad input ends with one line on stderr naming the field, the value and what is allowed, and a
+non-zero exit status (2 for bad input, 1 for other failures, 130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers chatter (progress bars, advisories) out of our output."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+class ProgressBar:
+    """One status line on stderr: ``[#####.....] step 12/25 · image 1-4 of 8 · 3.1 s``."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream, self.width, self.start = stream, width, time.perf_counter()
+        self.tty = stream.isatty()
+        self.last = -1.0
+
+    def __call__(self, event: str, **f: Any) -> None:
+        if event != "progress":
+            return
+        total, step = max(1, f.get("total") or 1), f.get("step") or 0
+        now = time.perf_counter()
+        if not self.tty and step != total and now - self.last < 2.0:
+            return  # in logs, one line every 2 s is enough
+        self.last = now
+        filled = int(self.width * step / total)
+        bar = "#" * filled + "." * (self.width - filled)
+        images = f.get("images", 1)
+        where = f" · image {f.get('image', 0) + 1} of {images}" if images > 1 else ""
+        text = f"{f.get('stage', '')}: [{bar}] step {step}/{total}{where} · {now - self.start:.1f} s"
+        self.stream.write(("\r" + text) if self.tty else text + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _image(args: argparse.Namespace) -> int:
+    from .jobs import JobContext, image_job
+    from .loading import ModelCache
+
+    params = {
+        "prompt": args.prompt, "negative": args.negative, "bundle": args.bundle, "seed": args.seed,
+        "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
+        "scheduler": args.scheduler, "init_image": args.init, "strength": args.strength,
+        "depth_image": args.depth, "control_scale": args.control_scale, "seamless": args.seamless, "n": args.n,
+        "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
+    }
+    bar = ProgressBar()
+    ctx = JobContext(job_id="cli", cache=ModelCache(), device=args.device, dtype=args.dtype,
+                     cancel=threading.Event(), emit=bar, preview_every=0)
+    started = time.perf_counter()
+    result = image_job(params, Path(args.output).absolute(), ctx)
+    bar.done()
+    meta = result["metadata"][0]
+    seeds = ", ".join(str(m["seed"]) for m in result["metadata"])
+    print(f"{len(result['files'])} image(s) in {time.perf_counter() - started:.1f} s · bundle {meta['bundle']} "
+          f"({meta['bundle_hash']}) · {meta['width']}x{meta['height']} · {meta['scheduler']} {meta['steps']} steps "
+          f"· guidance {meta['guidance']} · seed {seeds} · {meta['device']} {meta['dtype']}")
+    for f in result["files"]:
+        print(f)
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from . import bundle as bundles
+
+    if args.bundle_cmd == "list":
+        found = bundles.find_bundles()
+        if not found:
+            print(f"no bundles in {' or '.join(map(str, bundles.search_path()))}; build a tiny one with "
+                  "`sfumato bundle make-tiny`", file=sys.stderr)
+        for b in found:
+            s = b.summary()
+            print(f"{s['name']:24} {s['family']:5} {s['bytes'] / 1e6:8.1f} MB  {s['hash']}  {s['path']}")
+        return 0
+    if args.bundle_cmd == "info":
+        print(json.dumps(bundles.resolve(args.name).summary(), indent=2))
+        return 0
+    if args.bundle_cmd == "verify":
+        b = bundles.resolve(args.name)
+        for line in bundles.verify(b):
+            print(line)
+        print(f"{b.name}: ok")
+        return 0
+    if args.bundle_cmd == "make-tiny":
+        from .tiny import build_tiny_bundle
+
+        name = args.name or f"tiny-{args.family}"
+        dest = Path(args.dest) if args.dest else bundles.user_dir()
+        path = build_tiny_bundle(dest / name, args.family, controlnet=not args.no_controlnet, name=name)
+        print(f"built {path}")
+        return 0
+    if args.bundle_cmd == "import":
+        from .convert import import_checkpoint
+
+        def progress(stage: str, fraction: float) -> None:
+            print(f"\r{stage}: {fraction * 100:5.1f}%", end="", file=sys.stderr, flush=True)
+
+        path = import_checkpoint(Path(args.file), args.family, name=args.name, allow_pickle=args.allow_pickle,
+                                 dest_root=Path(args.dest) if args.dest else None, overwrite=args.overwrite,
+                                 on_progress=progress)
+        print(f"\nimported into {path}")
+        return 0
+    raise AssertionError(args.bundle_cmd)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .worker import Worker
+
+    print(json.dumps(Worker(sys.stdout, device=args.device).info(), indent=2))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .worker import main
+
+    return main(args.device, args.dtype, args.threads)
+
+
+def parser() -> argparse.ArgumentParser:
+    from .schedulers import DEFAULT_SCHEDULER, names
+
+    p = argparse.ArgumentParser(prog="sfumato", description="Offline diffusion engine for Blender.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    img = sub.add_parser("image", help="generate images from a prompt")
+    img.add_argument("prompt")
+    img.add_argument("-o", "--output", required=True, help="output .png (several images: NAME_s<seed>.png)")
+    img.add_argument("--bundle", default=None, help="bundle name or folder (default: the embedded bundle)")
+    img.add_argument("--negative", default="")
+    img.add_argument("--steps", type=int, default=25)
+    img.add_argument("--guidance", type=float, default=7.5)
+    img.add_argument("--seed", type=int, default=None, help="default: random (printed and stored)")
+    img.add_argument("--width", type=int, default=None)
+    img.add_argument("--height", type=int, default=None)
+    img.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=", ".join(names()))
+    img.add_argument("--init", default=None, help="init image for image-to-image")
+    img.add_argument("--strength", type=float, default=0.75)
+    img.add_argument("--depth", default=None, help="depth image (near = bright) for a depth ControlNet")
+    img.add_argument("--control-scale", type=float, default=1.0)
+    img.add_argument("--seamless", default="none", choices=["none", "x", "y", "xy"])
+    img.add_argument("--n", type=int, default=1, help="variations with seeds seed..seed+n-1")
+    img.add_argument("--batch-size", type=int, default=4)
+    img.add_argument("--device", default="auto")
+    img.add_argument("--dtype", default="auto", help="auto, fp16, bf16, fp32")
+    img.set_defaults(run=_image)
+
+    bun = sub.add_parser("bundle", help="list, inspect, verify, import bundles")
+    bsub = bun.add_subparsers(dest="bundle_cmd", required=True)
+    bsub.add_parser("list")
+    for name in ("info", "verify"):
+        bsub.add_parser(name).add_argument("name")
+    imp = bsub.add_parser("import", help="turn a single-file checkpoint into a bundle")
+    imp.add_argument("file")
+    imp.add_argument("--family", required=True, choices=["sd15", "sd21", "sdxl"])
+    imp.add_argument("--name", default=None)
+    imp.add_argument("--dest", default=None, help="folder to put the bundle in (default: user bundles)")
+    imp.add_argument("--allow-pickle", action="store_true",
+                     help="load a pickled .ckpt/.bin with torch.load(weights_only=True)")
+    imp.add_argument("--overwrite", action="store_true")
+    tiny = bsub.add_parser("make-tiny", help="build a tiny random bundle (tests, smoke runs)")
+    tiny.add_argument("--family", default="sd15", choices=["sd15", "sdxl"])
+    tiny.add_argument("--name", default=None)
+    tiny.add_argument("--dest", default=None)
+    tiny.add_argument("--no-controlnet", action="store_true")
+    bun.set_defaults(run=_bundle)
+
+    wk = sub.add_parser("worker", help="serve jobs as JSON lines on stdin/stdout")
+    wk.add_argument("--device", default="auto")
+    wk.add_argument("--dtype", default="auto")
+    wk.add_argument("--threads", type=int, default=None)
+    wk.set_defaults(run=_worker)
+
+    info = sub.add_parser("info", help="device, dtype and bundles")
+    info.add_argument("--device", default="auto")
+    info.set_defaults(run=_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command != "worker":
+        logging.basicConfig(level=logging.WARNING, format="sfumato: %(message)s")
+        quiet_libraries()
+    from .errors import BadParameter, SfumatoError
+
+    try:
+        return args.run(args)
+    except BadParameter as exc:
+        print(f"sfumato: error: {exc}", file=sys.stderr)
+        return 2
+    except SfumatoError as exc:
+        print(f"sfumato: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nsfumato: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

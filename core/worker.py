@@ -1,0 +1,243 @@
+"""The worker: one process per GPU, JSON lines on stdin/stdout, one job at a time.
+
+Protocol version 1. Every line is one JSON object with ``"v": 1``.
+
+Requests (client -> worker)::
+
+    {"v": 1, "type": "submit", "id": "j1", "kind": "image", "params": {...}, "output": "/abs/out.png",
+     "preview_every": 1}
+    {"v": 1, "type": "cancel", "id": "j1"}
+    {"v": 1, "type": "info"}          {"v": 1, "type": "release"}          {"v": 1, "type": "shutdown"}
+
+Events (worker -> client)::
+
+    ready     {version, protocol, pid}                                  once, at start
+    accepted  {id, position}                                            a submit was queued
+    progress  {id, stage, step, total, image, images, preview}          during a job
+    result    {id, files, metadata, seconds}                            a job finished
+    cancelled {id}                                                      a job stopped on request
+    error     {id|null, code, message, hint}                            anything that went wrong
+    info      {version, protocol, device, dtype, bundles, loaded}       answer to info
+    released  {}                                                        models dropped, memory freed
+
+A reader thread takes requests as they arrive (so ``cancel`` lands while a job runs, within one
+denoising step); the main thread runs jobs from a queue. Malformed lines, unknown kinds, bad
+parameters and missing files produce an ``error`` event and the worker keeps serving. Only protocol
+lines go to stdout: anything a library prints is redirected to stderr at the file-descriptor level.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+PROTOCOL = 1
+log = logging.getLogger("sfumato.worker")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    params: dict[str, Any]
+    output: str
+    preview_every: int = 1
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Worker:
+    def __init__(self, out: io.TextIOBase, *, device: str = "auto", dtype: str = "auto"):
+        from .loading import ModelCache
+
+        self.out = out
+        self.device, self.dtype = device, dtype
+        self.cache = ModelCache()
+        self.jobs: queue.Queue[Job | str] = queue.Queue()
+        self.pending: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    # ---- events -------------------------------------------------------------------------------
+    def emit(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"v": PROTOCOL, "event": event, **fields}, default=str)
+        with self.lock:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def error(self, job_id: str | None, code: str, message: str, hint: str = "") -> None:
+        self.emit("error", id=job_id, code=code, message=message, hint=hint)
+
+    # ---- requests (reader thread) -------------------------------------------------------------
+    def handle_line(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return self.error(None, "malformed", f"not a JSON line: {exc.msg} at column {exc.colno}",
+                              "send one JSON object per line")
+        if not isinstance(msg, dict):
+            return self.error(None, "malformed", "a request must be a JSON object")
+        if msg.get("v") != PROTOCOL:
+            return self.error(msg.get("id"), "bad_version", f"v={msg.get('v')!r}; this worker speaks "
+                              f"protocol {PROTOCOL}", "update the client and the engine together")
+        kind = msg.get("type")
+        if kind == "submit":
+            self._submit(msg)
+        elif kind == "cancel":
+            job = self.pending.get(str(msg.get("id")))
+            if job is None:
+                self.error(msg.get("id"), "unknown_job", f"id={msg.get('id')!r} is not queued or running")
+            else:
+                job.cancel.set()
+        elif kind == "info":
+            self.emit("info", **self.info())
+        elif kind == "release":
+            self.jobs.put("release")
+        elif kind == "shutdown":
+            self.shutdown()
+        else:
+            self.error(msg.get("id"), "unknown_type", f"type={kind!r}; allowed: submit, cancel, info, release, "
+                       "shutdown")
+
+    def _submit(self, msg: dict[str, Any]) -> None:
+        from .jobs import JOB_KINDS
+
+        job_id = msg.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            return self.error(None, "bad_request", "submit needs an 'id' string")
+        if job_id in self.pending:
+            return self.error(job_id, "duplicate_id", f"id={job_id!r} is already queued or running")
+        if msg.get("kind") not in JOB_KINDS:
+            return self.error(job_id, "unknown_kind", f"kind={msg.get('kind')!r}; allowed: "
+                              f"{', '.join(JOB_KINDS)}")
+        if not isinstance(msg.get("params"), dict):
+            return self.error(job_id, "bad_request", "submit needs 'params', a JSON object")
+        output = msg.get("output")
+        if not isinstance(output, str) or not os.path.isabs(output):
+            return self.error(job_id, "bad_request", f"output={output!r}; needs an absolute file path")
+        preview_every = msg.get("preview_every", 1)
+        if not isinstance(preview_every, int) or preview_every < 0:
+            return self.error(job_id, "bad_request", f"preview_every={preview_every!r}; an integer ≥ 0 "
+                              "(0 = no previews)")
+        job = Job(job_id, msg["kind"], msg["params"], output, preview_every)
+        self.pending[job_id] = job
+        self.jobs.put(job)
+        self.emit("accepted", id=job_id, position=self.jobs.qsize())
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        for job in list(self.pending.values()):
+            job.cancel.set()
+        self.jobs.put("stop")
+
+    def info(self) -> dict[str, Any]:
+        from . import bundle as bundles
+        from .device import pick_device, pick_dtype
+        from .provenance import version
+
+        try:
+            device = pick_device(self.device)
+            dtype = str(pick_dtype(device, self.dtype)).replace("torch.", "")
+            device_name = str(device)
+            if device.type == "cuda":
+                import torch
+
+                device_name += f" ({torch.cuda.get_device_name(device)})"
+        except Exception as exc:  # report, never die, on a broken device setup
+            device_name, dtype = f"unavailable: {exc}", "n/a"
+        return {"version": version(), "protocol": PROTOCOL, "device": device_name, "dtype": dtype,
+                "bundles": [b.name for b in bundles.find_bundles()], "loaded": self.cache.loaded,
+                "python": sys.executable, "pid": os.getpid()}
+
+    # ---- jobs (main thread) -------------------------------------------------------------------
+    def serve(self) -> None:
+        while True:
+            item = self.jobs.get()
+            if item == "stop":
+                return
+            if item == "release":
+                self.cache.release()
+                self.emit("released")
+                continue
+            assert isinstance(item, Job)
+            try:
+                self.run(item)
+            finally:
+                self.pending.pop(item.id, None)
+
+    def run(self, job: Job) -> None:
+        from .errors import Cancelled, SfumatoError
+        from .jobs import JOB_KINDS, JobContext
+
+        if job.cancel.is_set():
+            return self.emit("cancelled", id=job.id)
+        started = time.perf_counter()
+        preview_dir = Path(tempfile.mkdtemp(prefix=f"sfumato-{job.id}-"))
+        ctx = JobContext(job_id=job.id, cache=self.cache, device=self.device, dtype=self.dtype,
+                         cancel=job.cancel, emit=self.emit, preview_every=job.preview_every, preview_dir=preview_dir)
+        try:
+            result = JOB_KINDS[job.kind](job.params, Path(job.output), ctx)
+        except Cancelled:
+            self.emit("cancelled", id=job.id)
+        except SfumatoError as exc:
+            self.emit("error", id=job.id, **exc.to_event())
+        except Exception as exc:  # a bug must not kill the worker: report it and keep serving
+            traceback.print_exc(file=sys.stderr)
+            self.error(job.id, "internal", f"{type(exc).__name__}: {exc}",
+                       "this is a bug in sfumato; the worker's stderr has the traceback")
+        else:
+            self.emit("result", id=job.id, seconds=round(time.perf_counter() - started, 3), **result)
+
+
+def _protocol_stream() -> io.TextIOBase:
+    """Keep the real stdout for protocol lines; send fd 1 (C and Python prints) to stderr."""
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return io.TextIOWrapper(os.fdopen(fd, "wb", buffering=0), encoding="utf-8", write_through=True)
+
+
+def main(device: str = "auto", dtype: str = "auto", threads: int | None = None) -> int:
+    out = _protocol_stream()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[sfumato] %(message)s")
+    from .cli import quiet_libraries
+
+    quiet_libraries()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    worker = Worker(out, device=device, dtype=dtype)
+    worker.emit("ready", version=__import__("sfumato").__version__, protocol=PROTOCOL, pid=os.getpid())
+
+    def read() -> None:
+        for line in sys.stdin:
+            worker.handle_line(line)
+            if worker.stopping.is_set():
+                return
+        worker.shutdown()  # stdin closed: the client is gone
+
+    threading.Thread(target=read, name="sfumato-reader", daemon=True).start()
+    worker.serve()
+    return 0
+
+
+Emit = Callable[..., None]
+
+if __name__ == "__main__":
+    sys.exit(main(os.environ.get("SFUMATO_WORKER_DEVICE", "auto"), os.environ.get("SFUMATO_WORKER_DTYPE", "auto"),
+                  int(os.environ.get("SFUMATO_WORKER_THREADS", "0")) or None))

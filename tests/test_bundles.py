@@ -1,0 +1,146 @@
+"""Bundles: discovery, loading round trips, pickle refusal, and corrupt bundles named precisely."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sfumato.core import bundle as bundles
+from sfumato.core.errors import BundleCorrupt, BundleNotFound, PickleRefused
+from sfumato.core.loading import load_models
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_search_path_lists_resolves_and_summarises(bundle_root, sd15):
+    names = [b.name for b in bundles.find_bundles()]
+    assert {"tiny-sd15", "tiny-sdxl"} <= set(names)
+    b = bundles.resolve("tiny-sd15")
+    assert b.family == "sd15" and "controlnet_depth" in b.components
+    assert bundles.resolve(str(sd15)).path == b.path
+    s = b.summary()
+    assert s["hash"] == b.identity() and len(s["hash"]) == 12 and s["bytes"] > 0
+    with pytest.raises(BundleNotFound, match="available: .*tiny-sd15"):
+        bundles.resolve("nope")
+
+
+def test_loader_round_trip_equals_saved_weights(sd15):
+    from diffusers import UNet2DConditionModel
+
+    models = load_models(bundles.open_bundle(sd15), torch.device("cpu"), torch.float32)
+    reference = UNet2DConditionModel.from_pretrained(sd15 / "unet", local_files_only=True)
+    for (k, a), (_, b) in zip(models.unet.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert models.tokenizers[0]("red brick wall").input_ids[:2] != [0, 0]
+
+
+def test_plain_diffusers_folder_is_a_bundle_and_loads_in_diffusers(tmp_path, sd15_models):
+    from diffusers import StableDiffusionPipeline
+
+    m = sd15_models
+    pipe = StableDiffusionPipeline(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0],
+                                   unet=m.unet, scheduler=__import__("diffusers").PNDMScheduler.from_config(
+                                       m.scheduler_config), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(tmp_path / "plain")
+    b = bundles.open_bundle(tmp_path / "plain")
+    assert not b.has_manifest and b.family == "mini" and "unet" in b.components
+    load_models(b, torch.device("cpu"), torch.float32)
+    StableDiffusionPipeline.from_pretrained(tmp_path / "plain", local_files_only=True)
+
+
+def test_sdxl_bundle_is_detected(sdxl):
+    b = bundles.open_bundle(sdxl)
+    assert b.family == "sdxl" and "text_encoder_2" in b.components
+
+
+def test_pickle_weights_are_refused_unless_allowed(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "pickled")
+    unet = b / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(unet), b / "unet" / "diffusion_pytorch_model.bin")
+    unet.unlink()
+    with pytest.raises(PickleRefused, match="--allow-pickle") as err:
+        load_models(bundles.open_bundle(b), torch.device("cpu"), torch.float32)
+    assert "diffusion_pytorch_model.bin" in str(err.value)
+    models = load_models(bundles.open_bundle(b), torch.device("cpu"), torch.float32, allow_pickle=True)
+    assert models.unet is not None
+
+
+def test_missing_component_is_named(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "partial")
+    shutil.rmtree(b / "vae")
+    with pytest.raises(BundleCorrupt, match=r"vae.*folder of component 'vae' is missing"):
+        bundles.open_bundle(b)
+
+
+def test_truncated_file_is_named(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "truncated")
+    f = b / "vae" / "diffusion_pytorch_model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(BundleCorrupt, match="truncated") as err:
+        load_models(bundles.open_bundle(b), torch.device("cpu"), torch.float32)
+    assert err.value.path == str(f)
+    with pytest.raises(BundleCorrupt, match="size .* differs from the manifest"):
+        bundles.verify(bundles.open_bundle(b))
+
+
+def test_hash_mismatch_is_found_by_verify(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "tampered")
+    f = b / "text_encoder" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-5] ^= 0xFF  # same size, different content
+    f.write_bytes(bytes(data))
+    assert bundles.verify(bundles.open_bundle(sd15))  # the original is fine
+    with pytest.raises(BundleCorrupt, match="sha256") as err:
+        bundles.verify(bundles.open_bundle(b))
+    assert err.value.path == str(f)
+
+
+def test_wrong_shapes_are_named(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "mixed")
+    cfg = json.loads((b / "unet" / "config.json").read_text())
+    cfg["cross_attention_dim"] = 48
+    (b / "unet" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BundleCorrupt, match=r"wrong tensor shapes: .*attn2") as err:
+        load_models(bundles.open_bundle(b), torch.device("cpu"), torch.float32)
+    assert "diffusion_pytorch_model.safetensors" in err.value.path
+
+
+def test_not_safetensors_is_named(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "garbage")
+    (b / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(BundleCorrupt, match="not a safetensors file|truncated|header"):
+        load_models(bundles.open_bundle(b), torch.device("cpu"), torch.float32)
+
+
+def test_bad_manifest_is_named(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "badmanifest")
+    (b / "sfumato.json").write_text("{not json")
+    with pytest.raises(BundleCorrupt, match="sfumato.json: is not valid JSON"):
+        bundles.open_bundle(b)
+    (b / "sfumato.json").write_text(json.dumps({"format": 1, "family": "sd99", "components": {}}))
+    with pytest.raises(BundleCorrupt, match="family='sd99'"):
+        bundles.open_bundle(b)
+
+
+def test_missing_controlnet_is_a_clear_error(tmp_path, sd15):
+    from sfumato.core.errors import ComponentMissing
+    from sfumato.core.loading import attach_controlnet
+
+    b = _copy(sd15, tmp_path / "nocontrol")
+    shutil.rmtree(b / "controlnet_depth")
+    manifest = json.loads((b / "sfumato.json").read_text())
+    del manifest["components"]["controlnet_depth"]
+    (b / "sfumato.json").write_text(json.dumps(manifest))
+    models = load_models(bundles.open_bundle(b), torch.device("cpu"), torch.float32)
+    with pytest.raises(ComponentMissing, match="no depth ControlNet"):
+        attach_controlnet(models)
