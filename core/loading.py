@@ -134,7 +134,7 @@ def load_models(bundle: Bundle, device: torch.device, dtype: torch.dtype, *, nee
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleCorrupt(scheduler_dir / "scheduler_config.json", f"unreadable: {exc}") from None
     vae_config = json.loads((bundle.component_dir("vae") / "config.json").read_text())
-    vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", False) else dtype
+    vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
     models = Models(bundle=bundle, device=device, dtype=dtype, unet=load("unet"), vae=load("vae", vae_dtype),
                     text_encoders=encoders, tokenizers=tokenizers, scheduler_config=scheduler_config)
     if need_controlnet:
