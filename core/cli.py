@@ -12,6 +12,7 @@ non-zero exit status (2 for bad input, 1 for other failures, 130 when interrupte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -135,6 +136,19 @@ def _bundle(args: argparse.Namespace) -> int:
     raise AssertionError(args.bundle_cmd)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .bundle import embedded_dir, user_dir
+    from .train.bundle_train import TrainConfig, Trainer
+
+    out = Path(args.out) if args.out else embedded_dir() / args.preset
+    work = Path(args.work) if args.work else user_dir().parent / "training" / args.preset
+    cfg = TrainConfig(seed=args.seed, threads=args.threads, budget_minutes=args.budget_minutes)
+    if args.quick:  # a smoke run of every stage in about a minute
+        cfg = dataclasses.replace(cfg, samples=64, vae_steps=4, unet_steps=4, checkpoint_every=2)
+    Trainer(cfg, work, out, log=lambda m: print(m, flush=True)).run()
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .worker import Worker
 
@@ -201,6 +215,19 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--dtype", default="auto")
     wk.add_argument("--threads", type=int, default=None)
     wk.set_defaults(run=_worker)
+
+    tr = sub.add_parser("train", help="train a bundle from scratch on procedural data")
+    tsub = tr.add_subparsers(dest="train_cmd", required=True)
+    tb = tsub.add_parser("bundle")
+    tb.add_argument("--preset", default="materials", choices=["materials"])
+    tb.add_argument("--out", default=None, help="bundle folder (default: bundles/<preset> in this project)")
+    tb.add_argument("--work", default=None, help="checkpoints, data and logs (default: user data folder)")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    tb.add_argument("--budget-minutes", type=float, default=None,
+                    help="stop the U-Net stage at the first checkpoint past this total time")
+    tb.add_argument("--quick", action="store_true", help="tiny smoke run of every stage")
+    tr.set_defaults(run=_train)
 
     info = sub.add_parser("info", help="device, dtype and bundles")
     info.add_argument("--device", default="auto")

@@ -145,7 +145,9 @@ def load_depth(path: str, width: int, height: int) -> torch.Tensor:
 
 
 def _native_size(models: Models) -> int:
-    return int(models.unet.config.sample_size) * models.vae_scale_factor
+    """The bundle's default size: its manifest's ``default_size``, else what the U-Net was built for."""
+    default = models.bundle.manifest.get("default_size")
+    return int(default) if default else int(models.unet.config.sample_size) * models.vae_scale_factor
 
 
 def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = None) -> list[GeneratedImage]:
