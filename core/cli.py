@@ -143,6 +143,8 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else embedded_dir() / args.preset
     work = Path(args.work) if args.work else user_dir().parent / "training" / args.preset
     cfg = TrainConfig(seed=args.seed, threads=args.threads, budget_minutes=args.budget_minutes)
+    if args.unet_steps:
+        cfg = dataclasses.replace(cfg, unet_steps=args.unet_steps)
     if args.quick:  # a smoke run of every stage in about a minute
         cfg = dataclasses.replace(cfg, samples=64, vae_steps=4, unet_steps=4, checkpoint_every=2)
     Trainer(cfg, work, out, log=lambda m: print(m, flush=True)).run()
@@ -226,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     tb.add_argument("--budget-minutes", type=float, default=None,
                     help="stop the U-Net stage at the first checkpoint past this total time")
+    tb.add_argument("--unet-steps", type=int, default=None, help="U-Net training steps (default 9000)")
     tb.add_argument("--quick", action="store_true", help="tiny smoke run of every stage")
     tr.set_defaults(run=_train)
 

@@ -67,6 +67,7 @@ class Worker:
         self.pending: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.preview_dirs: list[Path] = []  # the last few jobs' step previews; older ones are removed
 
     # ---- events -------------------------------------------------------------------------------
     def emit(self, event: str, **fields: Any) -> None:
@@ -178,6 +179,21 @@ class Worker:
             finally:
                 self.pending.pop(item.id, None)
 
+    def _preview_dir(self, job_id: str) -> Path:
+        import shutil
+
+        while len(self.preview_dirs) >= 3:
+            shutil.rmtree(self.preview_dirs.pop(0), ignore_errors=True)
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)[:40]
+        self.preview_dirs.append(Path(tempfile.mkdtemp(prefix=f"sfumato-{safe}-")))
+        return self.preview_dirs[-1]
+
+    def cleanup(self) -> None:
+        import shutil
+
+        for folder in self.preview_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def run(self, job: Job) -> None:
         from .errors import Cancelled, SfumatoError
         from .jobs import JOB_KINDS, JobContext
@@ -185,7 +201,7 @@ class Worker:
         if job.cancel.is_set():
             return self.emit("cancelled", id=job.id)
         started = time.perf_counter()
-        preview_dir = Path(tempfile.mkdtemp(prefix=f"sfumato-{job.id}-"))
+        preview_dir = self._preview_dir(job.id)
         ctx = JobContext(job_id=job.id, cache=self.cache, device=self.device, dtype=self.dtype,
                          cancel=job.cancel, emit=self.emit, preview_every=job.preview_every, preview_dir=preview_dir)
         try:
@@ -232,7 +248,10 @@ def main(device: str = "auto", dtype: str = "auto", threads: int | None = None) 
         worker.shutdown()  # stdin closed: the client is gone
 
     threading.Thread(target=read, name="sfumato-reader", daemon=True).start()
-    worker.serve()
+    try:
+        worker.serve()
+    finally:
+        worker.cleanup()
     return 0
 
 

@@ -64,6 +64,7 @@ class TrainConfig:
     text_lr: float = 2e-4
     cond_dropout: float = 0.1  # share of empty captions (classifier-free guidance)
     min_snr_gamma: float = 5.0
+    offset_noise: float = 0.1  # per-image, per-channel constant added to eps: lets the model set mean colour
     ema_decay: float = 0.999
     # running
     threads: int = 2
@@ -73,7 +74,7 @@ class TrainConfig:
 
 SCHEDULER = {"_class_name": "DPMSolverMultistepScheduler", "beta_start": 0.00085, "beta_end": 0.012,
              "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
-             "timestep_spacing": "leading", "steps_offset": 1, "algorithm_type": "dpmsolver++", "solver_order": 2}
+             "timestep_spacing": "trailing", "steps_offset": 0, "algorithm_type": "dpmsolver++", "solver_order": 2}
 
 
 # ---------------------------------------------------------------- checkpoints (safetensors, no pickle)
@@ -144,6 +145,7 @@ class Trainer:
             if (i + 1) % 2000 == 0:
                 self.log(f"data: {i + 1}/{self.cfg.samples}")
         np.savez(path, images=images, labels=np.array(json.dumps(labels)))
+        self.checkpoint_time()
         return images, labels
 
     # ---- 2. tokenizer --------------------------------------------------------------------------
@@ -237,6 +239,7 @@ class Trainer:
         from safetensors.torch import save_file
 
         save_file({"latents": z, "scale": torch.tensor(scale)}, str(path))
+        self.checkpoint_time()
         return z.float(), scale
 
     # ---- 5. U-Net + text encoder ---------------------------------------------------------------
@@ -296,7 +299,10 @@ class Trainer:
             captions = [materials.caption(labels[i], rng) if rng.random() >= cfg.cond_dropout else "" for i in idx]
             ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
                             return_tensors="pt").input_ids
-            eps = torch.randn(z0.shape, generator=gen)
+            # offset noise (Guttenberg 2023): the schedule never fully hides an image's mean, so without
+            # it a model learns to keep the noise's mean and cannot make clearly dark or light textures
+            eps = torch.randn(z0.shape, generator=gen) + cfg.offset_noise * torch.randn(
+                (*z0.shape[:2], 1, 1), generator=gen)
             t = torch.randint(0, 1000, (len(idx),), generator=gen)
             x_t = sched.add_noise(z0, eps, t)
             pred = unet(x_t, t, encoder_hidden_states=text(ids)[0]).sample
