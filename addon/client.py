@@ -5,10 +5,13 @@
     for event in client.events(job):          # progress ... then result / error / cancelled
         print(event)
 
-The worker is started on first use as ``python -m sfumato.core.worker``. A reader thread turns its
-stdout lines into events on a queue; a second thread drains stderr (kept as a tail for error
-messages) so the worker never blocks on a full pipe. If the worker dies, waiting calls get a
-``worker_exited`` event, and the next ``submit`` starts a fresh worker.
+The worker is started on first use as ``python -m sfumato.core.worker``. A reader thread files its
+stdout lines as events under their job id (``None`` for events of no job: ready, info, released,
+errors about a malformed request); a second thread drains stderr (kept as a tail for error
+messages) so the worker never blocks on a full pipe. Every waiter sees a dead worker: once it has
+exited, each job's event stream ends with a ``worker_exited`` event, and the next ``submit`` starts
+a fresh worker. Each worker process has its own event store, so a late event of an old process can
+never reach a new one. Safe to use from several threads.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import collections
 import itertools
 import json
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -43,6 +45,52 @@ class JobCancelled(RuntimeError):
     pass
 
 
+class _Events:
+    """The events of one worker process, filed by job id, with a sticky exit event."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.by_job: dict[str | None, collections.deque] = collections.defaultdict(collections.deque)
+        self.seq = itertools.count()
+        self.exited: dict[str, Any] | None = None
+
+    def put(self, event: dict[str, Any]) -> None:
+        with self.cond:
+            self.by_job[event.get("id")].append((next(self.seq), event))
+            self.cond.notify_all()
+
+    def exit(self, event: dict[str, Any]) -> None:
+        with self.cond:
+            self.exited = event
+            self.cond.notify_all()
+
+    def take(self, job_id: str | None, match=None, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next event of ``job_id`` (that ``match`` accepts); the exit event once the queue is empty
+        and the worker is gone; None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while True:
+                queue = self.by_job[job_id]
+                for i, (_, event) in enumerate(queue):
+                    if match is None or match(event):
+                        del queue[i]
+                        return event
+                if self.exited is not None:
+                    return self.exited
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self.cond.wait(remaining)
+
+    def drain(self, job_id: str | None, all_jobs: bool) -> list[dict[str, Any]]:
+        with self.cond:
+            keys = list(self.by_job) if all_jobs else [job_id]
+            items = sorted(item for k in keys for item in self.by_job[k])
+            for k in keys:
+                self.by_job[k].clear()
+            return [event for _, event in items]
+
+
 class WorkerClient:
     def __init__(self, python: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  env: dict[str, str] | None = None, start_timeout: float = 120.0, threads: int | None = None):
@@ -53,11 +101,11 @@ class WorkerClient:
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
         self.ready: dict[str, Any] | None = None
-        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._by_job: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._events = _Events()
         self._stderr: collections.deque[str] = collections.deque(maxlen=60)
         self._ids = itertools.count(1)
         self._write_lock = threading.Lock()
+        self._start_lock = threading.RLock()
 
     # ---- process --------------------------------------------------------------------------------
     @property
@@ -66,48 +114,56 @@ class WorkerClient:
 
     def start(self) -> dict[str, Any]:
         """Start the worker and wait for its ``ready`` event; raises ``WorkerError`` with its stderr."""
-        if self.alive:
-            return self.ready or {}
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        env["SFUMATO_WORKER_DEVICE"], env["SFUMATO_WORKER_DTYPE"] = self.device, self.dtype
-        if self.threads:
-            env["SFUMATO_WORKER_THREADS"] = str(self.threads)
-        self._events = queue.Queue()
-        self._by_job.clear()
-        self._stderr.clear()
-        try:
-            self.proc = subprocess.Popen([self.python, *self.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, env=env, text=True, encoding="utf-8",
-                                         bufsize=1)
-        except OSError as exc:
-            raise WorkerError(f"cannot start the engine with python={self.python!r}: {exc}") from None
-        threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True).start()
-        threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True).start()
-        event = self._next(None, timeout=self.start_timeout)
-        if event is None or event.get("event") != "ready":
-            self.kill()
-            raise WorkerError("the engine did not start: " + (self.stderr_tail() or f"no answer in "
-                                                               f"{self.start_timeout:.0f} s"))
-        self.ready = event
-        return event
+        with self._start_lock:
+            if self.alive:
+                return self.ready or {}
+            env = dict(os.environ if self.env is None else self.env)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            env["PYTHONIOENCODING"] = "utf-8"
+            env["SFUMATO_WORKER_DEVICE"], env["SFUMATO_WORKER_DTYPE"] = self.device, self.dtype
+            if self.threads:
+                env["SFUMATO_WORKER_THREADS"] = str(self.threads)
+            events, stderr = _Events(), collections.deque(maxlen=60)
+            try:
+                proc = subprocess.Popen([self.python, *self.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=env, text=True, encoding="utf-8",
+                                        errors="replace", bufsize=1)
+            except OSError as exc:
+                raise WorkerError(f"cannot start the engine with python={self.python!r}: {exc}") from None
+            self.proc, self._events, self._stderr = proc, events, stderr
+            drain = threading.Thread(target=self._read_stderr, args=(proc, stderr), daemon=True)
+            drain.start()
+            threading.Thread(target=self._read_stdout, args=(proc, events, stderr, drain), daemon=True).start()
+            event = events.take(None, lambda e: e.get("event") == "ready", timeout=self.start_timeout)
+            if event is None or event.get("event") != "ready":
+                self.kill()
+                raise WorkerError("the engine did not start: " + (self.stderr_tail() or f"no answer in "
+                                                                   f"{self.start_timeout:.0f} s"))
+            self.ready = event
+            return event
 
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
+    @staticmethod
+    def _read_stdout(proc: subprocess.Popen, events: _Events, stderr: collections.deque,
+                     drain: threading.Thread) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
-                self._stderr.append(f"(stdout) {line.rstrip()}")
+                stderr.append(f"(stdout) {line.rstrip()}")
                 continue
-            self._events.put(event)
+            if isinstance(event, dict):
+                events.put(event)
         proc.wait()
-        self._events.put({"event": "worker_exited", "returncode": proc.returncode, "stderr": self.stderr_tail()})
+        drain.join(timeout=5.0)  # the exit event carries the whole stderr tail (the reason it died)
+        tail = "\n".join(list(stderr)[-20:])
+        events.exit({"event": "worker_exited", "returncode": proc.returncode, "stderr": tail})
 
-    def _read_stderr(self, proc: subprocess.Popen) -> None:
+    @staticmethod
+    def _read_stderr(proc: subprocess.Popen, stderr: collections.deque) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            self._stderr.append(line.rstrip())
+            stderr.append(line.rstrip())
 
     def stderr_tail(self, lines: int = 20) -> str:
         return "\n".join(list(self._stderr)[-lines:])
@@ -120,14 +176,15 @@ class WorkerClient:
             try:
                 self.proc.stdin.write(json.dumps({"v": PROTOCOL, **message}) + "\n")
                 self.proc.stdin.flush()
-            except (BrokenPipeError, OSError) as exc:
+            except (BrokenPipeError, OSError, ValueError) as exc:
                 raise WorkerError(f"the engine stopped: {exc}; {self.stderr_tail(5)}") from None
 
     def send_raw(self, line: str) -> None:
         """Write one raw line (tests use this to send malformed input)."""
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        with self._write_lock:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
 
     # ---- requests -------------------------------------------------------------------------------
     def submit(self, kind: str, params: dict[str, Any], output: str, *, preview_every: int = 1,
@@ -150,7 +207,9 @@ class WorkerClient:
         self._send({"type": "info"})
         return self._wait_for("info", timeout)
 
-    def release(self, timeout: float = 60.0) -> None:
+    def release(self, timeout: float | None = None) -> None:
+        """Drop the loaded models and free their memory. Runs after the jobs already queued, so by
+        default this waits as long as they take."""
         if self.alive:
             self._send({"type": "release"})
             self._wait_for("released", timeout)
@@ -171,46 +230,27 @@ class WorkerClient:
             self.proc.wait()
 
     # ---- events ---------------------------------------------------------------------------------
-    def _next(self, job_id: str | None, timeout: float | None) -> dict[str, Any] | None:
-        """The next event for ``job_id`` (or any event when None); events of other jobs are kept."""
-        if job_id is not None and self._by_job[job_id]:
-            return self._by_job[job_id].popleft()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                event = self._events.get(timeout=remaining)
-            except queue.Empty:
-                return None
-            owner = event.get("id")
-            if job_id is None or owner == job_id or event.get("event") == "worker_exited" or \
-                    (owner is None and event.get("event") == "error"):
-                return event
-            self._by_job[owner].append(event)
-
-    def _wait_for(self, name: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self._next(None, max(0.0, deadline - time.monotonic()))
-            if event is None:
-                raise WorkerError(f"no {name!r} answer from the engine in {timeout:.0f} s")
-            if event.get("event") == name:
-                return event
-            if event.get("event") == "worker_exited":
-                raise WorkerError(f"the engine exited ({event.get('returncode')}): {event.get('stderr')}")
-            self._by_job[event.get("id")].append(event)
+    def _wait_for(self, name: str, timeout: float | None) -> dict[str, Any]:
+        event = self._events.take(None, lambda e: e.get("event") == name, timeout)
+        if event is None:
+            raise WorkerError(f"no {name!r} answer from the engine in {timeout:.0f} s")
+        if event.get("event") == "worker_exited":
+            raise WorkerError(f"the engine exited ({event.get('returncode')}): {event.get('stderr')}")
+        return event
 
     def poll(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        """Every event available now, without blocking (for a ``bpy.app.timers`` function)."""
-        events = []
-        while (event := self._next(job_id, 0.0)) is not None:
-            events.append(event)
+        """Every event available now, without blocking (for a ``bpy.app.timers`` function): the job's,
+        or with no ``job_id`` every event of every job in arrival order. Ends with ``worker_exited``
+        when the worker is gone."""
+        events = self._events.drain(job_id, all_jobs=job_id is None)
+        if self._events.exited is not None and (not events or events[-1].get("event") != "worker_exited"):
+            events.append(self._events.exited)
         return events
 
     def events(self, job_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield the job's events until its final one (result, error, cancelled) or the worker's exit."""
         while True:
-            event = self._next(job_id, timeout)
+            event = self._events.take(job_id, timeout=timeout)
             if event is None:
                 raise WorkerError(f"no event from the engine for {timeout} s")
             yield event

@@ -150,13 +150,20 @@ def open_bundle(path: Path) -> Bundle:
         if manifest.get("format") != MANIFEST_FORMAT:
             raise BundleCorrupt(path / MANIFEST, f"format={manifest.get('format')!r}; this sfumato reads "
                                 f"format {MANIFEST_FORMAT}")
-        components = dict(manifest.get("components") or {})
+        components = manifest.get("components") or {}
+        if not isinstance(components, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in components.items()):
+            raise BundleCorrupt(path / MANIFEST, "components must map component names to subfolder names, "
+                                'e.g. {"unet": "unet"}')
         family = manifest.get("family") or infer_family(path, components)
         name = manifest.get("name") or path.name
+        if not isinstance(name, str) or not isinstance(family, str):
+            raise BundleCorrupt(path / MANIFEST, "name and family must be strings")
     elif (path / "model_index.json").is_file():
         index = _read_json(path / "model_index.json")
+        # only the components we use: feature_extractor, safety_checker and the like are ignored
         components = {k: k for k, v in index.items()
-                      if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
+                      if k in COMPONENT_CLASSES and isinstance(v, list) and v and v[0] is not None}
         if (path / "controlnet_depth").is_dir():
             components["controlnet_depth"] = "controlnet_depth"
         manifest, family, name = {}, infer_family(path, components), path.name
@@ -188,7 +195,7 @@ def find_bundles() -> list[Bundle]:
                 continue
             try:
                 bundle = open_bundle(sub)
-            except (BundleCorrupt, BundleNotFound):
+            except (BundleCorrupt, BundleNotFound, OSError):
                 continue
             if bundle.name not in seen:
                 seen.add(bundle.name)
@@ -237,9 +244,16 @@ def component_weights(folder: Path, *, allow_pickle: bool = False) -> list[Path]
         if idx.is_file():
             shards = sorted(set(_read_json(idx).get("weight_map", {}).values()))
             return [folder / s for s in shards]
+    plain = [folder / f"{n}.safetensors" for n in WEIGHT_NAMES if (folder / f"{n}.safetensors").is_file()]
+    if plain:  # the plain file wins over variants (fp16, non_ema, ...), as in diffusers
+        return plain[:1]
     safe = sorted(f for f in folder.glob("*.safetensors"))
-    if safe:
+    if len(safe) == 1:
         return safe
+    if safe:
+        raise BundleCorrupt(folder, f"several weight variants and no plain file: "
+                            f"{', '.join(f.name for f in safe)}", hint="keep one, or rename the one to use to "
+                            "diffusion_pytorch_model.safetensors (model.safetensors for text encoders)")
     pickles = sorted(f for f in folder.iterdir() if is_pickle(f))
     if pickles:
         if not allow_pickle:
@@ -293,3 +307,22 @@ def write_manifest(folder: Path, *, name: str, family: str, license: str, descri
                 "description": description, "components": components, "files": files, **(extra or {})}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def save_component(model: Any, folder: Path) -> None:
+    """``save_pretrained`` in safetensors, with a CLIP text model's tensors named as on the hub.
+
+    transformers 5 saves ``CLIPTextModel`` without its ``text_model.`` level; older transformers (and
+    other tools) need it, and transformers 5 reads either. So we write the widely readable layout.
+    """
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    if type(model).__name__ != "CLIPTextModel":
+        return
+    for f in folder.glob("*.safetensors"):
+        tensors = load_file(str(f))
+        if any(not k.startswith("text_model.") for k in tensors):
+            renamed = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}
+            save_file(renamed, str(f), metadata={"format": "pt"})

@@ -151,6 +151,13 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _addon(args: argparse.Namespace) -> int:
+    from .addon_build import build_addon
+
+    print(f"built {build_addon(Path(args.output))}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .worker import Worker
 
@@ -231,6 +238,12 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--unet-steps", type=int, default=None, help="U-Net training steps (default 9000)")
     tb.add_argument("--quick", action="store_true", help="tiny smoke run of every stage")
     tr.set_defaults(run=_train)
+
+    ad = sub.add_parser("addon", help="the Blender add-on")
+    asub = ad.add_subparsers(dest="addon_cmd", required=True)
+    ab = asub.add_parser("build", help="build the installable extension zip")
+    ab.add_argument("-o", "--output", default="dist", help="a .zip path or a folder (default: dist/)")
+    ad.set_defaults(run=_addon)
 
     info = sub.add_parser("info", help="device, dtype and bundles")
     info.add_argument("--device", default="auto")

@@ -214,7 +214,7 @@ def _import_component(path: Path, component: str, prefix: str, checkpoint: dict,
         _warn_unused(path, component, prefix, checkpoint, converted)
     converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in converted.items()}
     model.load_state_dict(converted, strict=True, assign=True)
-    model.save_pretrained(folder / component, safe_serialization=True)
+    bundle_mod.save_component(model, folder / component)
 
 
 # ---------------------------------------------------------------- the import

@@ -31,12 +31,11 @@ from PIL import Image
 from . import latents as latent_space
 from . import text
 from .denoiser import Denoiser, make_conditioning
-from .device import empty_cache, is_out_of_memory
-from .errors import BadParameter, OutOfMemory
+from .errors import BadParameter
 from .loading import Models
 from .provenance import version
 from .sampling import OnStep, sample, timesteps_for
-from .schedulers import DEFAULT_SCHEDULER, is_stochastic, make_scheduler, names
+from .schedulers import DEFAULT_SCHEDULER, make_scheduler, names, takes_generator
 from .seamless import seamless
 
 log = logging.getLogger("sfumato")
@@ -82,6 +81,9 @@ class ImageRequest:
                 raise BadParameter(name, getattr(self, name), allowed)
 
         check("prompt", isinstance(self.prompt, str), "a string")
+        check("bundle", self.bundle is None or isinstance(self.bundle, str), "a bundle name or folder, or none")
+        check("device", isinstance(self.device, str), "auto, cuda, cuda:N, mps or cpu")
+        check("dtype", self.dtype in ("auto", "fp16", "bf16", "fp32"), "auto, fp16, bf16 or fp32")
         check("negative", isinstance(self.negative, str), "a string")
         check("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
@@ -90,14 +92,22 @@ class ImageRequest:
         for dim in ("width", "height"):
             v = getattr(self, dim)
             if v is not None and not (isinstance(v, int) and 64 <= v <= 4096 and v % 8 == 0):
-                lo = max(64, (v // 8) * 8) if isinstance(v, int) else 64
+                lo = min(4088, max(64, (v // 8) * 8)) if isinstance(v, int) else 64
                 check(dim, False, f"a multiple of 8 from 64 to 4096 (nearest: {lo} or {lo + 8})")
         check("scheduler", self.scheduler in names(), ", ".join(names()))
         check("strength", isinstance(self.strength, (int, float)) and 0 < self.strength <= 1, "a number in (0, 1]")
+        if self.init_image is not None and isinstance(self.steps, int) and isinstance(self.strength, (int, float)):
+            check("strength", int(self.steps * self.strength) >= 1,
+                  f"at least 1/steps = {1 / max(self.steps, 1):.3g} with steps={self.steps}, so that one step runs")
         check("control_scale", isinstance(self.control_scale, (int, float)) and 0 <= self.control_scale <= 4,
               "a number 0..4")
         check("seamless", self.seamless in ("none", "x", "y", "xy"), "none, x, y or xy")
         check("n", isinstance(self.n, int) and 1 <= self.n <= 256, "an integer 1..256")
+        if self.seed is not None:
+            check("seed", self.seed + self.n - 1 <= MAX_SEED, f"at most {MAX_SEED} - (n - 1) = "
+                  f"{MAX_SEED - self.n + 1} with n={self.n}, so every variation's seed can be replayed")
+        if self.scheduler == "lcm":
+            check("steps", self.steps <= 50, "1..50 with the lcm scheduler (its original_inference_steps)")
         check("batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "an integer 1..64")
         for name in ("init_image", "depth_image"):
             path = getattr(self, name)
@@ -119,14 +129,30 @@ class GeneratedImage:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def open_image(field_name: str, path: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError) as exc:
+        raise BadParameter(field_name, path, f"a readable PNG, JPEG, TIFF or EXR-free image file ({exc})") from None
+    return image
+
+
 def load_depth(path: str, width: int, height: int) -> torch.Tensor:
     """A depth map as a ControlNet image (1, 3, H, W) in [0, 1], near = bright.
 
     PNG/TIFF (8 or 16 bit) are taken as already normalised (near bright, as Blender's add-on writes
     them); ``.npy`` holds distances, normalised here with one near/far (inf or ≤ 0 = background = 0).
     """
-    if path.endswith(".npy"):
-        d = np.load(path).astype(np.float32)
+    if path.lower().endswith(".npy"):
+        try:
+            d = np.load(path, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            raise BadParameter("depth_image", path, f"a readable 2-D .npy array of distances ({exc})") from None
+        if d.ndim == 3 and d.shape[-1] == 1:
+            d = d[..., 0]
+        if d.ndim != 2:
+            raise BadParameter("depth_image", path, f"a 2-D array of distances, not shape {list(d.shape)}")
         valid = np.isfinite(d) & (d > 0)
         if not valid.any():
             raise BadParameter("depth_image", path, "a depth array with at least one finite positive distance")
@@ -134,7 +160,7 @@ def load_depth(path: str, width: int, height: int) -> torch.Tensor:
         v = np.where(valid, 1.0 - (d - near) / max(far - near, 1e-6) * 0.9, 0.0)
         image = Image.fromarray((v * 65535).astype(np.uint16))
     else:
-        image = Image.open(path)
+        image = open_image("depth_image", path)
     if image.mode in ("I;16", "I;16B", "I"):
         a = np.asarray(image, dtype=np.float32) / 65535.0
     else:
@@ -150,15 +176,20 @@ def _native_size(models: Models) -> int:
     return int(default) if default else int(models.unet.config.sample_size) * models.vae_scale_factor
 
 
-def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = None) -> list[GeneratedImage]:
-    """Run one request on loaded models; images come back in seed order."""
+def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = None,
+             on_images: Callable[[list[GeneratedImage]], None] | None = None) -> list[GeneratedImage]:
+    """Run one request on loaded models; images come back in seed order.
+
+    ``on_images`` receives each batch as soon as it is decoded, so a caller can save finished work
+    before a later batch is cancelled or fails."""
     # 1. validate
     req = request.validate()
     seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)
     width, height = req.width or _native_size(models), req.height or _native_size(models)
     scheduler = make_scheduler(req.scheduler, models.scheduler_config)
     control = load_depth(req.depth_image, width, height) if req.depth_image else None
-    init = latent_space.pil_to_tensor(Image.open(req.init_image), width, height) if req.init_image else None
+    init = latent_space.pil_to_tensor(open_image("init_image", req.init_image), width, height) \
+        if req.init_image else None
     # 2. encode the prompts once for the whole job
     positive, negative = text.encode_pair(models, req.prompt, req.negative)
     denoiser = Denoiser(models)
@@ -183,10 +214,13 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
                 x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(seeds)))
             # 4. denoise
             x = sample(denoiser, scheduler, x, cond, timesteps,
-                       generator=generators if is_stochastic(req.scheduler, scheduler) else None, on_step=on_step)
+                       generator=generators if takes_generator(scheduler) else None, on_step=on_step)
             # 5. decode
-            for s, image in zip(seeds, latent_space.tensor_to_pil(latent_space.decode(models, x))):
-                results.append(GeneratedImage(image, s, metadata(req, models, s, width, height)))
+            batch = [GeneratedImage(image, s, metadata(req, models, s, width, height))
+                     for s, image in zip(seeds, latent_space.tensor_to_pil(latent_space.decode(models, x)))]
+            results += batch
+            if on_images is not None:
+                on_images(batch)
             scheduler = make_scheduler(req.scheduler, models.scheduler_config)  # fresh state per batch
     return results
 
@@ -209,16 +243,12 @@ def metadata(req: ImageRequest, models: Models, seed: int, width: int, height: i
 def generate_safely(request: ImageRequest, models: Models, *, on_step: OnStep | None = None
                     ) -> list[GeneratedImage]:
     """``generate`` with out-of-memory turned into a clear error; the caller's process survives."""
-    try:
+    from .device import out_of_memory_as_error
+
+    size = f"{request.width or _native_size(models)}x{request.height or _native_size(models)}"
+    with out_of_memory_as_error(f"on {models.device} at {size}, batch {min(request.n, request.batch_size)}"):
         return generate(request, models, on_step=on_step)
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-        if not is_out_of_memory(exc):
-            raise
-        empty_cache()
-        raise OutOfMemory(f"out of memory on {models.device} at {request.width}x{request.height}, "
-                          f"batch {min(request.n, request.batch_size)}",
-                          hint="lower the size or batch_size, use dtype fp16/bf16, or release other "
-                          "GPU memory") from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def output_paths(output: Path, seeds: list[int]) -> list[Path]:

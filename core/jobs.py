@@ -6,9 +6,11 @@ denoising steps, and writes its outputs atomically. Heads add their kinds to ``J
 
 from __future__ import annotations
 
+import os
+import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,56 +29,72 @@ class JobContext:
     emit: Emit
     preview_every: int = 1  # 0 = no preview files
     preview_dir: Path | None = None
+    saved: list[str] = field(default_factory=list)  # outputs already written (kept on cancel or error)
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Cancelled()
 
 
+def check_writable(output: Path) -> None:
+    """Fail before any work when the outputs cannot be written (the field is ``output``)."""
+    from .errors import BadParameter
+
+    output = Path(output)
+    if output.is_dir():
+        raise BadParameter("output", str(output), "a .png file path, not a folder")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        probe = output.parent / f".sfumato-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BadParameter("output", str(output), f"a path in a writable folder ({exc.strerror})") from None
+
+
 def image_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
+    """Generate ``params`` (an ``ImageRequest``) into ``output``; each batch is saved as it finishes."""
     from . import bundle as bundles
-    from .device import pick_device, pick_dtype
-    from .image import ImageRequest, generate_safely, output_paths
+    from .device import out_of_memory_as_error, pick_device, pick_dtype
+    from .image import ImageRequest, generate, output_paths
     from .latents import preview
     from .provenance import atomic_write, save_png
 
     if not isinstance(params, dict):
         raise BadParameter("params", params, "a JSON object of image settings")
-    try:
-        req = ImageRequest.from_dict(params).validate()
-    except TypeError as exc:
-        raise BadParameter("params", params, str(exc)) from None
+    req = ImageRequest.from_dict(params).validate()
     device = pick_device(req.device if req.device != "auto" else ctx.device)
     dtype = pick_dtype(device, req.dtype if req.dtype != "auto" else ctx.dtype)
     bundle = bundles.resolve(req.bundle)
     if req.seed is None:
-        import random
-
         req.seed = random.randint(0, 2**31 - 1)
-    output_paths(output, [req.seed])  # validate the output name before any work
+    paths = output_paths(output, list(range(req.seed, req.seed + req.n)))
+    check_writable(paths[0])
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, image=0, images=req.n,
              preview=None)
-    models = ctx.cache.get(bundle, device, dtype, need_controlnet=req.depth_image is not None)
+    with out_of_memory_as_error(f"loading bundle {bundle.name} on {device}"):
+        models = ctx.cache.get(bundle, device, dtype, need_controlnet=req.depth_image is not None)
     ctx.check_cancel()
-    done_batches = [0]
+    metadata: list[dict[str, Any]] = []
 
     def on_step(info) -> None:
         ctx.check_cancel()
         path = None
         if ctx.preview_dir is not None and ctx.preview_every and \
                 (info.step % ctx.preview_every == 0 or info.step == info.total):
-            target = ctx.preview_dir / f"step_{info.step:04d}.png"
+            target = ctx.preview_dir / f"step_{len(metadata):04d}_{info.step:04d}.png"
             path = str(atomic_write(target, lambda tmp: preview(models, info.latents).save(tmp, format="PNG")))
-        first = done_batches[0] * req.batch_size
-        if info.step == info.total:
-            done_batches[0] += 1
         ctx.emit("progress", id=ctx.job_id, stage="denoising", step=info.step, total=info.total,
-                 image=first, images=req.n, preview=path)
+                 image=len(metadata), images=req.n, preview=path)
 
-    images = generate_safely(req, models, on_step=on_step)
-    paths = output_paths(output, [g.seed for g in images])
-    files = [str(save_png(g.image, p, g.metadata)) for g, p in zip(images, paths)]
-    return {"files": files, "metadata": [g.metadata for g in images]}
+    def on_images(batch) -> None:
+        for g in batch:
+            ctx.saved.append(str(save_png(g.image, paths[g.seed - req.seed], g.metadata)))
+            metadata.append(g.metadata)
+
+    with out_of_memory_as_error(f"generating {req.n} image(s) on {device}"):
+        generate(req, models, on_step=on_step, on_images=on_images)
+    return {"files": list(ctx.saved), "metadata": metadata}
 
 
 JOB_KINDS: dict[str, Callable[[dict[str, Any], Path, JobContext], dict[str, Any]]] = {

@@ -72,13 +72,22 @@ def _expected_shapes(component: str, folder: Path) -> dict[str, tuple[int, ...]]
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def _canonical(name: str) -> str:
+    """transformers 5 drops CLIP's ``text_model.`` level that files saved by older versions carry."""
+    return name[len("text_model."):] if name.startswith("text_model.") else name
+
+
 def check_shapes(component: str, folder: Path, files: list[Path]) -> None:
     """Compare the tensors in ``files`` with what the component's config builds."""
     found: dict[str, tuple[tuple[int, ...], Path]] = {}
     for f in files:
         for name, info in read_header(f).items():
-            found[name] = (info.shape, f)
-    expected = _expected_shapes(component, folder)
+            found[_canonical(name)] = (info.shape, f)
+    expected = {_canonical(k): v for k, v in _expected_shapes(component, folder).items()}
+    if not set(found) & set(expected):
+        raise BundleCorrupt(files[0], f"none of its {len(found)} tensors belongs to a "
+                            f"{COMPONENT_CLASSES[component][1]} (e.g. {next(iter(found), 'none')!r})",
+                            hint="wrong file in this folder?")
     mismatched = [f"{k}: file has {list(found[k][0])}, config {folder.name}/config.json needs {list(v)}"
                   for k, v in expected.items() if k in found and found[k][0] != v]
     if mismatched:
@@ -87,8 +96,8 @@ def check_shapes(component: str, folder: Path, files: list[Path]) -> None:
                             + (f"; and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""),
                             hint="the weights do not belong to this config (mixed-up bundle?)")
     missing = [k for k in expected if k not in found and not k.endswith("position_ids")]
-    unexpected = [k for k in found if k not in expected]
-    if missing and not unexpected:
+    legacy = any(k.endswith((".query.weight", ".proj_attn.weight")) for k in found)  # diffusers renames these
+    if missing and not legacy:
         raise BundleCorrupt(files[0], f"{len(missing)} tensors are missing, e.g. {', '.join(missing[:3])}",
                             hint="the file is partial; copy it again")
 
@@ -108,7 +117,7 @@ def load_component(bundle: Bundle, component: str, device: torch.device, dtype: 
     if safe:
         check_shapes(component, folder, files)
     stem_parts = files[0].name.split(".")
-    variant = stem_parts[1] if safe and len(stem_parts) == 3 else None
+    variant = stem_parts[1] if safe and len(stem_parts) == 3 else None  # the only file is a variant
     cls = _model_class(component)
     dtype_kw = "torch_dtype" if COMPONENT_CLASSES[component][0] == "diffusers" else "dtype"
     try:

@@ -2,8 +2,8 @@
 
 Each entry builds the class from the bundle's ``scheduler_config.json`` (so beta schedule,
 prediction type and timestep spacing stay what the model was trained with) plus a few overrides.
-``stochastic`` schedulers draw fresh noise in ``step`` and receive the job's generators there, as
-diffusers' pipelines pass them, so seeds reproduce across tools.
+Schedulers whose ``step`` draws fresh noise receive the job's generators there, as diffusers' pipelines
+pass them, so seeds reproduce across tools.
 """
 
 from __future__ import annotations
@@ -20,21 +20,20 @@ from .errors import BadParameter
 class SchedulerSpec:
     cls: str  # diffusers class name
     overrides: dict[str, Any] = field(default_factory=dict)
-    stochastic: bool = False  # step() draws noise: pass the generators
     note: str = ""
 
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
-    "ddim": SchedulerSpec("DDIMScheduler", stochastic=True, note="deterministic with eta=0"),
-    "ddpm": SchedulerSpec("DDPMScheduler", stochastic=True, note="ancestral, needs many steps"),
+    "ddim": SchedulerSpec("DDIMScheduler", note="deterministic with eta=0"),
+    "ddpm": SchedulerSpec("DDPMScheduler", note="ancestral, needs many steps"),
     "euler": SchedulerSpec("EulerDiscreteScheduler"),
-    "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", stochastic=True),
+    "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler"),
     "dpmpp_2m": SchedulerSpec("DPMSolverMultistepScheduler",
                               {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
     "dpmpp_2m_karras": SchedulerSpec("DPMSolverMultistepScheduler",
                                      {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
     "unipc": SchedulerSpec("UniPCMultistepScheduler"),
-    "lcm": SchedulerSpec("LCMScheduler", stochastic=True, note="for LCM-distilled weights, 4-8 steps"),
+    "lcm": SchedulerSpec("LCMScheduler", note="for LCM-distilled weights, 4-8 steps"),
 }
 DEFAULT_SCHEDULER = "dpmpp_2m"
 # keys a bundle's config may carry for its own class that another class would reject or misuse
@@ -69,7 +68,9 @@ def make_scheduler(name: str, bundle_config: dict[str, Any], *, beta_schedule: s
     return getattr(diffusers, spec.cls).from_config({**config, **spec.overrides})
 
 
-def is_stochastic(name: str, scheduler) -> bool:
-    if name in SCHEDULERS:
-        return SCHEDULERS[name].stochastic
-    return type(scheduler).__name__ in {s.cls for s in SCHEDULERS.values() if s.stochastic}
+def takes_generator(scheduler) -> bool:
+    """Whether ``scheduler.step`` draws noise from a generator we should pass (diffusers' pipelines pass
+    theirs to every ``step`` that accepts one, so we ask the signature the same way to match seeds)."""
+    import inspect
+
+    return "generator" in inspect.signature(scheduler.step).parameters

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .bundle import write_manifest
+from .bundle import save_component, write_manifest
 from .tokenizer_build import train_merges, vocabulary, write_tokenizer
 
 CORPUS = [
@@ -72,12 +72,12 @@ def build_tiny_bundle(folder: Path, family: Literal["sd15", "sdxl"] = "sd15", *,
                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     if family == "sd15":
-        _text_encoder(vocab_size, 32, False, end_id).save_pretrained(folder / "text_encoder")
+        save_component(_text_encoder(vocab_size, 32, False, end_id), folder / "text_encoder")
         unet = UNet2DConditionModel(cross_attention_dim=32, **unet_kwargs)
         vae = _vae(0.18215)
         scheduler = SCHEDULER_SD15
     elif family == "sdxl":
-        _text_encoder(vocab_size, 32, False, end_id).save_pretrained(folder / "text_encoder")
+        save_component(_text_encoder(vocab_size, 32, False, end_id), folder / "text_encoder")
         pad_id = vocabulary(merges)["!"]
         _text_encoder(vocab_size, 32, True, pad_id).save_pretrained(folder / "text_encoder_2")
         write_tokenizer(folder / "tokenizer_2", merges, pad_token="!")

@@ -135,10 +135,12 @@ class Worker:
                               "(0 = no previews)")
         job = Job(job_id, msg["kind"], msg["params"], output, preview_every)
         self.pending[job_id] = job
+        self.emit("accepted", id=job_id, position=len(self.pending))
         self.jobs.put(job)
-        self.emit("accepted", id=job_id, position=self.jobs.qsize())
 
     def shutdown(self) -> None:
+        if self.stopping.is_set():
+            return
         self.stopping.set()
         for job in list(self.pending.values()):
             job.cancel.set()
@@ -174,10 +176,7 @@ class Worker:
                 self.emit("released")
                 continue
             assert isinstance(item, Job)
-            try:
-                self.run(item)
-            finally:
-                self.pending.pop(item.id, None)
+            self.run(item)
 
     def _preview_dir(self, job_id: str) -> Path:
         import shutil
@@ -199,23 +198,28 @@ class Worker:
         from .jobs import JOB_KINDS, JobContext
 
         if job.cancel.is_set():
-            return self.emit("cancelled", id=job.id)
+            self.pending.pop(job.id, None)
+            return self.emit("cancelled", id=job.id, files=[])
         started = time.perf_counter()
         preview_dir = self._preview_dir(job.id)
         ctx = JobContext(job_id=job.id, cache=self.cache, device=self.device, dtype=self.dtype,
                          cancel=job.cancel, emit=self.emit, preview_every=job.preview_every, preview_dir=preview_dir)
+        final: tuple[str, dict[str, Any]]
         try:
             result = JOB_KINDS[job.kind](job.params, Path(job.output), ctx)
         except Cancelled:
-            self.emit("cancelled", id=job.id)
+            final = ("cancelled", {"files": ctx.saved})
         except SfumatoError as exc:
-            self.emit("error", id=job.id, **exc.to_event())
+            final = ("error", {**exc.to_event(), "files": ctx.saved})
         except Exception as exc:  # a bug must not kill the worker: report it and keep serving
             traceback.print_exc(file=sys.stderr)
-            self.error(job.id, "internal", f"{type(exc).__name__}: {exc}",
-                       "this is a bug in sfumato; the worker's stderr has the traceback")
+            final = ("error", {"code": "internal", "message": f"{type(exc).__name__}: {exc}",
+                               "hint": "this is a bug in sfumato; the worker's stderr has the traceback",
+                               "files": ctx.saved})
         else:
-            self.emit("result", id=job.id, seconds=round(time.perf_counter() - started, 3), **result)
+            final = ("result", {"seconds": round(time.perf_counter() - started, 3), **result})
+        self.pending.pop(job.id, None)  # before the final event, so the id can be reused at once
+        self.emit(final[0], id=job.id, **final[1])
 
 
 def _protocol_stream() -> io.TextIOBase:
@@ -224,7 +228,7 @@ def _protocol_stream() -> io.TextIOBase:
     fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return io.TextIOWrapper(os.fdopen(fd, "wb", buffering=0), encoding="utf-8", write_through=True)
+    return io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", write_through=True)
 
 
 def main(device: str = "auto", dtype: str = "auto", threads: int | None = None) -> int:
@@ -241,11 +245,19 @@ def main(device: str = "auto", dtype: str = "auto", threads: int | None = None) 
     worker.emit("ready", version=__import__("sfumato").__version__, protocol=PROTOCOL, pid=os.getpid())
 
     def read() -> None:
-        for line in sys.stdin:
-            worker.handle_line(line)
-            if worker.stopping.is_set():
-                return
-        worker.shutdown()  # stdin closed: the client is gone
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        try:
+            for line in stdin:
+                try:
+                    worker.handle_line(line)
+                except Exception as exc:  # never lose the reader: a dead reader would orphan the worker
+                    traceback.print_exc(file=sys.stderr)
+                    worker.error(None, "internal", f"{type(exc).__name__}: {exc}",
+                                 "this is a bug in sfumato; the worker's stderr has the traceback")
+                if worker.stopping.is_set():
+                    return
+        finally:
+            worker.shutdown()  # stdin closed (the client is gone) or shutdown requested
 
     threading.Thread(target=read, name="sfumato-reader", daemon=True).start()
     try:

@@ -144,3 +144,40 @@ def test_missing_controlnet_is_a_clear_error(tmp_path, sd15):
     models = load_models(bundles.open_bundle(b), torch.device("cpu"), torch.float32)
     with pytest.raises(ComponentMissing, match="no depth ControlNet"):
         attach_controlnet(models)
+
+
+def test_diffusers_folder_with_extra_components_and_variants(tmp_path, sd15):
+    """A hub-style folder: feature_extractor/safety_checker entries are ignored, the plain weight file
+    wins over an fp16 variant beside it."""
+    b = _copy(sd15, tmp_path / "hub")
+    (b / "sfumato.json").unlink()
+    index = {"_class_name": "StableDiffusionPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],
+             "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+             **{c: ["diffusers" if c in ("unet", "vae", "scheduler") else "transformers", "x"]
+                for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}}
+    (b / "model_index.json").write_text(json.dumps(index))
+    (b / "feature_extractor").mkdir()
+    (b / "feature_extractor" / "preprocessor_config.json").write_text("{}")
+    shutil.copy(b / "unet" / "diffusion_pytorch_model.safetensors", b / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    opened = bundles.open_bundle(b)
+    assert set(opened.components) == {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "controlnet_depth"}
+    assert bundles.component_weights(b / "unet") == [b / "unet" / "diffusion_pytorch_model.safetensors"]
+    load_models(opened, torch.device("cpu"), torch.float32)
+
+
+def test_a_file_of_another_model_is_named(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "swapped")
+    shutil.copy(b / "vae" / "diffusion_pytorch_model.safetensors", b / "text_encoder" / "model.safetensors")
+    with pytest.raises(BundleCorrupt, match="none of its .* tensors belongs to a CLIPTextModel") as err:
+        load_models(bundles.open_bundle(b), torch.device("cpu"), torch.float32)
+    assert err.value.path.endswith("text_encoder/model.safetensors")
+
+
+def test_manifest_with_wrong_types_is_named(tmp_path, sd15):
+    b = _copy(sd15, tmp_path / "types")
+    manifest = json.loads((b / "sfumato.json").read_text())
+    manifest["components"] = ["unet", "vae"]
+    (b / "sfumato.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleCorrupt, match="components must map"):
+        bundles.open_bundle(b)
+    assert "types" not in [x.name for x in bundles.find_bundles()]  # skipped, not a crash

@@ -144,3 +144,25 @@ def test_out_of_memory_is_reported_with_a_hint(sd15_models, monkeypatch):
     with pytest.raises(OutOfMemory, match="out of memory") as err:
         generate_safely(ImageRequest(prompt="x", seed=1, steps=2), sd15_models)
     assert "batch_size" in err.value.hint
+
+
+def test_unreadable_images_and_seed_ranges_are_bad_parameters(sd15_models, tmp_path):
+    (tmp_path / "fake.png").write_text("not an image")
+    with pytest.raises(BadParameter, match="init_image=.*fake.png.*readable"):
+        generate(ImageRequest(prompt="x", steps=2, init_image=str(tmp_path / "fake.png")), sd15_models)
+    np.save(tmp_path / "cube.npy", np.ones((2, 2, 2, 2), np.float32))
+    with pytest.raises(BadParameter, match="depth_image=.*2-D"):
+        generate(ImageRequest(prompt="x", steps=2, depth_image=str(tmp_path / "cube.npy")), sd15_models)
+    with pytest.raises(BadParameter, match="seed=.*n=4"):
+        ImageRequest(prompt="x", seed=2**63 - 2, n=4).validate()
+    with pytest.raises(BadParameter, match="strength=0.05.*one step"):
+        ImageRequest(prompt="x", steps=10, strength=0.05, init_image=str(tmp_path / "cube.npy")).validate()
+    with pytest.raises(BadParameter, match="device=0"):
+        ImageRequest(prompt="x", device=0).validate()
+
+
+def test_batches_are_handed_over_as_they_finish(sd15_models):
+    seen = []
+    out = generate(ImageRequest(prompt="x", seed=1, steps=2, n=5, batch_size=2), sd15_models,
+                   on_images=lambda batch: seen.append([g.seed for g in batch]))
+    assert seen == [[1, 2], [3, 4], [5]] and [g.seed for g in out] == [1, 2, 3, 4, 5]

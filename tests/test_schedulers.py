@@ -17,7 +17,7 @@ import torch
 from sfumato.core.denoiser import Conditioning
 from sfumato.core.errors import BadParameter, Cancelled
 from sfumato.core.sampling import sample, timesteps_for
-from sfumato.core.schedulers import SCHEDULERS, is_stochastic, make_scheduler, names
+from sfumato.core.schedulers import SCHEDULERS, make_scheduler, names, takes_generator
 from sfumato.core.tiny import SCHEDULER_SD15
 
 GOLDEN = Path(__file__).parent / "golden" / "loop.json"
@@ -34,7 +34,7 @@ def run(name: str, steps: int = 8, strength: float = 1.0, seed: int = 0, on_step
     g = [torch.Generator().manual_seed(seed)]
     x = torch.randn((1, 4, 8, 8), generator=g[0]) * scheduler.init_noise_sigma
     return sample(analytic_model, scheduler, x, COND, timesteps,
-                  generator=g if is_stochastic(name, scheduler) else None, on_step=on_step)
+                  generator=g if takes_generator(scheduler) else None, on_step=on_step)
 
 
 def summary(x: torch.Tensor) -> list[float]:

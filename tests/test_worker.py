@@ -108,3 +108,40 @@ def test_release_and_shutdown(client):
     proc = client.proc
     client.shutdown()
     assert proc.returncode == 0
+
+
+def test_cancel_keeps_finished_batches_and_unwritable_output_fails_early(client, tmp_path):
+    job = client.submit("image", _params(n=4, batch_size=1, steps=3), str(tmp_path / "part.png"))
+    done = None
+    for event in client.events(job, timeout=120):
+        if event["event"] == "progress" and event.get("image") == 1 and event.get("step") == 1:
+            client.cancel(job)
+        done = event
+    assert done["event"] == "cancelled"
+    assert done["files"] and all(Path(f).is_file() for f in done["files"])  # nothing lost
+    dir_job = client.submit("image", _params(), str(tmp_path))
+    with pytest.raises(client_mod.JobFailed, match="output="):
+        client.wait(dir_job, timeout=60)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        if os.access(tmp_path / "ro", os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        bad = client.submit("image", _params(), str(tmp_path / "ro" / "x.png"))
+        with pytest.raises(client_mod.JobFailed, match="output="):
+            client.wait(bad, timeout=60)
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+def test_every_waiter_sees_a_dead_worker(client, tmp_path):
+    first = client.submit("image", _params(steps=400), str(tmp_path / "a.png"))
+    second = client.submit("image", _params(steps=400), str(tmp_path / "b.png"))
+    for event in client.events(first, timeout=120):
+        if event["event"] == "progress" and event.get("step") == 1:
+            client.proc.kill()
+            break
+    for job in (first, second):
+        with pytest.raises(client_mod.WorkerError):
+            client.wait(job, timeout=60)
+    assert client.poll()[-1]["event"] == "worker_exited"

@@ -336,14 +336,14 @@ class Trainer:
     def export(self, vae, scale: float, unet, text, tokenizer, unet_steps: int) -> Path:
         import shutil
 
-        from ..bundle import write_manifest
+        from ..bundle import save_component, write_manifest
 
         out = self.out
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         vae.register_to_config(scaling_factor=scale)
         for name, model in (("vae", vae), ("unet", unet), ("text_encoder", text)):
-            model.to(torch.float16).save_pretrained(tmp / name, safe_serialization=True)
+            save_component(model.to(torch.float16), tmp / name)
         tokenizer.save_pretrained(tmp / "tokenizer")
         shutil.copy(self.work / "tokenizer" / "vocab.json", tmp / "tokenizer" / "vocab.json")
         shutil.copy(self.work / "tokenizer" / "merges.txt", tmp / "tokenizer" / "merges.txt")

@@ -1,0 +1,47 @@
+"""Sfumato for Blender: offline diffusion images from the active camera.
+
+A Blender 4.2+ extension (``blender_manifest.toml``) that also works as a legacy add-on. It never
+imports torch or the engine: it starts ``python -m sfumato.core.worker`` with the engine's Python and
+talks to it through ``client.py`` (standard library only). Importing this package does not import
+``bpy``; ``register`` does, so the Blender-free modules (engine, request, depth, sheet) can be tested
+anywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+
+bl_info = {  # read only when enabled as a legacy add-on; the manifest is what extensions use
+    "name": "Sfumato",
+    "author": "Sfumato developers",
+    "version": (0, 1, 0),
+    "blender": (4, 2, 0),
+    "location": "3D Viewport > Sidebar > Sfumato",
+    "description": "Offline diffusion images from the active camera",
+    "category": "Render",
+}
+
+API_ALIAS = "sfumato_api"  # scripts: `import sfumato_api` once the add-on is enabled
+
+
+def _modules():
+    from . import ops, prefs, props, runtime, ui
+
+    return (props, prefs, runtime, ops, ui)
+
+
+def register() -> None:
+    for module in _modules():
+        module.register()
+    from . import api
+
+    sys.modules[API_ALIAS] = api
+
+
+def unregister() -> None:
+    from . import api
+
+    if sys.modules.get(API_ALIAS) is api:
+        del sys.modules[API_ALIAS]
+    for module in reversed(_modules()):
+        module.unregister()

@@ -1,0 +1,126 @@
+"""Scripting Sfumato from Python, blocking (for ``blender -b file.blend --python script.py``).
+
+Once the add-on is enabled this module is also importable as ``sfumato_api``::
+
+    import sfumato_api
+
+    out = sfumato_api.variations(prompts=["red brick wall", "weathered concrete"], seeds=range(4),
+                                 mode="image", image_mode="depth", steps=20)
+    out.images       # image datablocks, prompt by prompt, seed by seed
+    out.files        # their PNG files (with provenance inside)
+    out.sheet_file   # a contact sheet: one row per prompt, one column per seed
+
+Settings not given come from the scene's panel (``scene.sfumato``); the engine comes from the
+add-on's preferences. Errors are exceptions with the reason: ``request.BadSetting`` (a ValueError)
+for a bad value, ``scene_io.SceneProblem`` for a scene that cannot give what the mode needs (no
+camera), ``engine.EngineUnavailable`` when the engine cannot start, and ``engine.EngineError`` (its base)
+when a job fails or is cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import bpy
+
+from . import engine, imaging, prefs, props, request, runtime, scene_io
+from .engine import EngineError, EngineUnavailable  # noqa: F401  (re-exported for scripts)
+from .request import BadSetting, ImageSettings  # noqa: F401
+from .scene_io import SceneProblem  # noqa: F401
+
+HEADS = ("image",)  # texture, turntable and asset add theirs
+
+OnEvent = Callable[[engine.JobState, dict[str, Any]], None]
+
+
+@dataclass
+class Variations:
+    images: list[Any] = field(default_factory=list)  # bpy.types.Image, in prompt-then-seed order
+    files: list[str] = field(default_factory=list)
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    sheet: Any = None  # the contact sheet's image datablock
+    sheet_file: str | None = None
+
+
+def _context(scene):
+    return SimpleNamespace(scene=scene or bpy.context.scene, preferences=bpy.context.preferences)
+
+
+def settings(scene=None, **changes: Any) -> request.ImageSettings:
+    """The scene panel's settings with ``changes`` (field names of ``request.ImageSettings``)."""
+    scene = scene or bpy.context.scene
+    return props.settings_from(scene.sfumato).replace(**changes)
+
+
+def _runs(seeds: list[int]) -> list[tuple[int, int]]:
+    """Consecutive seeds as (first, count): one engine job each (the engine batches them)."""
+    runs: list[tuple[int, int]] = []
+    for seed in seeds:
+        if runs and runs[-1][0] + runs[-1][1] == seed:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seed, 1))
+    return runs
+
+
+def variations(prompts: Iterable[str], seeds: Iterable[int] = range(4), *, mode: str = "image",
+               image_mode: str | None = None, scene=None, contact_sheet: bool = True,
+               set_background: bool = False, folder: str | Path | None = None, on_event: OnEvent | None = None,
+               **changes: Any) -> Variations:
+    """Every prompt with every seed, waited for; images, files and a contact sheet.
+
+    ``mode`` is the head ("image"); ``image_mode`` is text, depth or restyle (default: the panel's).
+    Depth and restyle render the camera once and reuse it for every variation. ``folder``: where
+    the files go (default: the add-on's output folder, else next to the .blend). ``on_event(state,
+    event)`` sees every engine event (progress, result, ...)."""
+    if mode not in HEADS:
+        raise BadSetting("mode", mode, ", ".join(HEADS))
+    prompts, seeds = list(prompts), [int(s) for s in seeds]
+    if not prompts:
+        raise BadSetting("prompts", prompts, "a list of at least one prompt")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise BadSetting("seeds", seeds, "at least one seed, no repeats")
+    ctx = _context(scene)
+    base = settings(ctx.scene, **changes, **({"mode": image_mode} if image_mode else {}))
+    base = base.replace(random_seed=False)
+    for prompt in prompts:
+        imaging.check(ctx, base.replace(prompt=prompt, seed=seeds[0]))
+    config = prefs.engine_config(ctx)
+    out, inputs = Variations(), None
+    for prompt in prompts:
+        s = base.replace(prompt=prompt)
+        for first, count in _runs(seeds):
+            job = imaging.prepare(ctx, s.replace(seed=first), seed=first, n=count, inputs=inputs,
+                                  set_background=set_background, restyle_source=ctx.scene.sfumato.restyle_source,
+                                  folder=folder)
+            inputs = job.context["inputs"]
+            state = engine.JobState(tag="image", context=job.context)
+            if not runtime.busy():  # the panel keeps showing a job it started itself
+                runtime.CURRENT = state
+            state.result = runtime.SESSION.run(config, state, "image", job.params, job.output, on_event=on_event)
+            out.images += imaging.finish(state, ctx)
+            out.files += state.result["files"]
+            out.metadata += state.result["metadata"]
+    if contact_sheet and out.images:
+        sheet_folder = Path(folder) if folder is not None else imaging.output_folder(ctx)[0]
+        path = request.output_stem(sheet_folder, "contact sheet").with_suffix(".png")
+        out.sheet = scene_io.contact_sheet(out.images, path, "sfumato contact sheet", columns=len(seeds))
+        out.sheet_file = str(path)
+    return out
+
+
+def generate(prompt: str | None = None, *, seed: int | None = None, image_mode: str | None = None, scene=None,
+             set_background: bool = False, folder: str | Path | None = None, on_event: OnEvent | None = None,
+             **changes: Any) -> Variations:
+    """One image with the panel's settings (and ``changes``); a random seed if the panel says so."""
+    ctx = _context(scene)
+    s = settings(ctx.scene, **changes, **({"mode": image_mode} if image_mode else {}),
+                 **({"prompt": prompt} if prompt is not None else {}))
+    seed = request.pick_seed(s) if seed is None else seed
+    return variations([s.prompt], [seed], image_mode=s.mode, scene=ctx.scene, contact_sheet=False,
+                      set_background=set_background, folder=folder, on_event=on_event,
+                      **{k: v for k, v in changes.items() if k not in ("prompt", "mode", "seed", "random_seed")})

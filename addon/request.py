@@ -1,0 +1,201 @@
+"""From the panel's settings to an image job, and back from a result to a history record.
+
+Blender-free: the operators turn Blender properties into an ``ImageSettings`` (plain data), and
+everything else here (validation with messages that name the field, the value and what is allowed;
+the job's params; the datablock's name; its provenance properties; history records) is plain
+Python that tests reach without Blender.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+# The engine's scheduler names (core/schedulers.py; "bundle" = the bundle's own); a test keeps them equal.
+SCHEDULERS = ("bundle", "ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
+DEFAULT_SCHEDULER = "dpmpp_2m"
+DEFAULT_BUNDLE = "materials"
+IMAGE_MODES = ("text", "depth", "restyle")  # text-to-image, depth-guided, restyle the render (img2img)
+MAX_SEED = 2**31 - 1  # Blender's IntProperty is 32-bit
+HISTORY_LIMIT = 50
+
+ImageMode = Literal["text", "depth", "restyle"]
+
+
+class BadSetting(ValueError):
+    """A setting the engine would refuse, caught before anything is rendered or sent."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+        self.field, self.value, self.allowed = field, value, allowed
+
+
+@dataclass
+class ImageSettings:
+    """The panel's settings for one image job (``scene.sfumato`` as plain data)."""
+
+    prompt: str = ""
+    negative: str = ""
+    bundle: str = ""  # "" = the preference's default bundle
+    seed: int = 0
+    random_seed: bool = False  # draw a fresh seed per job; the drawn seed is recorded
+    steps: int = 25
+    guidance: float = 7.5  # classifier-free guidance scale
+    scheduler: str = DEFAULT_SCHEDULER
+    width: int = 512  # pixels, multiple of 8
+    height: int = 512
+    mode: ImageMode = "text"
+    strength: float = 0.6  # restyle: share of the schedule re-run (1 = ignore the render)
+    control_scale: float = 1.0  # depth: ControlNet strength
+    seamless: Literal["none", "x", "y", "xy"] = "none"
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> "ImageSettings":
+        unknown = sorted(set(changes) - set(self.fields()))
+        if unknown:
+            raise BadSetting(unknown[0], changes[unknown[0]], "one of " + ", ".join(self.fields()))
+        return dataclasses.replace(self, **changes)
+
+
+def _nearest8(v: int) -> str:
+    lo = min(4088, max(64, (v // 8) * 8))
+    return f"{lo} or {lo + 8}"
+
+
+def problems(s: ImageSettings) -> list[BadSetting]:
+    """Everything wrong with ``s``, in field order (the first one is the reason shown in the UI)."""
+    found: list[BadSetting] = []
+
+    def check(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            found.append(BadSetting(name, getattr(s, name), allowed))
+
+    check("mode", s.mode in IMAGE_MODES, ", ".join(IMAGE_MODES))
+    check("prompt", isinstance(s.prompt, str) and (bool(s.prompt.strip()) or s.mode == "restyle"),
+          f"a text prompt ({s.mode} mode needs one)")
+    check("seed", isinstance(s.seed, int) and 0 <= s.seed <= MAX_SEED, f"an integer 0..{MAX_SEED}")
+    check("steps", isinstance(s.steps, int) and 1 <= s.steps <= 500, "an integer 1..500")
+    check("guidance", isinstance(s.guidance, (int, float)) and 0 <= s.guidance <= 50, "a number 0..50")
+    check("scheduler", s.scheduler in SCHEDULERS, ", ".join(SCHEDULERS))
+    for dim in ("width", "height"):
+        v = getattr(s, dim)
+        check(dim, isinstance(v, int) and 64 <= v <= 4096 and v % 8 == 0,
+              "a multiple of 8 from 64 to 4096" + (f" (nearest: {_nearest8(v)})" if isinstance(v, int) else ""))
+    check("strength", isinstance(s.strength, (int, float)) and 0 < s.strength <= 1, "a number in (0, 1]")
+    if s.mode == "restyle" and isinstance(s.steps, int) and isinstance(s.strength, (int, float)) and s.steps:
+        check("strength", int(s.steps * s.strength) >= 1,
+              f"at least 1/steps = {1 / s.steps:.3g} with steps={s.steps}, so that one step runs")
+    check("control_scale", isinstance(s.control_scale, (int, float)) and 0 <= s.control_scale <= 4, "a number 0..4")
+    check("seamless", s.seamless in ("none", "x", "y", "xy"), "none, x, y or xy")
+    return found
+
+
+def validate(s: ImageSettings) -> ImageSettings:
+    found = problems(s)
+    if found:
+        raise BadSetting(found[0].field, found[0].value, found[0].allowed)
+    return s
+
+
+def pick_seed(s: ImageSettings, rng: random.Random | None = None) -> int:
+    return (rng or random).randint(0, MAX_SEED) if s.random_seed else s.seed
+
+
+def image_params(s: ImageSettings, *, seed: int, default_bundle: str = DEFAULT_BUNDLE, n: int = 1,
+                 depth_image: str | None = None, init_image: str | None = None) -> dict[str, Any]:
+    """The ``params`` of an engine "image" job (``ImageRequest`` fields)."""
+    validate(s)
+    if s.mode == "depth" and not depth_image:
+        raise BadSetting("depth_image", depth_image, "a depth file rendered from the camera (depth mode)")
+    if s.mode == "restyle" and not init_image:
+        raise BadSetting("init_image", init_image, "a rendered image file (restyle mode)")
+    params: dict[str, Any] = {
+        "prompt": s.prompt, "negative": s.negative, "seed": int(seed), "steps": s.steps,
+        "guidance": float(s.guidance), "scheduler": s.scheduler, "width": s.width, "height": s.height,
+        "seamless": s.seamless, "n": n,
+    }
+    bundle = s.bundle or default_bundle
+    if bundle:
+        params["bundle"] = bundle
+    if s.mode == "depth":
+        params.update(depth_image=depth_image, control_scale=float(s.control_scale))
+    elif s.mode == "restyle":
+        params.update(init_image=init_image, strength=float(s.strength))
+    return params
+
+
+# ---- names and files -------------------------------------------------------------------------------
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe short form of a prompt."""
+    words = re.sub(r"[^A-Za-z0-9]+", "-", text.strip().lower()).strip("-")
+    return (words[:limit].rstrip("-") or "untitled")
+
+
+def result_name(prompt: str, seed: int) -> str:
+    """The image datablock's name: the prompt (shortened) and the seed, within Blender's 63 bytes."""
+    tail = f" s{seed}"
+    text = " ".join(prompt.split()) or "untitled"
+    room = 63 - len(tail.encode("utf-8"))
+    if len(text.encode("utf-8")) > room:
+        while len(text.encode("utf-8")) > room - 3:  # 3 bytes for the ellipsis
+            text = text[:-1]
+        text = text.rstrip() + "…"
+    return text + tail
+
+
+def output_stem(folder: Path, prompt: str, stamp: float | None = None) -> Path:
+    """A fresh ``<folder>/<time>_<prompt-slug>`` stem; results, depth and init files share it."""
+    t = time.localtime(stamp if stamp is not None else time.time())
+    base = f"{time.strftime('%Y%m%d-%H%M%S', t)}_{slug(prompt)}"
+    stem, k = folder / base, 1
+    while list(folder.glob(stem.name + "*")):
+        k += 1
+        stem = folder / f"{base}-{k}"
+    return stem
+
+
+# ---- provenance and history ------------------------------------------------------------------------
+def id_properties(meta: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Provenance as Blender custom-property values: str, float, or int within 32 bits."""
+    out: dict[str, Any] = {}
+    for key, value in {**meta, **(extra or {})}.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, int) and not -2**31 <= value < 2**31:
+            value = str(value)
+        elif not isinstance(value, (int, float, str)):
+            value = json.dumps(value, default=str)
+        out[str(key)] = value
+    return out
+
+
+def history_record(s: ImageSettings, meta: dict[str, Any], image_name: str, file: str) -> dict[str, Any]:
+    """What the history list keeps of one result: its settings as run (seed included) and where it is."""
+    settings = dataclasses.asdict(s)
+    settings.update(seed=int(meta.get("seed", s.seed)), random_seed=False)
+    for key in ("steps", "guidance", "scheduler", "width", "height", "negative", "prompt"):
+        if key in meta:
+            settings[key] = meta[key]
+    if meta.get("bundle") and s.bundle:
+        settings["bundle"] = s.bundle
+    return {"settings": settings, "image": image_name, "file": file, "bundle": meta.get("bundle", ""),
+            "label": f"{result_name(settings['prompt'] or s.mode, settings['seed'])}  [{s.mode}]"}
+
+
+def settings_from_record(record: dict[str, Any] | str) -> ImageSettings:
+    """The settings a history record was made with, ready to put back into the panel."""
+    if isinstance(record, str):
+        record = json.loads(record)
+    known = set(ImageSettings.fields())
+    return ImageSettings(**{k: v for k, v in record["settings"].items() if k in known})

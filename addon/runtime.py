@@ -1,0 +1,140 @@
+"""The add-on's live state: one engine session, the current job, and the main-thread timer.
+
+Interactive: a job's reader thread (``engine.Session.start``) puts events into a queue; ``tick``, a
+``bpy.app.timers`` function, drains it on the main thread, updates the progress and the step
+preview, and applies results. In background mode timers never run, so operators take the blocking
+path instead (``engine.Session.run``); a test may drive ``tick`` by hand to exercise the
+interactive path headless.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import bpy
+
+from . import engine, scene_io
+
+log = logging.getLogger("sfumato.addon")
+
+SESSION = engine.Session()
+CURRENT: engine.JobState | None = None  # the panel's job (the latest one started)
+TASKS: list[engine.JobState] = []  # everything started asynchronously and not yet applied
+CHECK: dict[str, Any] = {}  # the last "Check engine" outcome: {"info": {...}} or {"error": "..."}
+LAST_MESSAGE: tuple[str, bool] | None = None  # a note for the panel (released, ...), alert flag
+_previews = None  # bpy.utils.previews collection for the step preview
+INTERVAL = 0.1
+
+
+def busy() -> bool:
+    return CURRENT is not None and CURRENT.active
+
+
+def known_bundles() -> list[str]:
+    return list(CHECK.get("info", {}).get("bundles", []))
+
+
+def engine_check_lines() -> list[tuple[str, bool]]:
+    if "error" in CHECK:
+        return [(line, True) for line in engine.wrap(CHECK["error"], 90)]
+    info = CHECK.get("info")
+    if not info:
+        return [("Checking...", False)] if CHECK.get("running") else [("Not checked yet", False)]
+    return [(f"Engine {info.get('version')} (protocol {info.get('protocol')}) at {info.get('python', '?')}", False),
+            (f"Device: {info.get('device')}, dtype {info.get('dtype')}", False),
+            ("Bundles: " + (", ".join(info.get("bundles", [])) or "none found"), not info.get("bundles"))]
+
+
+# ---- step preview -----------------------------------------------------------------------------------
+def preview_icon(path: str | None) -> int:
+    """An icon id for the step preview at ``path`` (0 when there is none)."""
+    if not path or _previews is None:
+        return 0
+    if path not in _previews:
+        _previews.clear()
+        try:
+            _previews.load(path, path, 'IMAGE')
+        except (KeyError, RuntimeError):
+            return 0
+    return _previews[path].icon_id
+
+
+# ---- the timer --------------------------------------------------------------------------------------
+def apply_events() -> list[tuple[engine.JobState, dict[str, Any]]]:
+    """Drain the session's queue and apply what arrived; returns the events (for tests)."""
+    from . import imaging
+
+    global LAST_MESSAGE
+    events = SESSION.drain()
+    TASKS[:] = [t for t in TASKS if t.active]
+    for state, event in events:
+        kind = event.get("event")
+        if state.tag == "image" and kind == "result":
+            try:
+                imaging.finish(state)
+            except Exception as exc:  # the result files are there; say what went wrong applying them
+                log.exception("applying the result failed")
+                state.status, state.message = "error", f"could not load the result: {exc}"
+            else:
+                _undo_push("Sfumato result")
+        elif state.tag == "check" and kind in ("result", "failed"):
+            CHECK.clear()
+            CHECK.update({"info": state.result} if kind == "result" else {"error": state.message})
+        elif state.tag == "release" and kind in ("result", "failed"):
+            LAST_MESSAGE = ("GPU memory released", False) if kind == "result" else (state.message, True)
+    return events
+
+
+def _undo_push(message: str) -> None:
+    """Make data created outside an operator an undo step of its own, so Ctrl-Z does not drop it."""
+    if bpy.app.background:
+        return
+    try:
+        bpy.ops.ed.undo_push(message=message)
+    except RuntimeError:  # no window context (e.g. while a file loads): nothing to undo into
+        pass
+
+
+def tick() -> float | None:
+    """The ``bpy.app.timers`` function: apply events, redraw, and keep running while work is pending."""
+    events = apply_events()
+    if events:
+        scene_io.redraw()
+    return INTERVAL if TASKS or not SESSION.events.empty() else None
+
+
+def track(state: engine.JobState) -> engine.JobState:
+    """Follow an asynchronous task until its events are applied."""
+    TASKS.append(state)
+    ensure_timer()
+    return state
+
+
+def ensure_timer() -> None:
+    if not bpy.app.timers.is_registered(tick):
+        bpy.app.timers.register(tick, first_interval=INTERVAL, persistent=True)
+
+
+def register() -> None:
+    global _previews
+    import bpy.utils.previews
+
+    _previews = bpy.utils.previews.new()
+
+
+def unregister() -> None:
+    global _previews, CURRENT, LAST_MESSAGE
+    if bpy.app.timers.is_registered(tick):
+        bpy.app.timers.unregister(tick)
+    if CURRENT is not None and CURRENT.active:
+        SESSION.cancel(CURRENT)
+    SESSION.shutdown()
+    while not SESSION.events.empty():
+        SESSION.events.get_nowait()
+    CURRENT, LAST_MESSAGE = None, None
+    TASKS.clear()
+    CHECK.clear()
+    if _previews is not None:
+        bpy.utils.previews.remove(_previews)
+        _previews = None

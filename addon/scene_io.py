@@ -1,0 +1,222 @@
+"""The Blender edge: render what the engine needs from the camera, turn result files into datablocks.
+
+Everything here runs on Blender's main thread. Renders happen in a temporary copy of the scene
+(objects shared, settings its own), so the user's render settings and compositor are never
+touched. Headless Blender has no Render Result pixels, so renders go through files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import bpy
+import numpy as np
+
+from . import depth as depth_mod
+from . import sheet
+
+
+class SceneProblem(RuntimeError):
+    """The scene cannot give what a mode needs (no camera, no render yet, ...)."""
+
+
+def active_camera(scene) -> bpy.types.Object:
+    camera = scene.camera
+    if camera is None:
+        raise SceneProblem(f"scene {scene.name!r} has no active camera: add one and make it active "
+                           "(image mode generates from the active camera)")
+    if camera.type != 'CAMERA':
+        raise SceneProblem(f"the active camera {camera.name!r} is a {camera.type.lower()}, not a camera object")
+    return camera
+
+
+def _render_copy(scene, width: int, height: int):
+    """A temporary copy of ``scene`` framing its camera at width x height; remove it with bpy.data.scenes.remove."""
+    tmp = scene.copy()
+    tmp.name = ".sfumato render"
+    tmp.camera = scene.camera
+    r = tmp.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = width, height, 100
+    r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+    r.use_border = False
+    r.use_motion_blur = False
+    r.use_sequencer = False
+    return tmp
+
+
+# ---- depth ------------------------------------------------------------------------------------------
+def render_depth(scene, width: int, height: int, npy_path: Path) -> dict[str, float]:
+    """Blender's exact depth from the active camera: planar Z per pixel centre, saved as a ``.npy`` of
+    distances (``inf`` = background) for the engine; returns near, far and coverage.
+
+    Cycles with one sample and a near-zero pixel filter puts each pixel's camera ray through its
+    centre; its Z pass goes through the compositor into a 32-bit EXR that is read back."""
+    active_camera(scene)
+    tmp = _render_copy(scene, width, height)
+    tree = bpy.data.node_groups.new(".sfumato depth", "CompositorNodeTree")
+    folder = Path(tempfile.mkdtemp(prefix="sfumato-depth-"))
+    try:
+        tmp.render.engine = 'CYCLES'
+        cycles = tmp.cycles
+        cycles.device = 'CPU'
+        cycles.samples = 1
+        cycles.use_adaptive_sampling = False
+        cycles.use_denoising = False
+        cycles.filter_width = 0.01
+        cycles.max_bounces = 0
+        tmp.render.use_compositing = True
+        shown = bpy.context.view_layer.name if bpy.context.scene == scene and bpy.context.view_layer else ""
+        layer = tmp.view_layers.get(shown) or tmp.view_layers[0]  # the layer the user looks at
+        for other in tmp.view_layers:
+            other.use = other == layer
+        layer.use_pass_z = True
+        tmp.compositing_node_group = tree
+        layers = tree.nodes.new("CompositorNodeRLayers")
+        layers.scene, layers.layer = tmp, layer.name
+        out = tree.nodes.new("CompositorNodeOutputFile")
+        out.format.media_type = 'IMAGE'
+        out.format.file_format = 'OPEN_EXR'
+        out.format.color_depth = '32'
+        out.format.color_mode = 'BW'
+        out.directory, out.file_name = str(folder), "z"
+        item = out.file_output_items.new('FLOAT', "depth")
+        tree.links.new(layers.outputs["Depth"], out.inputs[item.name])
+        bpy.ops.render.render(write_still=False, scene=tmp.name, layer=layer.name)
+        written = sorted(folder.glob("*.exr"))
+        if not written:
+            raise SceneProblem("Blender's depth render wrote no file (is Cycles available?)")
+        image = bpy.data.images.load(str(written[0]), check_existing=False)
+        try:
+            image.colorspace_settings.is_data = True
+            w, h = image.size
+            pixels = np.empty(w * h * image.channels, dtype=np.float32)
+            image.pixels.foreach_get(pixels)
+            distances = depth_mod.distances_from_zpass(pixels, w, h, image.channels)
+        finally:
+            bpy.data.images.remove(image)
+    finally:
+        bpy.data.scenes.remove(tmp)
+        bpy.data.node_groups.remove(tree)
+        shutil.rmtree(folder, ignore_errors=True)
+    npy_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(npy_path, distances)
+    return depth_mod.summary(distances)
+
+
+# ---- restyle source ---------------------------------------------------------------------------------
+def render_image(scene, width: int, height: int, png_path: Path, source: str = "RENDER") -> Path:
+    """The picture to restyle: the camera rendered now with the scene's own engine, or the last
+    Render Result (``source="RESULT"``), written to ``png_path``."""
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    if source == "RESULT":
+        result = bpy.data.images.get("Render Result")
+        try:
+            if result is None:
+                raise RuntimeError("no Render Result")
+            result.save_render(str(png_path))
+        except RuntimeError:
+            raise SceneProblem("there is no render to restyle yet: render the camera (F12) first, or set the "
+                               "restyle source to 'Render now'") from None
+        return png_path
+    active_camera(scene)
+    tmp = _render_copy(scene, width, height)
+    try:
+        tmp.render.filepath = str(png_path)
+        tmp.render.use_file_extension = False
+        settings = tmp.render.image_settings
+        settings.media_type = 'IMAGE'
+        settings.file_format = 'PNG'
+        settings.color_mode = 'RGB'
+        settings.color_depth = '8'
+        bpy.ops.render.render(write_still=True, scene=tmp.name)
+    finally:
+        bpy.data.scenes.remove(tmp)
+    if not png_path.is_file():
+        raise SceneProblem(f"the render of {scene.name!r} wrote no image to {png_path}")
+    return png_path
+
+
+# ---- results ----------------------------------------------------------------------------------------
+def load_result(path: str, name: str, provenance: dict[str, Any], *, pack: bool) -> bpy.types.Image:
+    image = bpy.data.images.load(path, check_existing=False)
+    image.name = name
+    image["sfumato"] = provenance
+    if pack:
+        image.pack()
+    elif bpy.data.filepath:
+        try:
+            image.filepath = bpy.path.relpath(path)
+        except ValueError:  # another drive on Windows
+            pass
+    return image
+
+
+def show_in_image_editors(image: bpy.types.Image) -> int:
+    """Show ``image`` in every open Image Editor; returns how many (none in background mode)."""
+    shown = 0
+    for window in getattr(bpy.context.window_manager, "windows", []):
+        for area in window.screen.areas:
+            if area.type == 'IMAGE_EDITOR':
+                area.spaces.active.image = image
+                shown += 1
+    return shown
+
+
+def set_camera_background(camera: bpy.types.Object, image: bpy.types.Image) -> None:
+    """Use ``image`` as the camera's background, replacing an earlier Sfumato background."""
+    data = camera.data
+    data.show_background_images = True
+    for bg in data.background_images:
+        if bg.image is not None and "sfumato" in bg.image:
+            bg.image = image
+            return
+    bg = data.background_images.new()
+    bg.image = image
+    bg.alpha = 1.0
+
+
+def add_history(scene, record: dict[str, Any], limit: int) -> None:
+    import json
+
+    history = scene.sfumato_history
+    item = history.add()
+    item.label, item.image, item.record = record["label"], record["image"], json.dumps(record)
+    while len(history) > limit:
+        history.remove(0)
+    scene.sfumato_history_index = len(history) - 1
+
+
+def image_pixels(image: bpy.types.Image) -> np.ndarray:
+    """(h, w, 4) float RGBA, top row first."""
+    w, h = image.size
+    px = np.empty(w * h * image.channels, dtype=np.float32)
+    image.pixels.foreach_get(px)
+    px = px.reshape(h, w, image.channels)[::-1]
+    if image.channels == 4:
+        return px
+    rgb = px[..., :3] if image.channels >= 3 else np.repeat(px[..., :1], 3, axis=2)
+    return np.dstack([rgb, np.ones((h, w, 1), np.float32)])
+
+
+def contact_sheet(images: list[bpy.types.Image], path: Path, name: str, columns: int | None = None
+                  ) -> bpy.types.Image:
+    """The images in a grid, saved as PNG at ``path`` and kept as an image datablock."""
+    grid = sheet.compose([image_pixels(img) for img in images], columns)
+    h, w = grid.shape[:2]
+    out = bpy.data.images.new(name, w, h, alpha=True)
+    out.pixels.foreach_set(np.ascontiguousarray(grid[::-1]).ravel())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.filepath_raw = str(path)
+    out.file_format = 'PNG'
+    out.save()
+    return out
+
+
+def redraw() -> None:
+    for window in getattr(bpy.context.window_manager, "windows", []):
+        for area in window.screen.areas:
+            if area.type in {'VIEW_3D', 'IMAGE_EDITOR', 'PREFERENCES'}:
+                area.tag_redraw()

@@ -1,0 +1,120 @@
+"""The "Sfumato" tab in the 3D Viewport sidebar: settings, Image section, progress, history.
+
+Other heads (texture, turntable, asset) add their own sub-panels with ``bl_parent_id = "SFUMATO_PT_main"``.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from . import engine, ops, props, runtime
+
+
+class SfumatoPanel:
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "Sfumato"
+
+
+class SFUMATO_PT_main(SfumatoPanel, bpy.types.Panel):
+    bl_label = "Sfumato"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.sfumato
+        col = layout.column(align=True)
+        col.prop(s, "prompt", text="", icon='TEXT', placeholder="Prompt")
+        col.prop(s, "negative", text="", icon='CANCEL', placeholder="Negative prompt")
+        layout.prop(s, "bundle", icon='PACKAGE', placeholder="Default bundle")
+        row = layout.row(align=True)
+        sub = row.row(align=True)
+        sub.enabled = not s.random_seed
+        sub.prop(s, "seed")
+        row.prop(s, "random_seed", text="", icon='FILE_REFRESH', toggle=True)
+        col = layout.column(align=True)
+        col.prop(s, "steps")
+        col.prop(s, "guidance")
+        layout.prop(s, "scheduler")
+        row = layout.row(align=True)
+        row.prop(s, "width")
+        row.prop(s, "height")
+        draw_progress(layout)
+        row = layout.row()
+        row.operator("sfumato.release", icon='TRASH')
+        if runtime.LAST_MESSAGE:
+            text, alert = runtime.LAST_MESSAGE
+            for part in engine.wrap(text):
+                line = layout.row()
+                line.alert = alert
+                line.label(text=part)
+
+
+def draw_progress(layout) -> None:
+    state = runtime.CURRENT
+    if state is None:
+        return
+    box = layout.box()
+    if state.active:
+        box.progress(factor=state.fraction, type='BAR', text=state.status_lines()[0][0])
+        icon = runtime.preview_icon(state.preview)
+        if icon:
+            box.template_icon(icon_value=icon, scale=8.0)
+        box.operator("sfumato.cancel", icon='CANCEL')
+    else:
+        for text, alert in state.status_lines():
+            line = box.row()
+            line.alert = alert
+            line.label(text=text, icon='ERROR' if alert else 'INFO')
+
+
+class SFUMATO_PT_image(SfumatoPanel, bpy.types.Panel):
+    bl_label = "Image"
+    bl_parent_id = "SFUMATO_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.sfumato
+        layout.row().prop(s, "mode", expand=True)
+        if s.mode == "depth":
+            layout.prop(s, "control_scale")
+        elif s.mode == "restyle":
+            layout.prop(s, "restyle_source")
+            layout.prop(s, "strength")
+        layout.prop(s, "set_background")
+        reason = ops._reason(context, props.settings_from(s))
+        if reason and not runtime.busy():
+            line = layout.row()
+            line.alert = True
+            line.label(text=reason, icon='ERROR')
+        layout.operator("sfumato.image", icon='RENDER_STILL').mode = "scene"
+
+
+class SFUMATO_UL_history(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.label(text=item.label, icon='IMAGE_DATA')
+        row.operator("sfumato.recall", text="", icon='RECOVER_LAST').index = index
+
+
+class SFUMATO_PT_history(SfumatoPanel, bpy.types.Panel):
+    bl_label = "History"
+    bl_parent_id = "SFUMATO_PT_main"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    def draw(self, context):
+        scene = context.scene
+        self.layout.template_list("SFUMATO_UL_history", "", scene, "sfumato_history", scene,
+                                  "sfumato_history_index", rows=4)
+
+
+classes = (SFUMATO_PT_main, SFUMATO_PT_image, SFUMATO_UL_history, SFUMATO_PT_history)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
