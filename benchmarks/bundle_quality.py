@@ -3,8 +3,9 @@
     python benchmarks/bundle_quality.py                  # 48 prompts × 4 seeds, both prompt sets
     python benchmarks/bundle_quality.py --quick          # a few prompts, for a smoke run
 
-For each prompt set — ``train`` (the caption templates the bundle was trained with) and ``paraphrase``
-(templates and synonyms never used in training) — every prompt is generated with several seeds, and
+For each prompt set — ``train`` (the caption templates the bundle was trained with), ``reworded`` (sentence
+templates never used in training, with the training words) and ``paraphrase`` (held-out templates *and*
+synonyms the bundle never saw, e.g. "crimson", "timeworn") — every prompt is generated with several seeds, and
 each image is judged by ``sfumato.core.train.judge``: a material CNN and a colour classifier fitted
 only on held-out procedural samples, never on generated images. The judges' own accuracy on fresh
 procedural samples is printed first, so a weak judge is not mistaken for a weak bundle. Also timed:
@@ -63,6 +64,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--judge", default=None, help="judge weights (fitted and cached here on first use)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--sets", default="train,reworded,paraphrase",
+                   help="prompt sets: train (training templates), reworded (held-out templates, training words), "
+                   "paraphrase (held-out templates and held-out synonyms)")
     args = p.parse_args()
     quiet_libraries()
     if args.threads:
@@ -78,7 +82,7 @@ def main() -> None:
     print(f"judges on fresh procedural samples: material {own_material:.1%}, colour {own_colour:.1%}")
 
     rows = []
-    for style in ("train", "paraphrase"):
+    for style in args.sets.split(","):
         prompts = materials.prompt_set(style, args.per_family, seed=11)
         print(f"{style}: {len(prompts)} prompts × {args.seeds} seeds, e.g. {prompts[0]['prompt']!r}")
         rows.append((style, evaluate(models, judge, prompts, args.seeds, args.size, args.steps)))

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STYLES = ("train", "paraphrase")
+STYLES = ("train", "reworded", "paraphrase")
+# "reworded": the held-out sentence templates and joiners of "paraphrase", with the training vocabulary
+# (nouns, patterns, colour and weathering words), i.e. new phrasings of words the model knows.
 
 
 @dataclass(frozen=True)
@@ -213,8 +215,10 @@ def caption(labels: dict, rng: np.random.Generator, style: str = "train") -> str
     if style not in STYLES:
         raise ValueError(f"unknown caption style {style!r}; expected one of {STYLES}")
     spec = FAMILIES[labels["family"]]
-    nouns, patterns = spec.vocabulary(style)
-    words = colour_words(spec.name, labels["colour"], style)
+    vocab = "train" if style == "reworded" else style  # whose words
+    style = "paraphrase" if style == "reworded" else style  # whose sentence shapes
+    nouns, patterns = spec.vocabulary(vocab)
+    words = colour_words(spec.name, labels["colour"], vocab)
     c = words[0] if rng.random() < 0.55 else _pick(rng, words[1:])
     p = ""
     if patterns and (spec.pattern_required or rng.random() < 0.5):
@@ -222,7 +226,7 @@ def caption(labels: dict, rng: np.random.Generator, style: str = "train") -> str
     template = _pick(rng, TEMPLATES[style])
     w = wc = ""
     if labels.get("weathered"):
-        word = _pick(rng, WEATHER_WORDS[style])
+        word = _pick(rng, WEATHER_WORDS[vocab])
         if "{wc}" in template and ("{w}" not in template or rng.random() < 0.5):
             wc = ", " + word
         else:
