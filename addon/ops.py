@@ -214,11 +214,4 @@ class SFUMATO_OT_recall(bpy.types.Operator):
 classes = (SFUMATO_OT_image, SFUMATO_OT_cancel, SFUMATO_OT_release, SFUMATO_OT_check_engine, SFUMATO_OT_recall)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

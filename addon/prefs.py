@@ -78,11 +78,4 @@ def engine_config(context=None) -> engine.EngineConfig:
                                device=p.device, threads=p.threads)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

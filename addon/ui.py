@@ -110,11 +110,4 @@ class SFUMATO_PT_history(SfumatoPanel, bpy.types.Panel):
 classes = (SFUMATO_PT_main, SFUMATO_PT_image, SFUMATO_UL_history, SFUMATO_PT_history)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

@@ -134,7 +134,7 @@ def open_image(field_name: str, path: str) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (OSError, ValueError) as exc:
-        raise BadParameter(field_name, path, f"a readable PNG, JPEG, TIFF or EXR-free image file ({exc})") from None
+        raise BadParameter(field_name, path, f"a readable image file: PNG, JPEG, TIFF, WebP ({exc})") from None
     return image
 
 
@@ -157,14 +157,13 @@ def load_depth(path: str, width: int, height: int) -> torch.Tensor:
         if not valid.any():
             raise BadParameter("depth_image", path, "a depth array with at least one finite positive distance")
         near, far = d[valid].min(), d[valid].max()
-        v = np.where(valid, 1.0 - (d - near) / max(far - near, 1e-6) * 0.9, 0.0)
-        image = Image.fromarray((v * 65535).astype(np.uint16))
+        a = np.where(valid, 1.0 - (d - near) / max(far - near, 1e-6) * 0.9, 0.0).astype(np.float32)
     else:
         image = open_image("depth_image", path)
-    if image.mode in ("I;16", "I;16B", "I"):
-        a = np.asarray(image, dtype=np.float32) / 65535.0
-    else:
-        a = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        if image.mode in ("I;16", "I;16B", "I"):
+            a = np.asarray(image, dtype=np.float32) / 65535.0
+        else:
+            a = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     t = torch.from_numpy(a)[None, None]
     t = torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
     return t.clamp(0, 1).repeat(1, 3, 1, 1)
@@ -186,18 +185,19 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     req = request.validate()
     seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)
     width, height = req.width or _native_size(models), req.height or _native_size(models)
-    scheduler = make_scheduler(req.scheduler, models.scheduler_config)
     control = load_depth(req.depth_image, width, height) if req.depth_image else None
     init = latent_space.pil_to_tensor(open_image("init_image", req.init_image), width, height) \
         if req.init_image else None
     # 2. encode the prompts once for the whole job
     positive, negative = text.encode_pair(models, req.prompt, req.negative)
     denoiser = Denoiser(models)
+    base = metadata(req, models, width, height)
     results = []
     with seamless([models.unet, models.vae, models.controlnet], req.seamless):
         for first in range(0, req.n, req.batch_size):
             seeds = list(range(seed + first, seed + min(first + req.batch_size, req.n)))
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            scheduler = make_scheduler(req.scheduler, models.scheduler_config)  # fresh state per batch
             cond = make_conditioning(models, positive, negative, len(seeds), req.guidance, width=width,
                                      height=height, control=control, control_scale=req.control_scale)
             # 3. starting latents: noise for text-to-image; the noised init image for image-to-image
@@ -216,18 +216,18 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
             x = sample(denoiser, scheduler, x, cond, timesteps,
                        generator=generators if takes_generator(scheduler) else None, on_step=on_step)
             # 5. decode
-            batch = [GeneratedImage(image, s, metadata(req, models, s, width, height))
+            batch = [GeneratedImage(image, s, {**base, "seed": s})
                      for s, image in zip(seeds, latent_space.tensor_to_pil(latent_space.decode(models, x)))]
             results += batch
             if on_images is not None:
                 on_images(batch)
-            scheduler = make_scheduler(req.scheduler, models.scheduler_config)  # fresh state per batch
     return results
 
 
-def metadata(req: ImageRequest, models: Models, seed: int, width: int, height: int) -> dict[str, Any]:
+def metadata(req: ImageRequest, models: Models, width: int, height: int) -> dict[str, Any]:
+    """Provenance shared by every image of a job (each adds its own ``seed``)."""
     meta = {
-        "prompt": req.prompt, "negative": req.negative, "seed": seed, "bundle": models.bundle.name,
+        "prompt": req.prompt, "negative": req.negative, "bundle": models.bundle.name,
         "bundle_hash": models.bundle.identity(), "scheduler": req.scheduler, "steps": req.steps,
         "guidance": req.guidance, "width": width, "height": height, "mode": req.mode, "seamless": req.seamless,
         "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
@@ -240,14 +240,14 @@ def metadata(req: ImageRequest, models: Models, seed: int, width: int, height: i
     return meta
 
 
-def generate_safely(request: ImageRequest, models: Models, *, on_step: OnStep | None = None
-                    ) -> list[GeneratedImage]:
+def generate_safely(request: ImageRequest, models: Models, *, on_step: OnStep | None = None,
+                    on_images: Callable[[list[GeneratedImage]], None] | None = None) -> list[GeneratedImage]:
     """``generate`` with out-of-memory turned into a clear error; the caller's process survives."""
     from .device import out_of_memory_as_error
 
     size = f"{request.width or _native_size(models)}x{request.height or _native_size(models)}"
     with out_of_memory_as_error(f"on {models.device} at {size}, batch {min(request.n, request.batch_size)}"):
-        return generate(request, models, on_step=on_step)
+        return generate(request, models, on_step=on_step, on_images=on_images)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -260,5 +260,3 @@ def output_paths(output: Path, seeds: list[int]) -> list[Path]:
         return [output]
     return [output.with_name(f"{output.stem}_s{s}{output.suffix}") for s in seeds]
 
-
-ProgressFn = Callable[[int, int, Image.Image | None], None]

@@ -56,7 +56,7 @@ def image_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str
     """Generate ``params`` (an ``ImageRequest``) into ``output``; each batch is saved as it finishes."""
     from . import bundle as bundles
     from .device import out_of_memory_as_error, pick_device, pick_dtype
-    from .image import ImageRequest, generate, output_paths
+    from .image import ImageRequest, generate_safely, output_paths
     from .latents import preview
     from .provenance import atomic_write, save_png
 
@@ -92,8 +92,7 @@ def image_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str
             ctx.saved.append(str(save_png(g.image, paths[g.seed - req.seed], g.metadata)))
             metadata.append(g.metadata)
 
-    with out_of_memory_as_error(f"generating {req.n} image(s) on {device}"):
-        generate(req, models, on_step=on_step, on_images=on_images)
+    generate_safely(req, models, on_step=on_step, on_images=on_images)
     return {"files": list(ctx.saved), "metadata": metadata}
 
 

@@ -40,7 +40,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PROTOCOL = 1
 log = logging.getLogger("sfumato.worker")
@@ -266,8 +266,6 @@ def main(device: str = "auto", dtype: str = "auto", threads: int | None = None) 
         worker.cleanup()
     return 0
 
-
-Emit = Callable[..., None]
 
 if __name__ == "__main__":
     sys.exit(main(os.environ.get("SFUMATO_WORKER_DEVICE", "auto"), os.environ.get("SFUMATO_WORKER_DTYPE", "auto"),
