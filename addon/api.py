@@ -10,11 +10,15 @@ Once the add-on is enabled this module is also importable as ``sfumato_api``::
     out.files        # their PNG files (with provenance inside)
     out.sheet_file   # a contact sheet: one row per prompt, one column per seed
 
+    obj = bpy.data.objects["Suzanne"]
+    done = sfumato_api.texture(obj, "weathered bronze", mode="projection", views=8)
+    done.material, done.image, done.glb   # the object now wears done.material
+
 Settings not given come from the scene's panel (``scene.sfumato``); the engine comes from the
 add-on's preferences. Errors are exceptions with the reason: ``request.BadSetting`` (a ValueError)
 for a bad value, ``scene_io.SceneProblem`` for a scene that cannot give what the mode needs (no
-camera), ``engine.EngineUnavailable`` when the engine cannot start, and ``engine.EngineError`` (its base)
-when a job fails or is cancelled.
+camera, a mesh without faces), ``engine.EngineUnavailable`` when the engine cannot start, and
+``engine.EngineError`` (its base) when a job fails or is cancelled.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from typing import Any
 
 import bpy
 
-from . import engine, imaging, prefs, props, request, runtime, scene_io
+from . import engine, imaging, prefs, props, request, runtime, scene_io, texturing
 from .engine import EngineError, EngineUnavailable  # noqa: F401  (re-exported for scripts)
-from .request import BadSetting, ImageSettings  # noqa: F401
+from .request import BadSetting, ImageSettings, TextureSettings  # noqa: F401
 from .scene_io import SceneProblem  # noqa: F401
+from .texturing import Textured  # noqa: F401
 
 HEADS = ("image",)  # texture, turntable and asset add theirs
 
@@ -124,3 +129,29 @@ def generate(prompt: str | None = None, *, seed: int | None = None, image_mode: 
     return variations([s.prompt], [seed], image_mode=s.mode, scene=ctx.scene, contact_sheet=False,
                       set_background=set_background, folder=folder, on_event=on_event,
                       **{k: v for k, v in changes.items() if k not in ("prompt", "mode", "seed", "random_seed")})
+
+
+def texture_settings(scene=None, **changes: Any) -> request.TextureSettings:
+    """The scene panel's texture settings with ``changes`` (field names of ``request.TextureSettings``)."""
+    scene = scene or bpy.context.scene
+    return props.texture_settings_from(scene.sfumato).replace(**changes)
+
+
+def texture(obj=None, prompt: str | None = None, *, seed: int | None = None, scene=None,
+            folder: str | Path | None = None, on_event: OnEvent | None = None, **changes: Any) -> texturing.Textured:
+    """Texture one mesh object (or its name; default: the active object), waited for; the object gets the
+    material "Sfumato texture <name>". ``changes``: ``mode`` ("projection" | "material"), ``views``,
+    ``resolution``, ``texture_size``, ``tile_size``, ``steps``, ... (``request.TextureSettings`` fields).
+    Projection mode adds a UV map (Smart UV Project) to an object that has none."""
+    ctx = _context(scene)
+    obj = bpy.data.objects.get(obj) if isinstance(obj, str) else obj
+    if obj is None:
+        obj = bpy.context.view_layer.objects.active
+    s = texture_settings(ctx.scene, **changes, **({"prompt": prompt} if prompt is not None else {}))
+    if seed is not None:
+        s = s.replace(seed=int(seed), random_seed=False)
+    texturing.leave_edit_mode()
+    texturing.check(obj, s)
+    config = prefs.engine_config(ctx)
+    job = texturing.prepare(ctx, obj, s, folder=Path(folder) if folder is not None else None)
+    return texturing.run(config, job, on_event=on_event)

@@ -159,8 +159,10 @@ class JobState:
     stage: str = ""
     step: int = 0
     total: int = 0
-    image: int = 0
+    image: int = 0  # the image (or view, see ``unit``) being made, 0-based
     images: int = 1
+    unit: str = "image"  # what ``image``/``images`` count: "image", or "view" for texture jobs
+    title: str = ""  # what the job works on, shown before its progress ("Suzanne (1/3)")
     preview: str | None = None
     message: str = ""
     result: dict[str, Any] | None = None
@@ -188,7 +190,9 @@ class JobState:
             self.status = "running"
             self.stage = event.get("stage", "")
             self.step, self.total = int(event.get("step") or 0), int(event.get("total") or 0)
-            self.image, self.images = int(event.get("image") or 0), int(event.get("images") or 1)
+            self.unit = "view" if "views" in event else "image"
+            self.image = int(event.get(self.unit) or 0)
+            self.images = int(event.get(self.unit + "s") or 1)
             if event.get("preview"):
                 self.preview = event["preview"]
         elif kind == "result":
@@ -217,7 +221,9 @@ class JobState:
         if self.status == "running":
             what = "Loading models" if self.stage == "loading" else f"Step {self.step}/{self.total}"
             if self.images > 1:
-                what += f", image {self.image + 1}/{self.images}"
+                what += f", {self.unit} {self.image + 1}/{self.images}"
+            if self.title:
+                what = f"{self.title}: {what}"
             return [(what + (" (cancelling)" if self.cancel_requested else ""), False)]
         if self.status == "error":
             return [(line, True) for line in wrap(self.message)]

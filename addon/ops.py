@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import bpy
-from bpy.props import EnumProperty, IntProperty
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import engine, imaging, prefs, props, request, runtime, scene_io
+from . import engine, imaging, prefs, props, request, runtime, scene_io, texturing
 
 BLOCKING = [("AUTO", "Auto", "Wait for the result in background mode (timers never run there), else run "
              "in the background and apply the result when it arrives"),
@@ -95,10 +95,106 @@ def _reason(context, s: request.ImageSettings) -> str:
     return ""
 
 
+def _texture_reason(context, s: request.TextureSettings) -> str:
+    """Why the Texture button would do nothing or fail, for the panel ("" = ready)."""
+    found = request.texture_problems(s)
+    if found:
+        return str(found[0])
+    if not texturing.selected_meshes(context):
+        return "select one or more mesh objects to texture"
+    return ""
+
+
 def _print_progress(state: engine.JobState, event: dict) -> None:
-    if event.get("event") == "progress" and event.get("stage") == "denoising" and \
+    if event.get("event") == "progress" and event.get("stage") in ("denoising", "texture") and \
             event.get("step") == event.get("total"):
-        print(f"sfumato: image {state.image + 1}/{state.images} denoised", flush=True)
+        print(f"sfumato: {state.title + ' ' if state.title else ''}{state.unit} {state.image + 1}/{state.images} "
+              "denoised", flush=True)
+
+
+class SFUMATO_OT_texture(bpy.types.Operator):
+    """Texture the selected meshes from the prompt (one engine job per object); a property left unset
+    takes the panel's value"""
+
+    bl_idname = "sfumato.texture"
+    bl_label = "Texture selected"
+    bl_options = {'UNDO'}  # an undo step for the UV map it may add; no redo panel, which would rerun the job
+
+    prompt: StringProperty(name="Prompt", description="What the surface shows; unset = the panel's prompt",
+                           options={'SKIP_SAVE'})
+    mode: EnumProperty(name="Mode", items=[
+        ("projection", "Projection", "Paint the object's own UV map from views around it"),
+        ("material", "Material", "A seamless tile laid with box projection at real-world scale")],
+        options={'SKIP_SAVE'})
+    views: IntProperty(name="Views", min=1, max=64, default=8, options={'SKIP_SAVE'})
+    resolution: IntProperty(name="View size", default=0, options={'SKIP_SAVE'},
+                            description="Pixels per view, a multiple of 8; 0 = the bundle's native size")
+    texture_size: IntProperty(name="Texture size", default=1024, options={'SKIP_SAVE'})
+    tile_size: FloatProperty(name="Tile size", default=1.0, min=0.001, unit='LENGTH', options={'SKIP_SAVE'})
+    seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
+                      description="Unset = the panel's seed (or a random one when the panel says so)")
+    steps: IntProperty(name="Steps", min=1, max=500, default=25, options={'SKIP_SAVE'})
+    blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
+
+    @classmethod
+    def poll(cls, context):
+        if context.scene is None:
+            return False
+        if runtime.busy():
+            cls.poll_message_set("a job is running: cancel it or wait for it")
+            return False
+        return True
+
+    def invoke(self, context, event):
+        return self.execute(context)
+
+    def settings(self, context) -> request.TextureSettings:
+        """The panel's settings with the properties this call set."""
+        s = props.texture_settings_from(context.scene.sfumato)
+        changes = {name: getattr(self, name) for name in ("prompt", "mode", "views", "resolution", "texture_size",
+                                                          "tile_size", "seed", "steps")
+                   if self.properties.is_property_set(name)}
+        if "seed" in changes:
+            changes["random_seed"] = False
+        return s.replace(**changes)
+
+    def execute(self, context):
+        objects = texturing.selected_meshes(context)
+        if not objects:  # nothing to do is not an error: a warning, no exception from scripts
+            self.report({'WARNING'}, "Select one or more mesh objects to texture")
+            return {'CANCELLED'}
+        s = self.settings(context)
+        try:
+            texturing.leave_edit_mode()
+            for obj in objects:
+                texturing.check(obj, s)
+            config = prefs.engine_config(context)
+            engine.find_engine_python(config.python)
+            jobs = [texturing.prepare(context, obj, s) for obj in objects]
+        except (request.BadSetting, scene_io.SceneProblem, engine.EngineUnavailable, OSError) as exc:
+            runtime.LAST_MESSAGE = (str(exc), True)
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        for job in jobs:
+            if job.context["uv_added"]:
+                self.report({'INFO'}, f"Sfumato: {job.context['object']} had no UV map; added "
+                            f"{job.context['uv_map']!r} to it with Smart UV Project")
+        if not _blocking(self.blocking):
+            texturing.start(config, jobs)
+            return {'FINISHED'}
+        runtime.LAST_MESSAGE = None
+        for index, job in enumerate(jobs):
+            try:
+                done = texturing.run(config, job, index=index, count=len(jobs), on_event=_print_progress)
+            except (engine.EngineError, scene_io.SceneProblem) as exc:
+                left = [j.context["object"] for j in jobs[index + 1:]]
+                self.report({'ERROR'}, f"{job.context['object']}: {exc}"
+                            + (f"; not textured: {', '.join(left)}" if left else ""))
+                return {'CANCELLED'}
+            for warning in done.warnings:
+                self.report({'WARNING'}, f"Sfumato: {done.object.name}: {warning}")
+            self.report({'INFO'}, f"Sfumato: {done.object.name} -> {done.material.name}")
+        return {'FINISHED'}
 
 
 class SFUMATO_OT_cancel(bpy.types.Operator):
@@ -211,7 +307,8 @@ class SFUMATO_OT_recall(bpy.types.Operator):
         return {'FINISHED'}
 
 
-classes = (SFUMATO_OT_image, SFUMATO_OT_cancel, SFUMATO_OT_release, SFUMATO_OT_check_engine, SFUMATO_OT_recall)
+classes = (SFUMATO_OT_image, SFUMATO_OT_texture, SFUMATO_OT_cancel, SFUMATO_OT_release, SFUMATO_OT_check_engine,
+           SFUMATO_OT_recall)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

@@ -44,6 +44,19 @@ class SfumatoSettings(bpy.types.PropertyGroup):
         ("RESULT", "Render Result", "The last render (F12) as it is")])
     set_background: BoolProperty(name="Camera background", description="Show the result as the active camera's "
                                  "background image", default=False)
+    # the Texture section (the prompt, seed, steps, guidance, scheduler and bundle above are shared)
+    texture_mode: EnumProperty(name="Texture", default="projection", items=[
+        ("projection", "Projection", "Paint the object's own UV map from views around it (a UV map is added "
+         "with Smart UV Project when it has none)"),
+        ("material", "Material", "One seamless tile laid on the object with box projection at real-world scale")])
+    texture_views: IntProperty(name="Views", min=1, max=64, default=8,
+                               description="Cameras around the object, each generated once")
+    texture_resolution: IntProperty(name="View size", default=0, description="Pixels per generated view, a "
+                                    "multiple of 8 from 64 to 2048; 0 = the bundle's native size")
+    texture_size: IntProperty(name="Texture size", default=1024, description="The texture's side in pixels, "
+                              "16 to 8192")
+    tile_size: FloatProperty(name="Tile size", default=1.0, min=0.001, max=1000.0, soft_max=100.0, unit='LENGTH',
+                             description="Material: how much of the object one tile of the texture covers")
 
 
 class SfumatoHistoryItem(bpy.types.PropertyGroup):
@@ -58,6 +71,17 @@ classes = (SfumatoSettings, SfumatoHistoryItem)
 def settings_from(props: SfumatoSettings) -> request.ImageSettings:
     return request.ImageSettings(**{name: getattr(props, name) for name in request.ImageSettings.fields()
                                     if hasattr(props, name)})
+
+
+TEXTURE_FIELDS = {"mode": "texture_mode", "views": "texture_views", "resolution": "texture_resolution",
+                  "texture_size": "texture_size", "tile_size": "tile_size"}  # TextureSettings field: property
+
+
+def texture_settings_from(props: SfumatoSettings) -> request.TextureSettings:
+    """The shared settings (prompt, seed, ...) and the Texture section's as plain data."""
+    values = {name: getattr(props, TEXTURE_FIELDS.get(name, name)) for name in request.TextureSettings.fields()
+              if hasattr(props, TEXTURE_FIELDS.get(name, name))}
+    return request.TextureSettings(**values)
 
 
 def apply_settings(props: SfumatoSettings, s: request.ImageSettings) -> None:

@@ -1,9 +1,9 @@
-"""From the panel's settings to an image job, and back from a result to a history record.
+"""From the panel's settings to an image or texture job, and back from a result to a history record.
 
-Blender-free: the operators turn Blender properties into an ``ImageSettings`` (plain data), and
-everything else here (validation with messages that name the field, the value and what is allowed;
-the job's params; the datablock's name; its provenance properties; history records) is plain
-Python that tests reach without Blender.
+Blender-free: the operators turn Blender properties into an ``ImageSettings`` or a ``TextureSettings``
+(plain data), and everything else here (validation with messages that name the field, the value and
+what is allowed; the job's params; the datablock's name; its provenance properties; history records)
+is plain Python that tests reach without Blender.
 """
 
 from __future__ import annotations
@@ -131,6 +131,115 @@ def image_params(s: ImageSettings, *, seed: int, default_bundle: str = DEFAULT_B
     elif s.mode == "restyle":
         params.update(init_image=init_image, strength=float(s.strength))
     return params
+
+
+# ---- texture jobs ----------------------------------------------------------------------------------
+TEXTURE_MODES = ("projection", "material")  # paint the mesh's own UV map | one seamless tile, box-projected
+MAX_TEXTURE_SIZE = 8192
+MAX_VIEW_SIZE = 2048  # the engine's limit for one generated view
+TextureMode = Literal["projection", "material"]
+
+
+@dataclass
+class TextureSettings:
+    """One texture job on one mesh: the panel's shared settings plus its Texture section."""
+
+    prompt: str = ""
+    negative: str = ""
+    bundle: str = ""  # "" = the preference's default bundle
+    seed: int = 0
+    random_seed: bool = False
+    steps: int = 25
+    guidance: float = 7.5
+    scheduler: str = DEFAULT_SCHEDULER
+    mode: TextureMode = "projection"
+    views: int = 8  # cameras around the mesh, each generated once
+    resolution: int = 0  # per-view generation size in pixels, a multiple of 8; 0 = the bundle's native size
+    texture_size: int = 1024  # the texture PNG's side in pixels
+    tile_size: float = 1.0  # material mode: metres one tile covers
+    max_faces: int = 200_000  # the engine refuses (or simplifies) meshes above this
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> "TextureSettings":
+        unknown = sorted(set(changes) - set(self.fields()))
+        if unknown:
+            raise BadSetting(unknown[0], changes[unknown[0]], "one of " + ", ".join(self.fields()))
+        return dataclasses.replace(self, **changes)
+
+
+def texture_problems(s: TextureSettings) -> list[BadSetting]:
+    """Everything wrong with ``s``, in field order (the first one is the reason shown in the UI)."""
+    found: list[BadSetting] = []
+
+    def check(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            found.append(BadSetting(name, getattr(s, name), allowed))
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    check("prompt", isinstance(s.prompt, str) and bool(s.prompt.strip()), "a text prompt (texture mode needs one)")
+    check("seed", isinstance(s.seed, int) and 0 <= s.seed <= MAX_SEED, f"an integer 0..{MAX_SEED}")
+    check("steps", isinstance(s.steps, int) and 1 <= s.steps <= 500, "an integer 1..500")
+    check("guidance", number(s.guidance) and 0 <= s.guidance <= 50, "a number 0..50")
+    check("scheduler", s.scheduler in SCHEDULERS, ", ".join(SCHEDULERS))
+    check("mode", s.mode in TEXTURE_MODES, ", ".join(TEXTURE_MODES))
+    check("views", isinstance(s.views, int) and 1 <= s.views <= 64, "an integer 1..64")
+    r = s.resolution
+    check("resolution", isinstance(r, int) and (r == 0 or (64 <= r <= MAX_VIEW_SIZE and r % 8 == 0)),
+          f"0 (the bundle's native size) or a multiple of 8 from 64 to {MAX_VIEW_SIZE}"
+          + (f" (nearest: {_nearest8(min(r, MAX_VIEW_SIZE))})" if isinstance(r, int) and r > 0 else ""))
+    check("texture_size", isinstance(s.texture_size, int) and 16 <= s.texture_size <= MAX_TEXTURE_SIZE,
+          f"an integer 16..{MAX_TEXTURE_SIZE} (pixels)")
+    check("tile_size", number(s.tile_size) and 0 < s.tile_size <= 1000, "a positive number of metres (at most 1000)")
+    check("max_faces", isinstance(s.max_faces, int) and s.max_faces >= 1, "a positive integer")
+    return found
+
+
+def validate_texture(s: TextureSettings) -> TextureSettings:
+    found = texture_problems(s)
+    if found:
+        raise BadSetting(found[0].field, found[0].value, found[0].allowed)
+    return s
+
+
+def texture_params(s: TextureSettings, *, mesh: str, seed: int, default_bundle: str = DEFAULT_BUNDLE
+                   ) -> dict[str, Any]:
+    """The ``params`` of an engine "texture" job; ``mesh`` is the exported GLB."""
+    validate_texture(s)
+    if not mesh:
+        raise BadSetting("mesh", mesh, "the path of the mesh exported as GLB")
+    params: dict[str, Any] = {
+        "mesh": mesh, "prompt": s.prompt, "negative": s.negative, "mode": s.mode, "views": s.views,
+        "texture_size": s.texture_size, "tile_size": float(s.tile_size), "seed": int(seed), "steps": s.steps,
+        "guidance": float(s.guidance), "scheduler": s.scheduler, "max_faces": s.max_faces,
+    }
+    if s.resolution:
+        params["resolution"] = s.resolution
+    bundle = s.bundle or default_bundle
+    if bundle:
+        params["bundle"] = bundle
+    return params
+
+
+def material_name(object_name: str) -> str:
+    """The texture material's name, "Sfumato texture <object>", within Blender's 63 bytes."""
+    head = "Sfumato texture "
+    name = object_name
+    while len((head + name).encode("utf-8")) > 63:
+        name = name[:-1]
+    return head + name
+
+
+def tile_scale(tile_size: float, object_scale: tuple[float, float, float]) -> tuple[float, float, float]:
+    """The Mapping node's scale for object coordinates so that one tile covers ``tile_size`` metres in the
+    world: object coordinates are before the object's scale, so a unit of them is ``object_scale`` metres."""
+    if not tile_size > 0:
+        raise BadSetting("tile_size", tile_size, "a positive number of metres")
+    return tuple(abs(float(k)) / float(tile_size) for k in object_scale)
 
 
 # ---- names and files -------------------------------------------------------------------------------

@@ -78,12 +78,39 @@ def apply_events() -> list[tuple[engine.JobState, dict[str, Any]]]:
                 state.status, state.message = "error", f"could not load the result: {exc}"
             else:
                 _undo_push("Sfumato result")
+        elif state.tag == "texture" and kind in FINAL_EVENTS:
+            _texture_done(state, kind)
         elif state.tag == "check" and kind in ("result", "failed"):
             CHECK.clear()
             CHECK.update({"info": state.result} if kind == "result" else {"error": state.message})
         elif state.tag == "release" and kind in ("result", "failed"):
             LAST_MESSAGE = ("GPU memory released", False) if kind == "result" else (state.message, True)
     return events
+
+
+FINAL_EVENTS = ("result", "error", "cancelled", "failed", "worker_exited")
+
+
+def _texture_done(state: engine.JobState, kind: str) -> None:
+    """A texture job ended: apply its material, then start the next selected object's job."""
+    from . import texturing
+
+    global LAST_MESSAGE
+    if kind != "result":
+        left = texturing.not_done(state)
+        if left:
+            state.message += f"; not textured: {', '.join(left)}"
+        return
+    try:
+        done = texturing.finish(state)
+    except Exception as exc:  # the files are there; say what went wrong applying them
+        log.exception("applying the texture failed")
+        state.status, state.message = "error", f"could not apply the texture: {exc}"
+        return
+    _undo_push("Sfumato texture")
+    if done.warnings:
+        LAST_MESSAGE = (f"{done.object.name}: " + "; ".join(done.warnings), False)
+    texturing.start_next(state)
 
 
 def _undo_push(message: str) -> None:

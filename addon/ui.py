@@ -1,6 +1,6 @@
-"""The "Sfumato" tab in the 3D Viewport sidebar: settings, Image section, progress, history.
+"""The "Sfumato" tab in the 3D Viewport sidebar: settings, Image and Texture sections, progress, history.
 
-Other heads (texture, turntable, asset) add their own sub-panels with ``bl_parent_id = "SFUMATO_PT_main"``.
+Other heads (turntable, asset) add their own sub-panels with ``bl_parent_id = "SFUMATO_PT_main"``.
 """
 
 from __future__ import annotations
@@ -89,6 +89,28 @@ class SFUMATO_PT_image(SfumatoPanel, bpy.types.Panel):
         layout.operator("sfumato.image", icon='RENDER_STILL').mode = "scene"
 
 
+class SFUMATO_PT_texture(SfumatoPanel, bpy.types.Panel):
+    bl_label = "Texture"
+    bl_parent_id = "SFUMATO_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.sfumato
+        layout.row().prop(s, "texture_mode", expand=True)
+        col = layout.column(align=True)
+        col.prop(s, "texture_views")
+        col.prop(s, "texture_resolution")
+        col.prop(s, "texture_size")
+        if s.texture_mode == "material":
+            layout.prop(s, "tile_size")
+        reason = ops._texture_reason(context, props.texture_settings_from(s))
+        if reason and not runtime.busy():
+            line = layout.row()
+            line.alert = True
+            line.label(text=reason, icon='ERROR')
+        layout.operator("sfumato.texture", icon='TEXTURE')
+
+
 class SFUMATO_UL_history(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row(align=True)
@@ -107,7 +129,7 @@ class SFUMATO_PT_history(SfumatoPanel, bpy.types.Panel):
                                   "sfumato_history_index", rows=4)
 
 
-classes = (SFUMATO_PT_main, SFUMATO_PT_image, SFUMATO_UL_history, SFUMATO_PT_history)
+classes = (SFUMATO_PT_main, SFUMATO_PT_image, SFUMATO_PT_texture, SFUMATO_UL_history, SFUMATO_PT_history)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

@@ -1,6 +1,7 @@
 """The ``sfumato`` command line: image generation, bundles, the worker.
 
     sfumato image "red brick wall" -o brick.png --seed 1 --n 4
+    sfumato texture house.glb "weathered red brick" -o house_textured.glb [--mode material --tile-size 1]
     sfumato bundle list | info NAME | verify NAME | import FILE --family sd15 | make-tiny
     sfumato worker            # JSON lines on stdin/stdout, for the Blender add-on and scripts
     sfumato info              # device, dtype and bundles
@@ -89,6 +90,42 @@ def _image(args: argparse.Namespace) -> int:
           f"({meta['bundle_hash']}) · {meta['width']}x{meta['height']} · {meta['scheduler']} {meta['steps']} steps "
           f"· guidance {meta['guidance']} · seed {seeds} · {meta['device']} {meta['dtype']}")
     for f in result["files"]:
+        print(f)
+    return 0
+
+
+def _texture(args: argparse.Namespace) -> int:
+    from .jobs import JOB_KINDS, JobContext
+    from .loading import ModelCache
+
+    params = {
+        "mesh": args.mesh, "prompt": args.prompt, "negative": args.negative, "mode": args.mode,
+        "variant": args.variant, "views": args.views, "fill_views": args.fill_views, "resolution": args.resolution,
+        "texture_size": args.texture_size, "tile_size": args.tile_size, "seed": args.seed, "steps": args.steps,
+        "guidance": args.guidance, "scheduler": args.scheduler, "bundle": args.bundle,
+        "conditioning": args.conditioning, "max_faces": args.max_faces, "device": args.device, "dtype": args.dtype,
+    }
+    bar = ProgressBar()
+
+    def emit(event: str, **f: Any) -> None:
+        if event == "progress" and f.get("views", 1) > 1:
+            f["stage"] = f"view {f.get('view', 0) + 1}/{f['views']}"
+            f["images"] = 1
+        bar(event, **f)
+
+    ctx = JobContext(job_id="cli", cache=ModelCache(), device=args.device, dtype=args.dtype,
+                     cancel=threading.Event(), emit=emit, preview_every=0)
+    started = time.perf_counter()
+    result = JOB_KINDS["texture"](params, Path(args.output).absolute(), ctx)
+    bar.done()
+    meta = result["metadata"]
+    for w in result["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    detail = (f"{meta['views']} views ({meta['variant']}, {meta['conditioning']}) · texture {meta['texture_size']}px"
+              if meta["mode"] == "projection" else f"tile {meta['resolution']}px = {meta['tile_size']} m")
+    print(f"textured {meta['mesh']} in {time.perf_counter() - started:.1f} s · {meta['mode']} · {detail} · bundle "
+          f"{meta['bundle']} · seed {meta['seed']}")
+    for f in (result["glb"], result["texture"], result["sidecar"]):
         print(f)
     return 0
 
@@ -198,6 +235,32 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("--device", default="auto")
     img.add_argument("--dtype", default="auto", help="auto, fp16, bf16, fp32")
     img.set_defaults(run=_image)
+
+    tex = sub.add_parser("texture", help="texture a mesh from a prompt into its UV map (GLB + PNG)")
+    tex.add_argument("mesh", help=".glb, .gltf, .obj or .ply")
+    tex.add_argument("prompt")
+    tex.add_argument("-o", "--output", required=True, help="output .glb (the texture .png and a .json beside it)")
+    tex.add_argument("--mode", default="projection", choices=["projection", "material"],
+                     help="projection: views painted into the UVs; material: a seamless tile, box-mapped")
+    tex.add_argument("--variant", default="sequential", choices=["sequential", "sync"],
+                     help="projection: views in turn (default) or all at once sharing one UV latent")
+    tex.add_argument("--views", type=int, default=8)
+    tex.add_argument("--fill-views", type=int, default=4, help="extra views for what the orbit missed (0: none)")
+    tex.add_argument("--resolution", type=int, default=None, help="per view / tile, px (default: bundle's size)")
+    tex.add_argument("--texture-size", type=int, default=1024)
+    tex.add_argument("--tile-size", type=float, default=1.0, help="material mode: metres one tile covers")
+    tex.add_argument("--conditioning", default="auto", choices=["auto", "depth", "img2img"],
+                     help="auto: the bundle's depth ControlNet when it has one, else image-to-image")
+    tex.add_argument("--bundle", default=None)
+    tex.add_argument("--negative", default="")
+    tex.add_argument("--steps", type=int, default=25)
+    tex.add_argument("--guidance", type=float, default=7.5)
+    tex.add_argument("--seed", type=int, default=None)
+    tex.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=", ".join(names()))
+    tex.add_argument("--max-faces", type=int, default=200_000)
+    tex.add_argument("--device", default="auto")
+    tex.add_argument("--dtype", default="auto")
+    tex.set_defaults(run=_texture)
 
     bun = sub.add_parser("bundle", help="list, inspect, verify, import bundles")
     bsub = bun.add_subparsers(dest="bundle_cmd", required=True)

@@ -96,6 +96,14 @@ def image_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str
     return {"files": list(ctx.saved), "metadata": metadata}
 
 
+def texture_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
+    """The texture head's job (``sfumato.threed``), imported when first used."""
+    from ..threed.jobs import texture_job as run
+
+    return run(params, output, ctx)
+
+
 JOB_KINDS: dict[str, Callable[[dict[str, Any], Path, JobContext], dict[str, Any]]] = {
     "image": image_job,
+    "texture": texture_job,
 }

@@ -46,8 +46,12 @@ def timesteps_for(scheduler, steps: int, device: torch.device, strength: float =
 
 def sample(denoiser: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor], scheduler,
            x: torch.Tensor, cond: Conditioning, timesteps: torch.Tensor, *,
-           generator: list[torch.Generator] | None = None, on_step: OnStep | None = None) -> torch.Tensor:
-    """Denoise ``x`` (B, C, h, w) along ``timesteps``; returns the final latents x_0."""
+           generator: list[torch.Generator] | None = None, on_step: OnStep | None = None,
+           post_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Denoise ``x`` (B, C, h, w) along ``timesteps``; returns the final latents x_0.
+
+    ``post_step(i, x)`` may replace parts of the latents after step ``i`` (0-based), before the next
+    one sees them: inpainting keeps known regions there, multi-view texturing syncs views there."""
     step_kwargs: dict[str, Any] = {"return_dict": False}
     if generator is not None:
         step_kwargs["generator"] = generator
@@ -56,6 +60,8 @@ def sample(denoiser: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.
         x_in = scheduler.scale_model_input(x, t)
         out = denoiser(x_in, t, cond)
         x = scheduler.step(out, t, x, **step_kwargs)[0].to(x.dtype)
+        if post_step is not None:
+            x = post_step(i, x)
         if on_step is not None:
             on_step(StepInfo(step=i + 1, total=total, t=float(t), latents=x))
     return x

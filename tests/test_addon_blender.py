@@ -9,6 +9,7 @@ timer function by hand, exactly as Blender's timer would.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import sys
@@ -76,7 +77,8 @@ def test_register_unregister_round_trip_leaves_nothing_behind(bundle_root, tmp_p
         assert (p.device, p.default_bundle, p.engine_python) == ("auto", "materials", "")
         p.bundle_folder, p.device, p.threads, p.output_folder = str(bundle_root), "cpu", 1, str(tmp_path)
         p.default_bundle = "tiny-sd15"
-        assert {"SFUMATO_OT_image", "SFUMATO_PT_main", "SFUMATO_PT_image", "SFUMATO_UL_history"} <= set(dir(bpy.types))
+        assert {"SFUMATO_OT_image", "SFUMATO_OT_texture", "SFUMATO_PT_main", "SFUMATO_PT_image", "SFUMATO_PT_texture",
+                "SFUMATO_UL_history"} <= set(dir(bpy.types))
         assert hasattr(bpy.context.scene, "sfumato") and "sfumato_api" in sys.modules
         # a worker, a timer and a job in flight: unregister must stop them all
         assert bpy.ops.sfumato.check_engine(blocking="ON") == {"FINISHED"}
@@ -355,6 +357,262 @@ def test_missing_or_broken_engine_python_is_a_clear_message(scene, tmp_path):
     assert runtime().LAST_MESSAGE == ("GPU memory released", False)
 
 
+# ---- texture mode ----------------------------------------------------------------------------------
+def texturing():
+    return sys.modules[f"{NAME}.texturing"]
+
+
+def _mesh_scene(kind: str = "monkey"):
+    """An empty scene with one selected, active mesh and the panel's shared settings."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    {"monkey": bpy.ops.mesh.primitive_monkey_add, "plane": bpy.ops.mesh.primitive_plane_add,
+     "cube": bpy.ops.mesh.primitive_cube_add}[kind]()
+    s = bpy.context.scene.sfumato
+    s.prompt, s.seed, s.steps = "weathered bronze", 5, 2
+    return bpy.context.active_object
+
+
+def _pixels(image) -> np.ndarray:
+    """(h, w, channels) floats, bottom row first, as Blender stores them."""
+    w, h = image.size
+    px = np.empty(w * h * image.channels, np.float32)
+    image.pixels.foreach_get(px)
+    return px.reshape(h, w, image.channels)
+
+
+def _glb_corners(path: Path) -> np.ndarray:
+    """(N, 5): x, y, z, u, v of every vertex the engine reads from the GLB, in Blender's axes (Z up)."""
+    import trimesh
+
+    loaded = trimesh.load(str(path), process=False, maintain_order=True, force="mesh")
+    assert loaded.visual.uv is not None, "trimesh read no UVs (a primitive without a material loses them)"
+    x, y, z = np.asarray(loaded.vertices).T  # glTF: +Y up, Blender's -Y forward is glTF's +Z
+    return np.column_stack([x, -z, y, loaded.visual.uv])
+
+
+def _blender_corners(obj) -> np.ndarray:
+    """(N, 5): x, y, z, u, v of every face corner of the object as it renders, in world space."""
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    mesh = evaluated.to_mesh()
+    try:
+        uv = mesh.uv_layers.active.data
+        co = (obj.matrix_world @ mesh.vertices[loop.vertex_index].co for loop in mesh.loops)
+        return np.array([[*c, *uv[i].uv] for i, c in enumerate(co)])
+    finally:
+        evaluated.to_mesh_clear()
+
+
+def _farthest(a: np.ndarray, b: np.ndarray) -> float:
+    """How far the row of ``a`` farthest from every row of ``b`` is from its nearest one (max norm)."""
+    return max(float(np.abs(b - row).max(1).min()) for row in a)
+
+
+def _fake_result(job, tmp_path: Path, size: int = 64) -> dict:
+    """What the engine's texture job returns, with a texture whose quadrants are red (top left), green (top
+    right), blue (bottom left) and white (bottom right) in the PNG as written, top row first."""
+    from PIL import Image
+
+    png = np.zeros((size, size, 3), np.uint8)
+    half = size // 2
+    png[:half, :half], png[:half, half:] = (255, 0, 0), (0, 255, 0)
+    png[half:, :half], png[half:, half:] = (0, 0, 255), (255, 255, 255)
+    path = tmp_path / "fake.png"
+    Image.fromarray(png).save(path)
+    mode = job.params["mode"]
+    return {"event": "result", "files": [job.output, str(path)], "glb": job.output, "texture": str(path), "mode": mode,
+            "tile_size": job.params["tile_size"], "warnings": ["a fabricated warning"],
+            "metadata": {"prompt": job.params["prompt"], "seed": job.params["seed"], "mode": mode,
+                         "bundle": "tiny-sd15"}}
+
+
+def _finish_fake(job, tmp_path):
+    engine = sys.modules[f"{NAME}.engine"]
+    state = engine.JobState(tag="texture", context={**job.context, "params": job.params}, status="done")
+    state.result = _fake_result(job, tmp_path)
+    return texturing().finish(state)
+
+
+def _nodes(material) -> dict:
+    return {node.bl_idname: node for node in material.node_tree.nodes}
+
+
+def test_texture_export_sends_the_objects_uv_map_and_a_result_becomes_its_material(enabled, tmp_path):
+    obj = _mesh_scene("monkey")
+    obj.data.uv_layers.remove(obj.data.uv_layers[0])  # projection adds one with Smart UV Project
+    obj.location, obj.scale = (1.0, 2.0, 3.0), (2.0, 2.0, 2.0)
+    obj.modifiers.new("subdivide", 'SUBSURF').levels = 1  # exported as it renders
+    obj.data.materials.append(bpy.data.materials.new("old"))
+    s = sys.modules[f"{NAME}.props"].texture_settings_from(bpy.context.scene.sfumato).replace(
+        views=2, texture_size=64, resolution=64)
+    job = texturing().prepare(bpy.context, obj, s, folder=tmp_path)
+    assert job.context["uv_added"] and obj.data.uv_layers.active.name == job.context["uv_map"] == "UVMap"
+    assert job.params["mesh"].endswith(".mesh.glb") and job.output.endswith("_s5.glb")
+    assert job.params["mesh"].startswith(str(tmp_path))
+    # the engine reads exactly Blender's evaluated mesh, in world space, with the UVs as Blender has them
+    glb, blender = _glb_corners(Path(job.params["mesh"])), _blender_corners(obj)
+    assert _farthest(glb, blender) < 1e-5 and _farthest(blender, glb) < 1e-5
+    assert [o.name for o in bpy.context.selected_objects] == ["Suzanne"]  # the export copy is gone
+    assert not [m for m in bpy.data.materials if m.name.startswith(".sfumato")]
+    done = _finish_fake(job, tmp_path)
+    assert obj.active_material == done.material and len(obj.material_slots) == 1
+    assert done.material.name == "Sfumato texture Suzanne" and done.warnings == ["a fabricated warning"]
+    nodes = _nodes(done.material)
+    assert nodes["ShaderNodeUVMap"].uv_map == "UVMap"
+    tex = nodes["ShaderNodeTexImage"]
+    assert tex.image == done.image and tuple(tex.image.size) == (64, 64) and tex.projection == 'FLAT'
+    assert tex.inputs["Vector"].links[0].from_node == nodes["ShaderNodeUVMap"]
+    assert nodes["ShaderNodeBsdfPrincipled"].inputs["Base Color"].links[0].from_node == tex
+    # Blender stores rows bottom-up: UV (0, 0) samples the PNG's bottom-left (blue), (1, 1) its top right (green)
+    px = _pixels(done.image)
+    assert np.allclose(px[0, 0, :3], (0, 0, 1)) and np.allclose(px[-1, -1, :3], (0, 1, 0))
+    prov = done.material["sfumato"].to_dict()
+    assert prov == done.image["sfumato"].to_dict()
+    assert {k: prov[k] for k in ("prompt", "seed", "bundle", "texture_mode", "object", "uv_map")} == {
+        "prompt": "weathered bronze", "seed": 5, "bundle": "tiny-sd15", "texture_mode": "projection",
+        "object": "Suzanne", "uv_map": "UVMap"}
+    # material mode: no UV map needed, the tile is box-projected in object space at real-world size
+    s = s.replace(mode="material", tile_size=0.5)
+    job = texturing().prepare(bpy.context, obj, s, folder=tmp_path)
+    assert not job.context["uv_added"]
+    done = _finish_fake(job, tmp_path)
+    nodes = _nodes(done.material)
+    tex = nodes["ShaderNodeTexImage"]
+    assert tex.projection == 'BOX' and 0 < tex.projection_blend < 1 and tex.extension == 'REPEAT'
+    mapping = tex.inputs["Vector"].links[0].from_node
+    assert mapping.bl_idname == "ShaderNodeMapping"
+    assert mapping.inputs["Vector"].links[0].from_socket.name == "Object"
+    assert tuple(mapping.inputs["Scale"].default_value) == pytest.approx((4.0, 4.0, 4.0))  # scale 2, 0.5 m tiles
+    assert done.material["sfumato"]["tile_size"] == 0.5 and obj.active_material == done.material
+
+
+def _std(image) -> float:
+    return float(_pixels(image)[..., :3].std())
+
+
+def test_texture_operator_paints_the_uv_map_and_lays_a_material_tile(enabled):
+    obj = _mesh_scene("monkey")
+    bpy.ops.object.mode_set(mode='EDIT')  # the operator works from Edit Mode too
+    assert bpy.ops.sfumato.texture(views=2, resolution=64, texture_size=64, steps=2) == {"FINISHED"}
+    assert obj.mode == 'OBJECT'
+    material = obj.active_material
+    assert material.name == "Sfumato texture Suzanne" and len(obj.material_slots) == 1
+    nodes = _nodes(material)
+    image = nodes["ShaderNodeTexImage"].image
+    assert tuple(image.size) == (64, 64) and _std(image) > 0.01
+    assert nodes["ShaderNodeUVMap"].uv_map == obj.data.uv_layers.active.name
+    prov = material["sfumato"].to_dict()
+    assert {k: prov[k] for k in ("prompt", "seed", "bundle", "texture_mode", "views", "texture_size", "steps")} == {
+        "prompt": "weathered bronze", "seed": 5, "bundle": "tiny-sd15", "texture_mode": "projection", "views": 2,
+        "texture_size": 64, "steps": 2}
+    assert Path(prov["glb"]).is_file() and Path(prov["file"]).is_file() and Path(prov["mesh"]).is_file()
+    assert "views_coverage" in json.loads(prov["metrics"])  # the engine's quality signals travel along
+    state = runtime().CURRENT
+    assert state.status == "done" and state.unit == "view" and state.images >= 2 and state.title == "Suzanne"  # 2 rig views + fill views
+    # material mode: one seamless tile, box-projected
+    assert bpy.ops.sfumato.texture(mode="material", resolution=64, steps=2, tile_size=0.5, seed=7) == {"FINISHED"}
+    tile = obj.active_material
+    tex = _nodes(tile)["ShaderNodeTexImage"]
+    assert tile != material and tex.projection == 'BOX' and tuple(tex.image.size) == (64, 64) and _std(tex.image) > 0.01
+    assert tile["sfumato"]["seed"] == 7 and tile["sfumato"]["tile_size"] == 0.5
+    assert tile["sfumato"]["texture_mode"] == "material"
+
+
+def test_texture_lands_on_the_uv_islands_the_way_blender_shows_them(enabled):
+    """A plane whose UVs fill only the bottom-left quarter of UV space (as Blender's UV editor shows it): the
+    generated detail must land in that quarter of the image as Blender loads it (rows bottom-up), the rest
+    being the engine's smooth fill."""
+    obj = _mesh_scene("plane")
+    uv = obj.data.uv_layers.active.data
+    for loop in uv:
+        loop.uv = loop.uv * 0.5
+    assert bpy.ops.sfumato.texture(views=1, resolution=64, texture_size=64, steps=2) == {"FINISHED"}
+    px = _pixels(_nodes(obj.active_material)["ShaderNodeTexImage"].image)[..., :3]
+    detail = np.abs(np.diff(px, axis=0))[:, :-1] + np.abs(np.diff(px, axis=1))[:-1]  # local contrast
+    quarters = {"bottom left": detail[2:30, 2:30].mean(), "bottom right": detail[2:30, 34:62].mean(),
+                "top left": detail[34:62, 2:30].mean(), "top right": detail[34:62, 34:62].mean()}
+    print("\nlocal contrast per quarter of the texture (Blender's rows, bottom up):",
+          {k: round(float(v), 4) for k, v in quarters.items()})
+    assert max(quarters, key=quarters.get) == "bottom left"
+    assert quarters["bottom left"] > 3 * max(v for k, v in quarters.items() if k != "bottom left")
+
+
+def test_texture_interactive_path_textures_each_selected_mesh_in_turn(enabled):
+    first = _mesh_scene("monkey")
+    bpy.ops.mesh.primitive_cube_add(location=(3, 0, 0))
+    second = bpy.context.active_object
+    first.select_set(True)
+    assert bpy.ops.sfumato.texture(views=2, resolution=64, texture_size=64, steps=2, blocking="OFF") == {"FINISHED"}
+    assert not bpy.ops.sfumato.texture.poll()  # one job at a time
+    jobs = [runtime().CURRENT]  # the panel shows one job after the other
+
+    def done() -> bool:
+        if runtime().CURRENT is not jobs[-1]:
+            jobs.append(runtime().CURRENT)
+        return not runtime().busy()
+
+    pump(done, timeout=300)
+    assert [s.title for s in jobs] == ["Cube (1/2)", "Suzanne (2/2)"]
+    assert all((s.status, s.unit, s.step) == ("done", "view", 2) and s.images >= 2 for s in jobs), [s.message for s in jobs]
+    for obj in (first, second):
+        assert obj.active_material.name == f"Sfumato texture {obj.name}"
+        assert _std(_nodes(obj.active_material)["ShaderNodeTexImage"].image) > 0.01
+    assert runtime().tick() is None
+    # a job that fails ends the run and says which objects were left
+    bpy.context.scene.sfumato.bundle = "no-such-bundle"
+    assert bpy.ops.sfumato.texture(views=1, texture_size=64, steps=1, blocking="OFF") == {"FINISHED"}
+    pump(lambda: not runtime().busy(), timeout=60)
+    state = runtime().CURRENT
+    assert state.status == "error" and state.title == "Cube (1/2)"
+    assert "no-such-bundle" in state.message and state.message.endswith("not textured: Suzanne")
+
+
+def test_texture_scripting_api(enabled, tmp_path):
+    import sfumato_api
+
+    obj = _mesh_scene("cube")
+    bpy.ops.object.select_all(action='DESELECT')  # the API takes the object, not the selection
+    done = sfumato_api.texture("Cube", "green moss", views=1, resolution=64, texture_size=32, steps=1, seed=3,
+                               folder=tmp_path)
+    assert done.object == obj and obj.active_material == done.material and tuple(done.image.size) == (32, 32)
+    assert done.metadata["seed"] == 3 and done.metadata["prompt"] == "green moss"
+    assert Path(done.glb).parent == tmp_path and Path(done.texture).is_file()
+    with pytest.raises(sfumato_api.BadSetting, match="views=0"):
+        sfumato_api.texture(obj, views=0)
+    with pytest.raises(sfumato_api.EngineError, match="no-such-bundle"):
+        sfumato_api.texture(obj, views=1, resolution=64, texture_size=32, steps=1, bundle="no-such-bundle")
+
+
+def test_texture_refuses_what_it_cannot_texture(enabled):
+    _mesh_scene("cube")
+    bpy.ops.object.select_all(action='DESELECT')
+    assert bpy.ops.sfumato.texture() == {"CANCELLED"}  # a warning, no exception
+    camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    bpy.context.scene.collection.objects.link(camera)
+    camera.select_set(True)
+    assert bpy.ops.sfumato.texture() == {"CANCELLED"}
+    empty = bpy.data.objects.new("Empty mesh", bpy.data.meshes.new("nothing"))
+    bpy.context.scene.collection.objects.link(empty)
+    empty.select_set(True)
+    with pytest.raises(RuntimeError, match="the mesh 'Empty mesh' has no faces"):
+        bpy.ops.sfumato.texture()
+    empty.select_set(False)
+    bpy.data.objects["Cube"].select_set(True)
+    with pytest.raises(RuntimeError, match="texture_size=8 is not allowed: an integer 16..8192"):
+        bpy.ops.sfumato.texture(texture_size=8)
+    bpy.context.scene.sfumato.prompt = ""
+    with pytest.raises(RuntimeError, match="prompt='' is not allowed"):
+        bpy.ops.sfumato.texture()
+    ui = sys.modules[f"{NAME}.ui"]
+    log: list = []
+    ui.SFUMATO_PT_texture.draw(SimpleNamespace(layout=Layout(log)), bpy.context)
+    assert ("prompt='' is not allowed: a text prompt (texture mode needs one)", True) in log
+    bpy.context.scene.sfumato.prompt = "x"
+    bpy.ops.object.select_all(action='DESELECT')
+    log.clear()
+    ui.SFUMATO_PT_texture.draw(SimpleNamespace(layout=Layout(log)), bpy.context)
+    assert ("select one or more mesh objects to texture", True) in log
+
+
 # ---- the panel, drawn against Blender's own UILayout signatures ----------------------------------------
 class Layout:
     """Records a panel's draw calls, checking each against ``bpy.types.UILayout``'s RNA definition."""
@@ -398,7 +656,7 @@ class Layout:
 def _draw_main_panel() -> list[tuple[str, bool]]:
     ui = sys.modules[f"{NAME}.ui"]
     log: list = []
-    for panel in (ui.SFUMATO_PT_main, ui.SFUMATO_PT_image, ui.SFUMATO_PT_history):
+    for panel in (ui.SFUMATO_PT_main, ui.SFUMATO_PT_image, ui.SFUMATO_PT_texture, ui.SFUMATO_PT_history):
         panel.draw(SimpleNamespace(layout=Layout(log)), bpy.context)
     return log
 

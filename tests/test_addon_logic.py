@@ -257,3 +257,59 @@ def test_build_addon_with_blenders_builder_and_without(tmp_path):
     assert _names(plain) == expected
     with zipfile.ZipFile(plain) as zf:
         assert tomllib.loads(zf.read("blender_manifest.toml").decode())["id"] == "sfumato"
+
+
+# ---- texture jobs ----------------------------------------------------------------------------------
+def test_texture_settings_are_checked_with_the_reason():
+    s = request.TextureSettings(prompt="bronze")
+    assert request.texture_problems(s) == []
+    bad = request.texture_problems(s.replace(prompt=" ", views=0, resolution=100, texture_size=8, tile_size=0.0,
+                                             mode="paint"))
+    assert [p.field for p in bad] == ["prompt", "mode", "views", "resolution", "texture_size", "tile_size"]
+    assert str(bad[3]) == ("resolution=100 is not allowed: 0 (the bundle's native size) or a multiple of 8 from 64 "
+                           "to 2048 (nearest: 96 or 104)")
+    assert "projection, material" in str(bad[1])
+    with pytest.raises(request.BadSetting, match="colour"):
+        s.replace(colour="red")
+
+
+def test_texture_params_are_a_texture_request_the_engine_accepts(tmp_path):
+    mesh = tmp_path / "m.glb"
+    mesh.write_bytes(b"glTF")
+    s = request.TextureSettings(prompt="bronze", negative="rust", steps=3, views=2, texture_size=64, bundle="")
+    params = request.texture_params(s, mesh=str(mesh), seed=4, default_bundle="tiny-sd15")
+    assert params["bundle"] == "tiny-sd15" and params["seed"] == 4 and "resolution" not in params  # native size
+    assert params["mode"] == "projection" and params["tile_size"] == 1.0
+    sized = request.texture_params(s.replace(resolution=64, mode="material", tile_size=2), mesh=str(mesh), seed=1)
+    assert sized["resolution"] == 64 and sized["tile_size"] == 2.0 and sized["bundle"] == "materials"
+    with pytest.raises(request.BadSetting, match="mesh=''"):
+        request.texture_params(s, mesh="", seed=1)
+    from sfumato.core.errors import BadParameter
+
+    try:
+        from sfumato.threed.texture import TextureRequest
+    except ImportError:  # the engine's texture head is not there yet
+        pytest.skip("sfumato.threed.texture is not available")
+    for p in (params, sized):
+        req = TextureRequest.from_dict(p).validate()
+        assert (req.mode, req.views, req.seed) == (p["mode"], p["views"], p["seed"])
+    # the add-on refuses what the engine would refuse, with the same limits
+    for field, value in (("resolution", 2056), ("texture_size", 8), ("tile_size", 1001.0), ("views", 65)):
+        assert [p.field for p in request.texture_problems(s.replace(**{field: value}))] == [field]
+        with pytest.raises(BadParameter, match=field):
+            TextureRequest.from_dict({**params, field: value}).validate()
+
+
+def test_texture_names_and_tile_scale():
+    assert request.material_name("Suzanne") == "Sfumato texture Suzanne"
+    assert len(request.material_name("ü" * 60).encode()) <= 63
+    assert request.tile_scale(0.5, (1.0, 2.0, -1.0)) == (2.0, 4.0, 2.0)  # object units -> metres -> tiles
+    with pytest.raises(request.BadSetting, match="tile_size=0"):
+        request.tile_scale(0, (1, 1, 1))
+
+
+def test_job_state_counts_views_for_texture_jobs():
+    st = engine.JobState(tag="texture", title="Suzanne (1/2)")
+    st.apply({"event": "progress", "stage": "texture", "step": 1, "total": 2, "view": 1, "views": 4})
+    assert st.status_lines() == [("Suzanne (1/2): Step 1/2, view 2/4", False)]
+    assert st.fraction == pytest.approx((1 + 0.5) / 4)

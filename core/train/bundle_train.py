@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import materials
+from .captions import augment
 
 Log = Callable[[str], None]
 
@@ -63,6 +64,7 @@ class TrainConfig:
     unet_lr: float = 4e-4
     text_lr: float = 2e-4
     cond_dropout: float = 0.1  # share of empty captions (classifier-free guidance)
+    caption_augment: float = 0.5  # share of captions reworded by ``captions.augment``
     min_snr_gamma: float = 5.0
     offset_noise: float = 0.1  # per-image, per-channel constant added to eps: lets the model set mean colour
     ema_decay: float = 0.999
@@ -263,6 +265,10 @@ class Trainer:
                                             max_position_embeddings=77, projection_dim=h, hidden_act="quick_gelu",
                                             pad_token_id=vocab - 1, bos_token_id=vocab - 2, eos_token_id=vocab - 1))
 
+    def caption(self, labels: dict, rng: np.random.Generator) -> str:
+        text = materials.caption(labels, rng)
+        return augment(text, rng) if rng.random() < self.cfg.caption_augment else text
+
     def unet(self, tokenizer, latents: torch.Tensor, labels: list[dict]):
         from diffusers import DDPMScheduler
 
@@ -296,7 +302,7 @@ class Trainer:
             z0 = z0[..., :cfg.latent_crop, :cfg.latent_crop]
             if rng.random() < 0.5:
                 z0 = z0.flip(-1)
-            captions = [materials.caption(labels[i], rng) if rng.random() >= cfg.cond_dropout else "" for i in idx]
+            captions = [self.caption(labels[i], rng) if rng.random() >= cfg.cond_dropout else "" for i in idx]
             ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True,
                             return_tensors="pt").input_ids
             # offset noise (Guttenberg 2023): the schedule never fully hides an image's mean, so without

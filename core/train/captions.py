@@ -185,6 +185,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "{w}{c} {n}{p}, architectural material",
         "{c} {n}{wc}{p}, tileable texture",
         "a surface of {w}{c} {n}{p}",
+        "{w}{n}{p} in {c}",
+        "{n} finish{p}, {c}{wc}",
     ),
     "paraphrase": (
         "repeating swatch of {w}{c} {n}{p}",
@@ -233,6 +235,36 @@ def caption(labels: dict, rng: np.random.Generator, style: str = "train") -> str
             w = word + " "
     text = template.format(w=w, wc=wc, c=c, n=_pick(rng, nouns), p=p)
     return " ".join(text.split())
+
+
+# Filler words for caption augmentation: generic texture-request words, none of them in the held-out
+# ("paraphrase") templates, plus random letter strings (an unseen word reaches the text encoder as byte
+# pieces, so the model learns to ignore pieces that carry no material or colour).
+FILLER = ("high detail", "realistic", "pbr", "diffuse", "albedo", "4k", "texture", "surface", "flat",
+          "even lighting", "scan", "hd", "clean", "render", "photoreal", "square", "uniform", "detailed")
+
+
+def augment(text: str, rng: np.random.Generator) -> str:
+    """A training-time rewording of ``caption``'s output that keeps its labels.
+
+    Shuffles comma-separated parts, inserts filler words and random letter strings, and changes
+    separators. Used on part of the training captions so the text encoder keys on the material and
+    colour words and tolerates phrasings it never saw (the held-out templates stay unseen).
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) > 1 and rng.random() < 0.5:
+        parts = [parts[i] for i in rng.permutation(len(parts))]
+    for _ in range(int(rng.integers(0, 4))):  # at the start or end of a part: phrases stay whole
+        if rng.random() < 0.5:
+            new = _pick(rng, FILLER)
+        else:
+            new = "".join(chr(97 + int(k)) for k in rng.integers(26, size=int(rng.integers(3, 9))))
+        i = int(rng.integers(len(parts)))
+        parts[i] = f"{new} {parts[i]}" if rng.random() < 0.5 else f"{parts[i]} {new}"
+    out = ", ".join(parts)
+    if rng.random() < 0.3:
+        out = out.replace(",", _pick(rng, (";", " /", " |", ".", "")))
+    return " ".join(out.split())
 
 
 def prompt_set(style: str, n_per_family: int, seed: int) -> list[dict]:

@@ -1,0 +1,311 @@
+"""Texture mode, shared by the operator and the scripting API: a mesh out as GLB, a material back.
+
+1. validate the settings and the object (a mesh whose evaluated geometry has faces);
+2. projection mode: make sure the object has a UV map (Smart UV Project on the object itself when it
+   has none, since the texture must fit the UV map the object keeps);
+3. export the object alone as GLB (``export_glb``): a temporary copy with its modifiers applied, only
+   its active UV map, and one plain material, so that the engine sees one primitive whose TEXCOORD_0 is
+   that UV map;
+4. build the engine's params (``request.texture_params``) and the output path;
+5. the caller runs the job (interactive: queue + timer, one object after the other; background: blocking);
+6. ``finish``: the texture PNG becomes an image datablock and a material "Sfumato texture <object>"
+   replaces the object's materials, with the provenance on both.
+
+UV convention: the glTF exporter writes (u, 1 - v) and the engine's loader flips it back, so the
+PNG maps onto the exported UV map exactly as Blender has it: image loaded as it is, no flip.
+Material mode ignores the UV map: the PNG is a seamless tile laid with box projection in object
+coordinates, scaled so that one tile covers ``tile_size`` metres.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bpy
+import numpy as np
+
+from . import engine, prefs, request, runtime, scene_io
+from .imaging import Prepared, output_folder
+
+SMART_UV_ANGLE = 1.15192  # radians (66 degrees), Smart UV Project's own default
+BOX_BLEND = 0.2  # how softly box projection blends where a surface turns from one axis to the next
+
+
+@dataclass
+class Textured:
+    """What one finished texture job made."""
+
+    object: Any  # bpy.types.Object
+    material: Any  # bpy.types.Material
+    image: Any  # bpy.types.Image
+    glb: str
+    texture: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---- 1. what can be textured ------------------------------------------------------------------------
+def leave_edit_mode() -> None:
+    """Edits made in Edit Mode reach the mesh data (and so the export) only in Object Mode."""
+    active = bpy.context.view_layer.objects.active
+    if active is not None and active.mode != 'OBJECT':
+        bpy.ops.object.mode_set(mode='OBJECT')
+
+
+def selected_meshes(context) -> list[bpy.types.Object]:
+    """The selected mesh objects, by name (one job each, in this order)."""
+    return sorted((o for o in getattr(context, "selected_objects", None) or [] if o.type == 'MESH'),
+                  key=lambda o: o.name)
+
+
+def face_count(obj: bpy.types.Object) -> int:
+    """Faces of the object as it renders (modifiers applied)."""
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    return len(evaluated.data.polygons) if evaluated.type == 'MESH' else 0
+
+
+def check(obj: bpy.types.Object, s: request.TextureSettings) -> None:
+    """Raise ``request.BadSetting`` / ``scene_io.SceneProblem`` with the reason ``obj`` cannot be textured."""
+    request.validate_texture(s)
+    if obj is None or obj.type != 'MESH':
+        what = "nothing" if obj is None else f"{obj.name!r}, a {obj.type.lower()}"
+        raise scene_io.SceneProblem(f"texture mode needs a mesh object, got {what}")
+    if face_count(obj) == 0:
+        raise scene_io.SceneProblem(f"the mesh {obj.name!r} has no faces: there is no surface to texture")
+
+
+# ---- 2. a UV map -----------------------------------------------------------------------------------
+def ensure_uv_map(obj: bpy.types.Object) -> bool:
+    """Give ``obj`` a UV map with Smart UV Project when it has none; True when one was added. Blender's
+    operators work on the current view layer, so ``obj`` must be in it."""
+    if obj.data.uv_layers:
+        return False
+    view_layer = bpy.context.view_layer
+    if obj.name not in view_layer.objects:
+        raise scene_io.SceneProblem(f"{obj.name!r} has no UV map and is not in the view layer "
+                                    f"{view_layer.name!r}, so none can be unwrapped: add a UV map to it")
+    previous = view_layer.objects.active
+    view_layer.objects.active = obj
+    try:
+        bpy.ops.object.mode_set(mode='EDIT')
+        bpy.ops.mesh.select_all(action='SELECT')
+        bpy.ops.uv.smart_project(angle_limit=SMART_UV_ANGLE, island_margin=0.02)
+        bpy.ops.object.mode_set(mode='OBJECT')
+    except RuntimeError as exc:
+        raise scene_io.SceneProblem(f"could not unwrap {obj.name!r} (Smart UV Project): {exc}; "
+                                    "add a UV map to it yourself") from None
+    finally:
+        if obj.mode != 'OBJECT':
+            bpy.ops.object.mode_set(mode='OBJECT')
+        view_layer.objects.active = previous
+    return True
+
+
+# ---- 3. the mesh as GLB -----------------------------------------------------------------------------
+def export_glb(obj: bpy.types.Object, path: Path) -> str:
+    """Export ``obj`` alone, as it renders, to ``path``; returns the UV map exported (``""`` for none).
+
+    The export is of a temporary copy: its data keeps only the active UV map (the exporter writes every
+    UV map as TEXCOORD_0, 1, ... in their order) and one plain material (trimesh, the engine's loader,
+    drops the UVs of a primitive without one; several materials would split the mesh into primitives)."""
+    scene, view_layer = bpy.context.scene, bpy.context.view_layer  # the exporter's
+    uv_map = obj.data.uv_layers.active.name if obj.data.uv_layers.active else ""
+    copy = obj.copy()
+    copy.data = obj.data.copy()
+    copy.animation_data_clear()
+    copy.parent = None
+    copy.matrix_world = obj.matrix_world.copy()
+    for layer in [layer for layer in copy.data.uv_layers if layer.name != uv_map]:
+        copy.data.uv_layers.remove(layer)
+    material = bpy.data.materials.new(".sfumato export")
+    copy.data.materials.clear()
+    copy.data.materials.append(material)
+    copy.material_slots[0].link = 'DATA'
+    selected, active = list(bpy.context.selected_objects), view_layer.objects.active
+    scene.collection.objects.link(copy)
+    try:
+        for other in selected:
+            other.select_set(False)
+        copy.hide_viewport = copy.hide_select = False
+        copy.hide_set(False)
+        copy.select_set(True)
+        view_layer.objects.active = copy
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bpy.ops.export_scene.gltf(filepath=str(path), export_format='GLB', use_selection=True,
+                                  export_apply=True, export_yup=True, export_texcoords=True, export_normals=True,
+                                  export_materials='EXPORT', export_animations=False, export_morph=False,
+                                  export_skins=False, export_cameras=False, export_lights=False,
+                                  export_extras=False)
+    finally:
+        mesh = copy.data
+        bpy.data.objects.remove(copy)
+        bpy.data.meshes.remove(mesh)
+        bpy.data.materials.remove(material)
+        for other in selected:
+            other.select_set(True)
+        view_layer.objects.active = active
+    if not path.is_file():
+        raise scene_io.SceneProblem(f"the glTF exporter wrote no file for {obj.name!r} at {path}")
+    return uv_map
+
+
+# ---- 4. the job --------------------------------------------------------------------------------------
+def prepare(context, obj: bpy.types.Object, s: request.TextureSettings, *, seed: int | None = None,
+            folder: Path | None = None) -> Prepared:
+    """Steps 1-4 for one object. Projection mode may add a UV map to ``obj`` (``context["uv_added"]``)."""
+    check(obj, s)
+    folder, pack = (Path(folder), False) if folder is not None else output_folder(context)
+    folder.mkdir(parents=True, exist_ok=True)
+    uv_added = ensure_uv_map(obj) if s.mode == "projection" else False
+    stem = request.output_stem(folder, f"{obj.name} {s.prompt}")
+    mesh = stem.with_name(stem.name + ".mesh.glb")
+    uv_map = export_glb(obj, mesh)
+    seed = request.pick_seed(s) if seed is None else seed
+    params = request.texture_params(s, mesh=str(mesh), seed=seed, default_bundle=prefs.get(context).default_bundle)
+    job_context = {"settings": dataclasses.asdict(s), "object": obj.name, "uv_map": uv_map, "uv_added": uv_added,
+                   "mesh": str(mesh), "pack": pack, "scene": context.scene.name}
+    return Prepared(params, f"{stem}_s{seed}.glb", job_context)
+
+
+def run(config: engine.EngineConfig, job: Prepared, *, index: int = 0, count: int = 1,
+        on_event=None) -> Textured:
+    """Blocking (background mode, scripts): run one object's job and apply it. Raises ``engine.EngineError``
+    when the job fails, ``scene_io.SceneProblem`` when its object went away."""
+    state = engine.JobState(tag="texture", context={**job.context, "params": job.params},
+                            title=_title(job, index + 1, count))
+    if not runtime.busy():  # the panel keeps showing a job it started itself
+        runtime.CURRENT = state
+    state.result = runtime.SESSION.run(config, state, "texture", job.params, job.output, on_event=on_event)
+    return finish(state)
+
+
+def start(config: engine.EngineConfig, jobs: list[Prepared]) -> engine.JobState:
+    """Interactive: start the first object's job; ``runtime`` calls ``start_next`` once a result is applied."""
+    runtime.LAST_MESSAGE = None
+    return _launch(dataclasses.asdict(config), [dataclasses.asdict(job) for job in jobs], 1, len(jobs))
+
+
+def start_next(state: engine.JobState) -> engine.JobState | None:
+    """After ``state``'s result was applied: start the next pending object's job, if any."""
+    pending = state.context.get("pending") or []
+    if not pending:
+        return None
+    return _launch(state.context["config"], pending, state.context["index"] + 1, state.context["count"])
+
+
+def _launch(config: dict[str, Any], jobs: list[dict[str, Any]], index: int, count: int) -> engine.JobState:
+    """Start ``jobs[0]`` (as plain data); the rest ride along in its state for ``start_next``."""
+    job = Prepared(**jobs[0])
+    state = engine.JobState(tag="texture", context={**job.context, "params": job.params, "config": config,
+                                                    "pending": jobs[1:], "index": index, "count": count},
+                            title=_title(job, index, count))
+    runtime.CURRENT = state
+    runtime.track(state)
+    runtime.SESSION.start(engine.EngineConfig(**config), state, "texture", job.params, job.output, preview_every=1)
+    return state
+
+
+def _title(job: Prepared, index: int, count: int) -> str:
+    return job.context["object"] + (f" ({index}/{count})" if count > 1 else "")
+
+
+def not_done(state: engine.JobState) -> list[str]:
+    """The objects of an interactive run that were never started because ``state`` failed."""
+    return [job["context"]["object"] for job in state.context.get("pending") or []]
+
+
+# ---- 6. the result as a material ---------------------------------------------------------------------
+def finish(state: engine.JobState) -> Textured:
+    """Step 6, on the main thread: load the texture and give the object its material."""
+    assert state.result is not None
+    jc, result = state.context, state.result
+    s = request.TextureSettings(**jc["settings"])
+    obj = bpy.data.objects.get(jc["object"])
+    if obj is None or obj.type != 'MESH':
+        raise scene_io.SceneProblem(f"the object {jc['object']!r} is gone (renamed or deleted while it was "
+                                    f"textured); the texture is at {result.get('texture')}")
+    meta = dict(result.get("metadata") or {})
+    mode = result.get("mode", s.mode)
+    tile_size = float(result.get("tile_size", s.tile_size))
+    extra = {"texture_mode": mode, "object": obj.name, "file": result["texture"], "glb": result.get("glb"),
+             "mesh": jc["mesh"], "tile_size": tile_size if mode == "material" else None,
+             "uv_map": jc["uv_map"] if mode == "projection" else None, "uv_added": jc["uv_added"] or None,
+             "warnings": result.get("warnings") or None, "metrics": result.get("metrics") or None,
+             "sidecar": result.get("sidecar")}
+    provenance = request.id_properties({"prompt": s.prompt, "seed": state.context.get("params", {}).get("seed"),
+                                        **meta}, extra)
+    seed = provenance.get("seed", 0)
+    image = scene_io.load_result(result["texture"], request.result_name(f"{obj.name}: {s.prompt}", int(seed)),
+                                 provenance, pack=jc["pack"])
+    name = request.material_name(obj.name)
+    if mode == "material":
+        scale = request.tile_scale(tile_size, tuple(obj.matrix_world.to_scale()))
+        material = box_material(name, image, scale)
+    else:
+        material = uv_material(name, image, jc["uv_map"])
+    material["sfumato"] = provenance
+    assign(obj, material)
+    scene_io.show_in_image_editors(image)
+    return Textured(obj, material, image, str(result.get("glb", "")), result["texture"], meta,
+                    list(result.get("warnings") or []))
+
+
+def _material(name: str) -> tuple[bpy.types.Material, Any, Any]:
+    """A fresh node material with only a Principled BSDF into the output: (material, nodes, bsdf)."""
+    material = bpy.data.materials.new(name)
+    if material.node_tree is None:  # Blender 4.x; from 5.0 materials always have nodes (use_nodes is deprecated)
+        material.use_nodes = True
+    nodes = material.node_tree.nodes
+    nodes.clear()
+    output = nodes.new("ShaderNodeOutputMaterial")
+    output.location = (300, 0)
+    bsdf = nodes.new("ShaderNodeBsdfPrincipled")
+    bsdf.location = (0, 0)
+    material.node_tree.links.new(bsdf.outputs["BSDF"], output.inputs["Surface"])
+    return material, nodes, bsdf
+
+
+def uv_material(name: str, image: bpy.types.Image, uv_map: str) -> bpy.types.Material:
+    """Projection: UV Map (the exported layer) -> Image Texture -> Base Color."""
+    material, nodes, bsdf = _material(name)
+    links = material.node_tree.links
+    uv = nodes.new("ShaderNodeUVMap")
+    uv.uv_map, uv.location = uv_map, (-700, 0)
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image, tex.location = image, (-450, 0)
+    tex.extension = 'EXTEND'  # texels past an island's edge repeat it, never the far side of the atlas
+    links.new(uv.outputs["UV"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    return material
+
+
+def box_material(name: str, image: bpy.types.Image, scale: tuple[float, float, float]) -> bpy.types.Material:
+    """Material: Texture Coordinate (Object) -> Mapping (scale = 1 / tile in object units) -> Image Texture
+    with box projection -> Base Color. The tile repeats along every axis at real-world size."""
+    material, nodes, bsdf = _material(name)
+    links = material.node_tree.links
+    coords = nodes.new("ShaderNodeTexCoord")
+    coords.location = (-950, 0)
+    mapping = nodes.new("ShaderNodeMapping")
+    mapping.vector_type, mapping.location = 'POINT', (-700, 0)
+    mapping.inputs["Scale"].default_value = scale
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image, tex.location = image, (-450, 0)
+    tex.projection, tex.projection_blend, tex.extension = 'BOX', BOX_BLEND, 'REPEAT'
+    links.new(coords.outputs["Object"], mapping.inputs["Vector"])
+    links.new(mapping.outputs["Vector"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    return material
+
+
+def assign(obj: bpy.types.Object, material: bpy.types.Material) -> None:
+    """Make ``material`` the object's only material, on every face."""
+    obj.data.materials.clear()
+    obj.data.materials.append(material)
+    obj.material_slots[0].link = 'DATA'
+    faces = obj.data.polygons
+    faces.foreach_set("material_index", np.zeros(len(faces), dtype=np.int32))
+    obj.data.update()

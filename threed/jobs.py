@@ -1,0 +1,50 @@
+"""Worker/CLI job kinds of the 3-D heads: ``texture``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import BadParameter
+from ..core.jobs import JobContext, check_writable
+
+
+def texture_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
+    """Texture ``params["mesh"]`` into ``output`` (.glb), with the texture PNG and a JSON sidecar beside it."""
+    from ..core import bundle as bundles
+    from ..core.device import out_of_memory_as_error, pick_device, pick_dtype
+    from .mesh import load_mesh
+    from .texture import TextureRequest, ViewInfo, save_result, texture
+
+    if not isinstance(params, dict):
+        raise BadParameter("params", params, "a JSON object of texture settings")
+    req = TextureRequest.from_dict(params).validate()
+    output = Path(output)
+    if output.suffix.lower() != ".glb":
+        raise BadParameter("output", str(output), "a path ending in .glb")
+    check_writable(output)
+    mesh = load_mesh(req.mesh, max_faces=req.max_faces)  # bad meshes fail before any model loads
+    device = pick_device(req.device if req.device != "auto" else ctx.device)
+    dtype = pick_dtype(device, req.dtype if req.dtype != "auto" else ctx.dtype)
+    bundle = bundles.resolve(req.bundle)
+    views = req.views if req.mode == "projection" and req.variant == "sequential" else 1
+    ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, view=0, views=views,
+             image=0, images=1, preview=None)
+    with out_of_memory_as_error(f"loading bundle {bundle.name} on {device}"):
+        has_depth = "controlnet_depth" in bundle.components
+        models = ctx.cache.get(bundle, device, dtype, need_controlnet=req.mode == "projection" and (
+            req.conditioning == "depth" or (req.conditioning == "auto" and has_depth)))
+    ctx.check_cancel()
+
+    def on_view(info: ViewInfo) -> None:
+        ctx.check_cancel()
+        ctx.emit("progress", id=ctx.job_id, stage="texture", step=info.step.step, total=info.step.total,
+                 view=info.view, views=info.views, image=info.view, images=info.views, preview=None)
+
+    with out_of_memory_as_error(f"texturing on {device}"):
+        result = texture(req, models, on_view=on_view, mesh=mesh)
+    paths = save_result(result, output)
+    ctx.saved += [paths["glb"], paths["texture"], paths["sidecar"]]
+    return {"files": [paths["glb"], paths["texture"]], "glb": paths["glb"], "texture": paths["texture"],
+            "sidecar": paths["sidecar"], "mode": req.mode, "tile_size": req.tile_size,
+            "metadata": result.metadata, "metrics": result.metrics, "warnings": result.warnings}

@@ -1,0 +1,626 @@
+"""Texture a mesh from a prompt, baked into its UV map.
+
+Two modes (``TextureRequest.mode``):
+
+**projection** — views around the object are generated and their colours baked into the UV texture.
+
+* ``variant="sequential"`` (default): views are generated in turn. Each view is conditioned on its
+  depth (the bundle's ControlNet when it has one; otherwise image-to-image from the view's shading and
+  the partial texture rendered into it). What earlier views already painted is split by how head-on
+  they saw it into *keep* (preserved exactly, by blending the known latents back after every step),
+  *refine* (preserved for the first part of the schedule, then free) and *generate* (free).
+* ``variant="sync"``: all views are denoised together and share one texture in UV space: after every
+  step, each texel takes the latent of the view that sees it most head-on, and every view's pixels are
+  re-read from that shared latent texture. Views agree by construction, at the cost of the
+  view-by-view refinement.
+
+Baking (both variants): every texel inside the UV layout knows its 3-D point and normal (the mesh is
+rasterized in UV space); a view colours the texels it sees (depth test against the view's z-buffer)
+with weight cos⁴ of the viewing angle, so head-on views dominate and grazing ones fade out.
+Texels no view saw are filled in UV space (push-pull), and the fill runs past the UV islands' borders
+so mip levels never mix in the background.
+
+**material** — a seamless tile from the prompt (``seamless="xy"``), mapped by box projection at real
+scale: each triangle takes the UV plane of its dominant axis, in metres / ``tile_size``. With the
+embedded materials bundle this is the mode that looks right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..core import latents as latent_space
+from ..core import text
+from ..core.denoiser import Conditioning, Denoiser, make_conditioning
+from ..core.errors import BadParameter
+from ..core.image import MAX_SEED, ImageRequest, generate
+from ..core.loading import Models
+from ..core.provenance import version
+from ..core.sampling import StepInfo, sample, timesteps_for
+from ..core.schedulers import DEFAULT_SCHEDULER, make_scheduler, names, takes_generator
+from .cameras import Cameras, rig, sphere, view_prompt
+from .mesh import DEFAULT_MAX_FACES, Mesh, check, ensure_uv, load_mesh
+from .raster import Fragments, projection, rasterize, rasterize_uv, sample_texture
+
+MODES = ("projection", "material")
+VARIANTS = ("sequential", "sync")
+
+
+@dataclass
+class TextureRequest:
+    mesh: str
+    prompt: str
+    negative: str = ""
+    mode: Literal["projection", "material"] = "projection"
+    variant: Literal["sequential", "sync"] = "sequential"
+    views: int = 8
+    resolution: int | None = None  # per view (projection) or tile (material), px; None = bundle's native size
+    texture_size: int = 1024  # UV texture, px (projection)
+    tile_size: float = 1.0  # metres one tile covers (material)
+    seed: int | None = None
+    steps: int = 25
+    guidance: float = 7.5
+    scheduler: str = DEFAULT_SCHEDULER
+    bundle: str | None = None
+    control_scale: float = 1.0
+    conditioning: Literal["auto", "depth", "img2img"] = "auto"  # auto: depth ControlNet when the bundle has one
+    view_prompts: bool = True  # add "front view" / "side view" / ... per view
+    elevations: tuple[float, ...] = (15.0, 40.0)
+    top: bool = True  # one view straight down (roofs)
+    fill_views: int = 4  # extra views, chosen for what the rig missed (0 = none)
+    max_faces: int = DEFAULT_MAX_FACES
+    keep_threshold: float = 0.8  # a texel is kept when an earlier view saw it at ≥ this × this view's cos
+    refine_until: float = 0.4  # refine regions are held for this share of the steps
+    img2img_strength: float = 0.9  # bundles without a depth ControlNet: how far views move from the shading
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TextureRequest":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadParameter(unknown[0], data[unknown[0]], f"unknown field; allowed: {', '.join(sorted(known))}")
+        for name in ("mesh", "prompt"):
+            if name not in data:
+                raise BadParameter(name, None, "required")
+        data = dict(data)
+        if isinstance(data.get("elevations"), list):
+            data["elevations"] = tuple(data["elevations"])
+        return cls(**data)
+
+    def validate(self) -> "TextureRequest":
+        def check_(name: str, ok: bool, allowed: str) -> None:
+            if not ok:
+                raise BadParameter(name, getattr(self, name), allowed)
+
+        check_("mesh", isinstance(self.mesh, str) and bool(self.mesh), "a path to a .glb, .gltf, .obj or .ply file")
+        check_("prompt", isinstance(self.prompt, str) and bool(self.prompt.strip()), "a non-empty text prompt")
+        check_("negative", isinstance(self.negative, str), "a string")
+        check_("mode", self.mode in MODES, " or ".join(MODES))
+        check_("variant", self.variant in VARIANTS, " or ".join(VARIANTS))
+        check_("views", isinstance(self.views, int) and 1 <= self.views <= 64, "an integer 1..64")
+        check_("resolution", self.resolution is None or (isinstance(self.resolution, int) and
+                                                         64 <= self.resolution <= 2048 and self.resolution % 8 == 0),
+               "a multiple of 8 from 64 to 2048, or none for the bundle's native size")
+        check_("texture_size", isinstance(self.texture_size, int) and 16 <= self.texture_size <= 8192,
+               "an integer 16..8192 (pixels)")
+        check_("tile_size", isinstance(self.tile_size, (int, float)) and 0 < self.tile_size <= 1000,
+               "a positive number of metres (at most 1000)")
+        check_("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
+               f"an integer 0..{MAX_SEED}, or none for random")
+        check_("steps", isinstance(self.steps, int) and 1 <= self.steps <= 500, "an integer 1..500")
+        check_("guidance", isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50, "a number 0..50")
+        check_("scheduler", self.scheduler in names(), ", ".join(names()))
+        check_("conditioning", self.conditioning in ("auto", "depth", "img2img"), "auto, depth or img2img")
+        check_("control_scale", isinstance(self.control_scale, (int, float)) and 0 <= self.control_scale <= 4,
+               "a number 0..4")
+        check_("fill_views", isinstance(self.fill_views, int) and 0 <= self.fill_views <= 16, "an integer 0..16")
+        check_("max_faces", isinstance(self.max_faces, int) and self.max_faces >= 1, "a positive integer")
+        check_("keep_threshold", isinstance(self.keep_threshold, (int, float)) and 0 < self.keep_threshold <= 1,
+               "a number in (0, 1]")
+        check_("refine_until", isinstance(self.refine_until, (int, float)) and 0 <= self.refine_until <= 1,
+               "a number 0..1")
+        check_("img2img_strength", isinstance(self.img2img_strength, (int, float)) and
+               0 < self.img2img_strength <= 1, "a number in (0, 1]")
+        check_("elevations", isinstance(self.elevations, tuple) and len(self.elevations) >= 1 and
+               all(isinstance(e, (int, float)) and -89 <= e <= 89 for e in self.elevations),
+               "a list of angles from -89 to 89 degrees")
+        if not Path(self.mesh).is_file():
+            raise BadParameter("mesh", self.mesh, "an existing mesh file (.glb, .gltf, .obj, .ply)")
+        return self
+
+
+@dataclass
+class TextureResult:
+    texture: Image.Image  # projection: the UV texture; material: the tile
+    mesh: Mesh  # with the UVs the texture belongs to (material: box-projected, in tiles)
+    metadata: dict[str, Any]
+    views: list[Image.Image] = field(default_factory=list)  # generated views (projection)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    painted: torch.Tensor | None = None  # (T, T) texels a generation view coloured (projection)
+
+
+@dataclass
+class ViewInfo:
+    """Progress within a texture job: view ``view`` of ``views`` (0-based), and its step."""
+
+    view: int
+    views: int
+    step: StepInfo
+
+
+OnView = Callable[[ViewInfo], None]
+
+
+# --------------------------------------------------------------------------------- geometry per job
+@dataclass
+class Scene:
+    """Everything geometric a projection job needs, computed once."""
+
+    mesh: Mesh  # normalised (centre 0, radius 1), with UVs
+    cameras: Cameras
+    frags: Fragments  # views at the generation resolution
+    cos: torch.Tensor  # (N, R, R) |cos| between the surface normal and the view ray, 0 off the mesh
+    depth_control: torch.Tensor  # (N, 3, R, R) near = bright, one near/far for all views
+    shading: torch.Tensor  # (N, 3, R, R) grey Lambert shading with a headlight, background mid grey
+    uv_pix: torch.Tensor  # (N, R, R, 2) UV per pixel
+    texels: Fragments  # the UV layout at the texture size
+    texel_mask: torch.Tensor  # (T, T) inside a UV triangle
+    texel_vis: torch.Tensor  # (N, T, T) cos weight of each view on each texel (0 = not seen)
+    texel_xy: torch.Tensor  # (N, T, T, 2) where each texel lands in each view, grid_sample coordinates
+    near_far: tuple[float, float] = (0.0, 1.0)  # the depth range the control images are normalised with
+
+
+def texel_visibility(mesh: Mesh, cameras: Cameras, frags: Fragments, texels: Fragments,
+                     erode: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T, T) |cos| of every view on every texel it sees (0 where hidden), and where the texel lands
+    in each view as grid_sample coordinates (N, T, T, 2)."""
+    n_views, res = frags.face.shape[0], frags.face.shape[1]
+    size = texels.face.shape[-1]
+    mask = texels.mask[0]
+    points = texels.interpolate(mesh.vertices, mesh.faces)[0]  # (T, T, 3)
+    normals = mesh.face_normals()[texels.face[0].clamp_min(0)]
+    flat = points.reshape(-1, 3)
+    xy, w = projection(cameras, flat, res, res)  # (N, T*T, 2), (N, T*T)
+    grid = torch.stack([(xy[..., 0] + 0.5) / res * 2 - 1, (xy[..., 1] + 0.5) / res * 2 - 1], -1)
+    px, py = xy[..., 0].round().long(), xy[..., 1].round().long()
+    inside = (px >= 0) & (px < res) & (py >= 0) & (py < res)
+    pxc, pyc = px.clamp(0, res - 1), py.clamp(0, res - 1)
+    view_mask = frags.mask
+    if erode:  # pixels at a silhouette mix object and background: do not bake from them
+        view_mask = -F.max_pool2d(-view_mask.float()[:, None], 2 * erode + 1, 1, erode)[:, 0] > 0.5
+    vis = torch.zeros(n_views, size * size)
+    tol = 0.01  # the mesh is normalised to radius 1
+    texel_face = texels.face[0].reshape(-1)
+    for i in range(n_views):
+        z = frags.depth[i][pyc[i], pxc[i]]
+        f = frags.face[i][pyc[i], pxc[i]]
+        seen = inside[i] & mask.reshape(-1) & view_mask[i][pyc[i], pxc[i]] & \
+            (((w[i] - z).abs() < tol) | (f == texel_face))
+        ray = F.normalize(cameras.positions[i][None] - flat, dim=-1)
+        cos = (normals.reshape(-1, 3) * ray).sum(-1).abs()
+        vis[i] = torch.where(seen & (cos > 0.05), cos, torch.zeros_like(cos))
+    return vis.view(n_views, size, size), grid.view(n_views, size, size, 2)
+
+
+def build_scene(mesh: Mesh, cameras: Cameras, resolution: int, texture_size: int, *,
+                near_far: tuple[float, float] | None = None, texels: Fragments | None = None) -> Scene:
+    """Per-view geometry of a normalised mesh with UVs; depth is normalised with ``near_far`` when
+    given (extra views share the first views' range), else with this set's own."""
+    frags = rasterize(cameras, mesh.vertices, mesh.faces, resolution)
+    mask = frags.mask
+    normals = mesh.face_normals()[frags.face.clamp_min(0)]  # (N, R, R, 3)
+    points = frags.interpolate(mesh.vertices, mesh.faces)
+    rays = F.normalize(cameras.positions[:, None, None] - points, dim=-1)
+    cos = (normals * rays).sum(-1).abs() * mask
+    if near_far is None:
+        d = frags.depth[mask]
+        near_far = (float(d.min()), float(d.max())) if d.numel() else (0.0, 1.0)
+    near, far = near_far
+    control = torch.where(mask, (1.0 - (frags.depth - near) / max(far - near, 1e-6) * 0.9).clamp(0.05, 1.0),
+                          torch.zeros(()))
+    shading = torch.where(mask, 0.25 + 0.6 * cos, torch.full((), 0.5))
+    texels = texels if texels is not None else rasterize_uv(mesh.uv, mesh.faces, texture_size)
+    vis, grid = texel_visibility(mesh, cameras, frags, texels)
+    return Scene(mesh, cameras, frags, cos, control[:, None].repeat(1, 3, 1, 1), shading[:, None].repeat(1, 3, 1, 1),
+                 frags.interpolate(mesh.uv, mesh.faces), texels, texels.mask[0], vis, grid, near_far)
+
+
+def fill_cameras(scene: Scene, painted: torch.Tensor, count: int, *, candidates: int = 48,
+                 target: float = 0.995, size: int = 128) -> Cameras | None:
+    """Up to ``count`` extra viewpoints, chosen greedily from ``candidates`` spread over the upper
+    sphere, each the one that sees the most still-unpainted surface (weighted by cos²); stops once
+    ``target`` of the reasonably visible texels are painted. None when nothing is worth a view."""
+    if count <= 0:
+        return None
+    mesh = scene.mesh
+    cams = sphere(torch.zeros(3), 1.0, candidates, fov_y=scene.cameras.fov_y)
+    texels = rasterize_uv(mesh.uv, mesh.faces, size)
+    vis = torch.cat([texel_visibility(mesh, cams[list(range(i, min(i + 8, candidates)))],
+                                      rasterize(cams[list(range(i, min(i + 8, candidates)))], mesh.vertices,
+                                                mesh.faces, 128), texels)[0] for i in range(0, candidates, 8)])
+    done = F.interpolate(painted[None, None].float(), size=(size, size), mode="nearest")[0, 0] > 0
+    visible = (vis > 0).any(0)
+    chosen: list[int] = []
+    while len(chosen) < count:
+        todo = visible & ~done
+        if float(todo.sum()) <= (1 - target) * float(visible.sum()):
+            break
+        score = ((vis ** 2) * todo).sum((1, 2))
+        best = int(score.argmax())
+        if float(score[best]) <= 0:
+            break
+        chosen.append(best)
+        done |= vis[best] > 0.2  # seen well enough by the new view
+    return cams[chosen] if chosen else None
+
+
+def concat_scenes(a: Scene, b: Scene) -> Scene:
+    cams = Cameras(torch.cat([a.cameras.world_to_cam, b.cameras.world_to_cam]), a.cameras.fov_y,
+                   a.cameras.azimuth + b.cameras.azimuth, a.cameras.elevation + b.cameras.elevation, a.cameras.near)
+    frags = Fragments(*(torch.cat([x, y]) for x, y in ((a.frags.face, b.frags.face), (a.frags.bary, b.frags.bary),
+                                                       (a.frags.depth, b.frags.depth))))
+    cat = torch.cat
+    return Scene(a.mesh, cams, frags, cat([a.cos, b.cos]), cat([a.depth_control, b.depth_control]),
+                 cat([a.shading, b.shading]), cat([a.uv_pix, b.uv_pix]), a.texels, a.texel_mask,
+                 cat([a.texel_vis, b.texel_vis]), cat([a.texel_xy, b.texel_xy]), a.near_far)
+
+
+# ------------------------------------------------------------------------------ baking and filling
+class Bake:
+    """A UV texture being painted: weighted colour sum, weight, and the best cos seen per texel."""
+
+    def __init__(self, size: int):
+        self.colour = torch.zeros(3, size, size)
+        self.weight = torch.zeros(size, size)
+        self.best = torch.zeros(size, size)
+
+    def add(self, image: torch.Tensor, vis: torch.Tensor, grid: torch.Tensor, only: torch.Tensor | None = None) -> None:
+        """Bake ``image`` (3, R, R) through ``grid`` onto the texels with cos ``vis`` > 0."""
+        colour = F.grid_sample(image[None].float(), grid[None], mode="bilinear", padding_mode="border",
+                               align_corners=False)[0]
+        w = vis ** 4
+        if only is not None:
+            w = w * only
+        self.colour += colour * w
+        self.weight += w
+        self.best = torch.maximum(self.best, vis * (w > 0))
+
+    @property
+    def seen(self) -> torch.Tensor:
+        return self.weight > 0
+
+    def current(self, background: float = 0.5) -> torch.Tensor:
+        return torch.where(self.seen, self.colour / self.weight.clamp_min(1e-12), torch.full((), background))
+
+
+def push_pull(colour: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Fill the texels where ``known`` is false from the known ones (C, T, T): average down a pyramid,
+    then fill each level's holes from the next coarser one. Smooth, fast, and it pads UV islands."""
+    c, w = colour * known, known.float()
+    levels = [(c, w)]
+    while min(c.shape[-2:]) > 1:
+        c = F.avg_pool2d(c[None], 2, ceil_mode=True)[0] * 4
+        w = F.avg_pool2d(w[None, None], 2, ceil_mode=True)[0, 0] * 4
+        levels.append((c, w))
+    c, w = levels[-1]
+    filled = c / w.clamp_min(1e-12)
+    for c, w in reversed(levels[:-1]):
+        up = F.interpolate(filled[None], size=c.shape[-2:], mode="bilinear", align_corners=False)[0]
+        filled = torch.where(w > 0, c / w.clamp_min(1e-12), up)
+    return torch.where(known, colour, filled)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def use_depth(models: Models, req: TextureRequest) -> bool:
+    """Whether views are conditioned by the depth ControlNet (else image-to-image from the shading)."""
+    return models.controlnet is not None and req.conditioning != "img2img"
+
+
+def _stack(conds: list[Conditioning]) -> Conditioning:
+    """One conditioning for a batch made of single-image conditionings (per-view prompts, controls)."""
+    first = conds[0]
+    cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
+    return Conditioning(cat([c.positive for c in conds]), cat([c.negative for c in conds]), first.guidance,
+                        {k: torch.cat([c.added_positive[k] for c in conds]) for k in first.added_positive},
+                        {k: torch.cat([c.added_negative[k] for c in conds]) for k in first.added_negative},
+                        cat([c.control for c in conds]), first.control_scale)
+
+
+def _latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """A pixel mask (N, R, R) as a latent mask (N, 1, r, r): a latent is masked when most of its
+    pixels are (area average ≥ ½)."""
+    return (F.avg_pool2d(mask.float()[:, None], factor) >= 0.5).float()
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    mse = (((a - b) ** 2).mean(0))[mask].mean().item() if bool(mask.any()) else float("nan")
+    return float("inf") if mse == 0 else -10 * math.log10(max(mse, 1e-12))
+
+
+# ------------------------------------------------------------------------------------- projection
+def _conditioning(models: Models, req: TextureRequest, scene: Scene, i: int, resolution: int,
+                  cache: dict[str, Any]) -> Conditioning:
+    prompt = view_prompt(req.prompt, scene.cameras.azimuth[i], scene.cameras.elevation[i]) \
+        if req.view_prompts else req.prompt
+    if prompt not in cache:
+        cache[prompt] = text.encode_pair(models, prompt, req.negative)
+    positive, negative = cache[prompt]
+    control = scene.depth_control[i:i + 1] if use_depth(models, req) else None
+    return make_conditioning(models, positive, negative, 1, req.guidance, width=resolution, height=resolution,
+                             control=control, control_scale=req.control_scale)
+
+
+def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolution: int, seed: int,
+                       on_view: OnView | None, *, bake: Bake | None = None, start: int = 0,
+                       total: int | None = None) -> tuple[Bake, list[torch.Tensor]]:
+    """Generate views ``start``.. of ``scene`` in turn into ``bake`` (a new one by default)."""
+    f = models.vae_scale_factor
+    denoiser = Denoiser(models)
+    bake = bake if bake is not None else Bake(req.texture_size)
+    texts: dict[str, Any] = {}
+    images: list[torch.Tensor] = []
+    use_control = use_depth(models, req)
+    for i in range(start, len(scene.cameras)):
+        g = torch.Generator("cpu").manual_seed(seed + i)
+        scheduler = make_scheduler(req.scheduler, models.scheduler_config)
+        mask = scene.frags.mask[i]
+        cur = scene.cos[i]
+        # what earlier views painted, seen from here
+        known_cos = F.grid_sample(bake.best[None, None], scene.uv_pix[i:i + 1] * torch.tensor([2.0, -2.0]) +
+                                  torch.tensor([-1.0, 1.0]), mode="nearest", align_corners=False)[0, 0] * mask
+        rendered = sample_texture(bake.current(), scene.uv_pix[i:i + 1], mask[None])[0]
+        keep = mask & (known_cos > 0) & (known_cos >= req.keep_threshold * cur)
+        refine = mask & (known_cos > 0) & ~keep
+        painted = keep | refine
+        # starting image: the partial texture where painted, the grey shading elsewhere
+        base = torch.where(painted[None], rendered, scene.shading[i])
+        strength = 1.0 if use_control else req.img2img_strength
+        timesteps, _ = timesteps_for(scheduler, req.steps, models.device, strength=strength)
+        shape = (1, models.unet.config.in_channels, resolution // f, resolution // f)
+        noise = torch.randn(shape, generator=g).to(models.device, models.dtype)
+        z_known = latent_space.encode(models, base[None].to(models.device), [g]) if (painted.any() or not use_control) \
+            else None
+        if strength < 1.0:
+            x = scheduler.add_noise(z_known, noise, timesteps[:1])
+        else:
+            x = noise * scheduler.init_noise_sigma
+        m_keep = _latent_mask(keep[None], f).to(models.device, models.dtype)
+        m_refine = _latent_mask(refine[None], f).to(models.device, models.dtype)
+        hold_refine = int(round(req.refine_until * len(timesteps)))
+
+        def post_step(k: int, x: torch.Tensor, z_known=z_known, m_keep=m_keep, m_refine=m_refine,
+                      timesteps=timesteps, scheduler=scheduler, noise=noise, hold=hold_refine) -> torch.Tensor:
+            if z_known is None:
+                return x
+            m = m_keep + (m_refine if k + 1 < hold else 0) * (1 - m_keep)
+            if not bool(m.any()):
+                return x
+            target = scheduler.add_noise(z_known, noise, timesteps[k + 1:k + 2]) if k + 1 < len(timesteps) \
+                else z_known
+            return m * target + (1 - m) * x
+
+        def on_step(info: StepInfo, i=i) -> None:
+            if on_view is not None:
+                on_view(ViewInfo(i, total or len(scene.cameras), info))
+
+        cond = _conditioning(models, req, scene, i, resolution, texts)
+        x = sample(denoiser, scheduler, x, cond, timesteps, generator=[g] if takes_generator(scheduler) else None,
+                   on_step=on_step, post_step=post_step)
+        image = latent_space.decode(models, x)[0].cpu()
+        image = torch.where(keep[None], rendered, image)  # kept pixels are exactly what was there
+        images.append(image)
+        # bake what this view painted: everything it sees, except what it was told to keep
+        texel_keep = bake.best >= req.keep_threshold * scene.texel_vis[i]
+        bake.add(image, scene.texel_vis[i], scene.texel_xy[i], only=(~(texel_keep & bake.seen)).float())
+    return bake, images
+
+
+def project_sync(models: Models, req: TextureRequest, scene: Scene, resolution: int, seed: int,
+                 on_view: OnView | None) -> tuple[Bake, list[torch.Tensor]]:
+    """All views at once; latents synchronised through a shared UV latent texture after every step."""
+    f = models.vae_scale_factor
+    r = resolution // f
+    n = len(scene.cameras)
+    size = 2 * r  # latent texture
+    texels = rasterize_uv(scene.mesh.uv, scene.mesh.faces, size)
+    frags_l = rasterize(scene.cameras, scene.mesh.vertices, scene.mesh.faces, r)
+    vis, grid = texel_visibility(scene.mesh, scene.cameras, frags_l, texels, erode=0)
+    best = vis.argmax(0)  # (size, size) the view that owns each texel
+    owned = vis.max(0).values > 0
+    # texel -> its owner's latent pixel (nearest)
+    gx = ((grid[..., 0] + 1) * r / 2 - 0.5).round().long().clamp(0, r - 1)
+    gy = ((grid[..., 1] + 1) * r / 2 - 0.5).round().long().clamp(0, r - 1)
+    tv = torch.nonzero(owned)
+    owner = best[tv[:, 0], tv[:, 1]]
+    src = owner * r * r + gy[owner, tv[:, 0], tv[:, 1]] * r + gx[owner, tv[:, 0], tv[:, 1]]
+    # view pixel -> its texel (nearest), when that texel is owned
+    uv_l = frags_l.interpolate(scene.mesh.uv, scene.mesh.faces)
+    tx = (uv_l[..., 0] * size).floor().long().clamp(0, size - 1)
+    ty = ((1 - uv_l[..., 1]) * size).floor().long().clamp(0, size - 1)
+    pix_ok = frags_l.mask & owned[ty, tx]
+    texel_index = torch.full((size, size), -1, dtype=torch.long)
+    texel_index[tv[:, 0], tv[:, 1]] = torch.arange(len(tv))
+    dst = torch.nonzero(pix_ok.reshape(-1))[:, 0]
+    dst_texel = texel_index[ty.reshape(-1)[dst], tx.reshape(-1)[dst]]
+
+    def sync(x: torch.Tensor) -> torch.Tensor:
+        flat = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1)  # (C, N*r*r)
+        shared = flat[:, src]  # (C, texels): each texel's latent from its owner
+        flat = flat.clone()
+        flat[:, dst] = shared[:, dst_texel]
+        return flat.reshape(x.shape[1], n, r, r).permute(1, 0, 2, 3).contiguous()
+
+    g = torch.Generator("cpu").manual_seed(seed)
+    scheduler = make_scheduler(req.scheduler, models.scheduler_config)
+    timesteps, _ = timesteps_for(scheduler, req.steps, models.device)
+    shape = (n, models.unet.config.in_channels, r, r)
+    x = sync(torch.randn(shape, generator=g)).to(models.device, models.dtype) * scheduler.init_noise_sigma
+    texts: dict[str, Any] = {}
+    use_control = use_depth(models, req)
+    if not use_control:  # no depth conditioning: start every view from its shading, noised
+        strength = req.img2img_strength
+        timesteps, _ = timesteps_for(scheduler, req.steps, models.device, strength=strength)
+        z = latent_space.encode(models, scene.shading.to(models.device), [g] * n)
+        x = sync(scheduler.add_noise(z, x / scheduler.init_noise_sigma, timesteps[:1].repeat(n)))
+    cond = _stack([_conditioning(models, req, scene, i, resolution, texts) for i in range(n)])
+
+    def on_step(info: StepInfo) -> None:
+        if on_view is not None:
+            on_view(ViewInfo(0, 1, info))
+
+    x = sample(Denoiser(models), scheduler, x, cond, timesteps, generator=None, on_step=on_step,
+               post_step=lambda k, x: sync(x))
+    images = [im.cpu() for im in latent_space.decode(models, x)]
+    bake = Bake(req.texture_size)
+    for i, image in enumerate(images):
+        bake.add(image, scene.texel_vis[i], scene.texel_xy[i])
+    return bake, images
+
+
+def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
+                       on_view: OnView | None = None) -> TextureResult:
+    resolution = req.resolution or _native_size(models)
+    warnings = list(mesh.warnings)
+    if not use_depth(models, req) and req.conditioning == "auto":
+        warnings.append(f"bundle {models.bundle.name} has no depth ControlNet: views are image-to-image from the "
+                        f"mesh's shading (strength {req.img2img_strength}), so they follow its geometry loosely")
+    started = time.perf_counter()
+    normalised = ensure_uv(mesh).normalised()
+    warnings += [w for w in normalised.warnings if w not in warnings]
+    cameras = rig(torch.zeros(3), 1.0, req.views, elevations=req.elevations, top=req.top)
+    scene = build_scene(normalised, cameras, resolution, req.texture_size)
+    if req.variant == "sync":
+        bake, images = project_sync(models, req, scene, resolution, seed, on_view)
+    else:
+        bake, images = project_sequential(models, req, scene, resolution, seed, on_view,
+                                          total=req.views + req.fill_views)
+    extra = fill_cameras(scene, bake.seen, req.fill_views)
+    if extra is not None:  # views for what the rig missed (concave corners, under eaves), in turn
+        scene = concat_scenes(scene, build_scene(normalised, extra, resolution, req.texture_size,
+                                                 near_far=scene.near_far, texels=scene.texels))
+        bake, more = project_sequential(models, req, scene, resolution, seed, on_view, bake=bake,
+                                        start=len(images), total=len(scene.cameras))
+        images += more
+    colour = bake.current()
+    filled = push_pull(colour, bake.seen)
+    texture = latent_space.tensor_to_pil(filled[None])[0]
+    # how well the baked texture reproduces each generated view where the view saw the mesh
+    rerender = sample_texture(filled, scene.uv_pix, scene.frags.mask)
+    agree = [_psnr(rerender[i], images[i], scene.frags.mask[i] & (scene.cos[i] > 0.3)) for i in range(len(images))]
+    inside = scene.texel_mask
+    metrics = {"views_coverage": float((bake.seen & inside).sum() / inside.sum().clamp_min(1)),
+               "view_psnr_db": [round(a, 2) for a in agree], "seconds": round(time.perf_counter() - started, 2)}
+    meta = _metadata(req, models, seed, resolution)
+    # the mesh the texture belongs to, back in the file's units (xatlas's UVs when it had none)
+    out_mesh = replace(scene.mesh, vertices=scene.mesh.vertices * mesh.radius + mesh.center, warnings=[])
+    return TextureResult(texture, out_mesh, meta, latent_space.tensor_to_pil(torch.stack(images)), metrics,
+                         warnings, painted=bake.seen)
+
+
+# --------------------------------------------------------------------------------------- material
+def box_uv(mesh: Mesh, tile_size: float) -> Mesh:
+    """Box projection at real scale: each triangle gets the UV plane of its dominant normal axis, in
+    units of ``tile_size``; vertices are split per triangle so every face keeps its own plane."""
+    n = mesh.face_normals().abs()
+    axis = n.argmax(1)  # 0: x faces -> (z, y); 1: y faces (floors, roofs) -> (x, z); 2: z faces -> (x, y)
+    corners = mesh.vertices[mesh.faces]  # (F, 3, 3)
+    u_idx = torch.tensor([2, 0, 0])[axis]
+    v_idx = torch.tensor([1, 2, 1])[axis]
+    u = torch.gather(corners, 2, u_idx[:, None, None].expand(-1, 3, 1))[..., 0]
+    v = torch.gather(corners, 2, v_idx[:, None, None].expand(-1, 3, 1))[..., 0]
+    uv = torch.stack([u, v], -1) / tile_size
+    faces = torch.arange(len(mesh.faces) * 3).view(-1, 3)
+    return replace(mesh, vertices=corners.reshape(-1, 3), faces=faces, uv=uv.reshape(-1, 2).float())
+
+
+def texture_material(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
+                     on_view: OnView | None = None) -> TextureResult:
+    resolution = req.resolution or _native_size(models)
+    image_req = ImageRequest(prompt=req.prompt, negative=req.negative, bundle=req.bundle, seed=seed, steps=req.steps,
+                             guidance=req.guidance, width=resolution, height=resolution, scheduler=req.scheduler,
+                             seamless="xy")
+
+    def on_step(info: StepInfo) -> None:
+        if on_view is not None:
+            on_view(ViewInfo(0, 1, info))
+
+    started = time.perf_counter()
+    tile = generate(image_req, models, on_step=on_step)[0].image
+    extent = (mesh.vertices.max(0).values - mesh.vertices.min(0).values).max().item()
+    warnings = list(mesh.warnings)
+    if extent / req.tile_size > 500:
+        warnings.append(f"the mesh spans {extent:.3g} units, {extent / req.tile_size:.0f} tiles of {req.tile_size} m: "
+                        "is it in millimetres? (glTF units are metres)")
+    meta = _metadata(req, models, seed, resolution)
+    return TextureResult(tile, box_uv(mesh, req.tile_size), meta, [],
+                         {"seconds": round(time.perf_counter() - started, 2), "tiles_across": round(extent / req.tile_size, 2)},
+                         warnings)
+
+
+# ------------------------------------------------------------------------------------------ entry
+def _native_size(models: Models) -> int:
+    default = models.bundle.manifest.get("default_size")
+    return int(default) if default else int(models.unet.config.sample_size) * models.vae_scale_factor
+
+
+def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -> dict[str, Any]:
+    meta = {"prompt": req.prompt, "negative": req.negative, "seed": seed, "mode": req.mode,
+            "bundle": models.bundle.name, "bundle_hash": models.bundle.identity(), "scheduler": req.scheduler,
+            "steps": req.steps, "guidance": req.guidance, "resolution": resolution, "mesh": Path(req.mesh).name,
+            "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
+            "sfumato_version": version(), "head": "texture"}
+    if req.mode == "projection":
+        meta.update(variant=req.variant, views=req.views, fill_views=req.fill_views, texture_size=req.texture_size,
+                    conditioning="depth-controlnet" if use_depth(models, req) else "img2img-shading",
+                    view_prompts=req.view_prompts)
+    else:
+        meta.update(tile_size=req.tile_size, seamless="xy")
+    return meta
+
+
+def texture(req: TextureRequest, models: Models, *, on_view: OnView | None = None,
+            mesh: Mesh | None = None) -> TextureResult:
+    """Run a validated request on loaded models (load the ControlNet too when the bundle has one)."""
+    req = req.validate()
+    seed = req.seed if req.seed is not None else random.randint(0, MAX_SEED)
+    mesh = mesh if mesh is not None else load_mesh(req.mesh, max_faces=req.max_faces)
+    mesh = check(mesh, req.mesh)
+    run = texture_material if req.mode == "material" else texture_projection
+    with torch.no_grad():
+        return run(req, models, mesh, seed, on_view)
+
+
+def save_result(result: TextureResult, output: Path) -> dict[str, str]:
+    """``out.glb`` with the texture embedded, ``out.png`` beside it (provenance in its text chunk) and
+    ``out.json`` (provenance, metrics, warnings). Returns the paths written."""
+    import json
+
+    from ..core.provenance import atomic_write, save_png
+    from .mesh import save_glb
+
+    output = Path(output)
+    png = save_png(result.texture, output.with_suffix(".png"), result.metadata)
+    glb = save_glb(result.mesh, result.texture, output, result.metadata)
+    sidecar = {"metadata": result.metadata, "metrics": result.metrics, "warnings": result.warnings}
+    js = atomic_write(output.with_suffix(".json"),
+                      lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str)))
+    return {"glb": str(glb), "texture": str(png), "sidecar": str(js)}
+
+
+def as_image(t: torch.Tensor) -> Image.Image:
+    return Image.fromarray((t.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
