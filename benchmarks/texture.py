@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import trimesh
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,17 +123,15 @@ def main() -> None:
             print(f"{name:8} {len(mesh.faces):6d} {label:22} {cov * 100:8.1f}% "
                   f"{seam['seam_jump']:6.1f}/{seam['interior_jump']:5.1f}={seam['ratio']:4.2f} {psnr:9.1f}  "
                   f"{seconds:7.1f}", flush=True)
-            if mode == "projection":
-                novel = rig(torch.zeros(3), 1.0, 4, elevations=(25.0,), top=False, start_azimuth=45.0)
-                shots = render(result.mesh.normalised(), tex, novel, 256)
-                grid = torch.cat(list(shots), dim=-1)
-                from PIL import Image
-
-                Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
-                    out / f"{name}_{req.variant}.png")
-                result.texture.save(out / f"{name}_{req.variant}_texture.png")
+            # renders from 4 novel viewpoints, the texture, and the generated views
+            novel = rig(torch.zeros(3), 1.0, 4, elevations=(25.0,), top=False, start_azimuth=45.0)
+            shots = render(result.mesh.normalised(), tex, novel, 256)
+            grid = torch.cat(list(shots), dim=-1)
+            Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(out / f"{name}_{variant}.png")
+            result.texture.save(out / f"{name}_{variant}_texture.png")
+            if result.views:
                 views = np.concatenate([np.asarray(v) for v in result.views], axis=1)
-                Image.fromarray(views).save(out / f"{name}_{req.variant}_views.png")
+                Image.fromarray(views).save(out / f"{name}_{variant}_views.png")
     print(f"renders in {out}")
 
 

@@ -76,7 +76,7 @@ def _image(args: argparse.Namespace) -> int:
         "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
         "scheduler": args.scheduler, "init_image": args.init, "strength": args.strength,
         "depth_image": args.depth, "control_scale": args.control_scale, "seamless": args.seamless, "n": args.n,
-        "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
+        "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype, "fast": args.fast,
     }
     bar = ProgressBar()
     ctx = JobContext(job_id="cli", cache=ModelCache(), device=args.device, dtype=args.dtype,
@@ -234,6 +234,8 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("--batch-size", type=int, default=4)
     img.add_argument("--device", default="auto")
     img.add_argument("--dtype", default="auto", help="auto, fp16, bf16, fp32")
+    img.add_argument("--fast", default="auto", choices=["auto", "on", "off"],
+                     help="CUDA graphs per shape on a GPU (auto/on); off: always eager")
     img.set_defaults(run=_image)
 
     tex = sub.add_parser("texture", help="texture a mesh from a prompt into its UV map (GLB + PNG)")

@@ -63,11 +63,40 @@ def make_conditioning(models: Models, positive: TextEmbeddings, negative: TextEm
 
 
 class Denoiser:
-    """The U-Net (plus an optional ControlNet) behind one call with guidance."""
+    """The U-Net (plus an optional ControlNet) behind one call with guidance.
 
-    def __init__(self, models: Models):
+    ``fast`` ("auto" | "on" | "off"): on CUDA, each network call shape is recorded once as a CUDA
+    graph and replayed (``fast.py``); "off" always runs eagerly."""
+
+    def __init__(self, models: Models, fast: str = "off"):
+        from . import fast as fastpath
+
         self.models = models
         self.prediction_type: str = models.scheduler_config.get("prediction_type", "epsilon")
+        self.fast = fastpath.enabled(fast, models.device)
+        if self.fast:
+            fastpath.prepare(models)
+
+    def network(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
+                control: torch.Tensor | None, control_scale: float) -> torch.Tensor:
+        """``unet_call``, through a captured graph when the fast path is on."""
+        if not self.fast:
+            return self.unet_call(x, t, text, added, control, control_scale)
+        from . import fast as fastpath
+
+        m = self.models
+        t = (t if torch.is_tensor(t) else torch.tensor(t)).to(x.device).reshape(())
+        x = x.contiguous(memory_format=torch.channels_last)
+        keys = sorted(added)
+        args = [x, t, text, *(added[k] for k in keys)] + ([control] if control is not None else [])
+
+        def call(x, t, text, *rest):
+            return self.unet_call(x, t, text, dict(zip(keys, rest[:len(keys)])),
+                                  rest[len(keys)] if control is not None else None, control_scale)
+
+        key = ("unet", fastpath.signature(args), tuple(keys), control is not None, float(control_scale),
+               fastpath.seamless_mode(m.unet), id(m.unet), id(m.controlnet))
+        return fastpath.GraphCache.of(m).call(key, call, args, tolerance=fastpath.tolerance(m.dtype))
 
     def unet_call(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
                   control: torch.Tensor | None, control_scale: float) -> torch.Tensor:
@@ -87,11 +116,11 @@ class Denoiser:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         if not cond.do_cfg:
-            return self.unet_call(x, t, cond.positive, cond.added_positive, cond.control, cond.control_scale)
+            return self.network(x, t, cond.positive, cond.added_positive, cond.control, cond.control_scale)
         x2 = torch.cat([x, x])
         text = torch.cat([cond.negative, cond.positive])
         added = {k: torch.cat([cond.added_negative[k], v]) for k, v in cond.added_positive.items()}
         control = torch.cat([cond.control, cond.control]) if cond.control is not None else None
-        out = self.unet_call(x2, t, text, added, control, cond.control_scale)
+        out = self.network(x2, t, text, added, control, cond.control_scale)
         eps_uncond, eps_cond = out.chunk(2)
         return eps_uncond + cond.guidance * (eps_cond - eps_uncond)

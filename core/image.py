@@ -64,6 +64,7 @@ class ImageRequest:
     batch_size: int = 4  # images per network batch (memory); does not change results
     device: str = "auto"
     dtype: str = "auto"
+    fast: str = "auto"  # CUDA graphs on CUDA (auto/on); off: always eager (see fast.py)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImageRequest":
@@ -85,6 +86,7 @@ class ImageRequest:
         check("device", isinstance(self.device, str), "auto, cuda, cuda:N, mps or cpu")
         check("dtype", self.dtype in ("auto", "fp16", "bf16", "fp32"), "auto, fp16, bf16 or fp32")
         check("negative", isinstance(self.negative, str), "a string")
+        check("fast", self.fast in ("auto", "on", "off"), "auto, on or off")
         check("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
         check("steps", isinstance(self.steps, int) and 1 <= self.steps <= 500, "an integer 1..500")
@@ -190,7 +192,7 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
         if req.init_image else None
     # 2. encode the prompts once for the whole job
     positive, negative = text.encode_pair(models, req.prompt, req.negative)
-    denoiser = Denoiser(models)
+    denoiser = Denoiser(models, fast=req.fast)
     base = metadata(req, models, width, height)
     results = []
     with seamless([models.unet, models.vae, models.controlnet], req.seamless):
@@ -217,7 +219,7 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
                        generator=generators if takes_generator(scheduler) else None, on_step=on_step)
             # 5. decode
             batch = [GeneratedImage(image, s, {**base, "seed": s})
-                     for s, image in zip(seeds, latent_space.tensor_to_pil(latent_space.decode(models, x)))]
+                     for s, image in zip(seeds, latent_space.tensor_to_pil(latent_space.decode(models, x, fast=denoiser.fast)))]
             results += batch
             if on_images is not None:
                 on_images(batch)

@@ -42,9 +42,11 @@ def seamless(modules: list[nn.Module | None], axes: Axes) -> Iterator[None]:
             for conv in module.modules():
                 if isinstance(conv, nn.Conv2d) and conv.padding not in (0, (0, 0), "valid"):
                     conv.forward = _padded_forward(conv, axes)
+                    conv._sfumato_axes = axes  # read by the fast path: graphs are recorded per padding mode
                     patched.append(conv)
     try:
         yield
     finally:
         for conv in patched:
             del conv.forward  # back to the class's forward
+            del conv._sfumato_axes

@@ -370,7 +370,7 @@ def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolu
                        total: int | None = None) -> tuple[Bake, list[torch.Tensor]]:
     """Generate views ``start``.. of ``scene`` in turn into ``bake`` (a new one by default)."""
     f = models.vae_scale_factor
-    denoiser = Denoiser(models)
+    denoiser = Denoiser(models, fast="auto")
     bake = bake if bake is not None else Bake(req.texture_size)
     texts: dict[str, Any] = {}
     images: list[torch.Tensor] = []
@@ -483,7 +483,7 @@ def project_sync(models: Models, req: TextureRequest, scene: Scene, resolution: 
         if on_view is not None:
             on_view(ViewInfo(0, 1, info))
 
-    x = sample(Denoiser(models), scheduler, x, cond, timesteps, generator=None, on_step=on_step,
+    x = sample(Denoiser(models, fast="auto"), scheduler, x, cond, timesteps, generator=None, on_step=on_step,
                post_step=lambda k, x: sync(x))
     images = [im.cpu() for im in latent_space.decode(models, x)]
     bake = Bake(req.texture_size)

@@ -1,0 +1,205 @@
+"""Speed, side by side in one process: diffusers' pipeline, our loop plain, our loop fast.
+
+    python benchmarks/speed.py                      # CPU: the embedded bundle at 256² and the tiny bundle
+    python benchmarks/speed.py --arch sd15          # GPU: random-weight SD1.5 architecture, 512², 20 steps
+    python benchmarks/speed.py --arch sdxl          # GPU: random-weight SDXL architecture, 1024², 20 steps
+
+Rows: ``diffusers`` (StableDiffusionPipeline / StableDiffusionXLPipeline on the same modules), ``plain``
+(our loop, ``fast="off"``), ``fast`` (our loop, CUDA graphs; on the CPU the same as plain). Columns:
+seconds per image (median of ``--repeat`` after a warm-up), images per second for a batch of 4
+variations, first-image latency of a fresh process-like state (graphs dropped first, so capture is
+included), peak GPU memory, and the largest pixel difference to the plain path. Speed does not depend on
+the weights, so random weights measure real architectures. ``--cpu-knobs`` adds what threads and
+channels-last memory format do on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def random_models(arch: str, device: torch.device, dtype: torch.dtype):
+    """SD1.5 or SDXL architecture with random weights, from the family configs this project ships."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from sfumato.core.bundle import Bundle
+    from sfumato.core.loading import Models
+    from sfumato.core.tokenizer_build import clip_merges, write_tokenizer
+
+    families = ROOT / "core" / "families" / arch
+    cfg = lambda name: json.loads((families / name).read_text())  # noqa: E731
+    tmp = Path(tempfile.mkdtemp(prefix="sfumato-speed-"))
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer(tmp / "tokenizer", clip_merges())))
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(cfg("unet.json")).to(dtype)
+        vae = AutoencoderKL.from_config(cfg("vae.json")).to(dtype)
+        encoders = [CLIPTextModel(CLIPTextConfig(**cfg("text_encoder.json"))).to(dtype)]
+        tokenizers = [tokenizer]
+        if arch == "sdxl":
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**cfg("text_encoder_2.json"))).to(dtype))
+            tokenizers.append(tokenizer)
+    bundle = Bundle(path=tmp, name=f"random-{arch}", family=arch, components={}, manifest={"files": {}})
+    return Models(bundle=bundle, device=device, dtype=dtype, unet=unet.eval(), vae=vae.eval(),
+                  text_encoders=[e.eval() for e in encoders], tokenizers=tokenizers,
+                  scheduler_config=cfg("scheduler.json"))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeat: int, device: torch.device) -> tuple[float, object]:
+    out = fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def run(models, size: int, steps: int, guidance: float, repeat: int, label: str) -> list[dict]:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from sfumato.core.image import ImageRequest, generate
+    from sfumato.core.schedulers import make_scheduler
+
+    m, device = models, models.device
+    prompt, seed = "a timber pavilion by a lake, dusk", 1
+    scheduler = make_scheduler("dpmpp_2m", m.scheduler_config)
+    common = dict(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0], unet=m.unet, scheduler=scheduler)
+    if m.is_sdxl:
+        pipe = StableDiffusionXLPipeline(**common, text_encoder_2=m.text_encoders[1], tokenizer_2=m.tokenizers[1])
+    else:
+        pipe = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def theirs(n: int = 1):
+        return pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, width=size, height=size,
+                    num_images_per_prompt=n, generator=[torch.Generator().manual_seed(seed + i) for i in range(n)]).images
+
+    def ours(fast: str, n: int = 1):
+        req = ImageRequest(prompt=prompt, seed=seed, steps=steps, guidance=guidance, width=size, height=size,
+                           scheduler="dpmpp_2m", n=n, batch_size=n, fast=fast)
+        return [g.image for g in generate(req, models)]
+
+    rows = []
+    reference = None
+    for name, fn in (("diffusers pipeline", theirs), ("sfumato plain", lambda n=1: ours("off", n)),
+                     ("sfumato fast", lambda n=1: ours("auto", n))):
+        models.extras.pop("graphs", None)  # first-image latency from a cold state: capture included
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        sync(device)
+        t0 = time.perf_counter()
+        first = fn()
+        sync(device)
+        latency = time.perf_counter() - t0
+        per_image, images = timed(fn, repeat, device)
+        per_batch, _ = timed(lambda fn=fn: fn(4), max(1, repeat // 2), device)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        image = np.asarray(images[0], np.float32)
+        if name == "sfumato plain":
+            reference = image
+        rows.append({"row": name, "s_per_image": per_image, "images_per_s_batch4": 4 / per_batch,
+                     "first_image_s": latency, "peak_gib": peak, "image": image})
+        del first
+    for r in rows:
+        r["max_diff_vs_plain"] = float(np.abs(r.pop("image") - reference).max())
+    graphs = models.extras.get("graphs")
+    print(f"\n{label}")
+    print(f"{'row':20} {'s/image':>8} {'img/s (batch 4)':>16} {'first image s':>14} {'peak GiB':>9} "
+          f"{'max px diff vs plain':>21} {'speed-up':>9}")
+    base = rows[0]["s_per_image"]
+    for r in rows:
+        print(f"{r['row']:20} {r['s_per_image']:8.3f} {r['images_per_s_batch4']:16.2f} {r['first_image_s']:14.2f} "
+              f"{r['peak_gib']:9.2f} {r['max_diff_vs_plain']:21.0f} {base / r['s_per_image']:8.2f}x")
+    if graphs is not None:
+        for e in graphs.events:
+            print(f"  captured {e['what']} {e['shape'][:60]}: {e}")
+    return rows
+
+
+def cpu_knobs(models, size: int, steps: int, repeat: int) -> None:
+    """Threads and memory format on the CPU, for the bundle's U-Net alone and for a whole image."""
+    from sfumato.core.image import ImageRequest, generate
+
+    def image():
+        return generate(ImageRequest(prompt="red brick wall", seed=1, steps=steps, width=size, height=size,
+                                     fast="off"), models)
+
+    print(f"\nCPU knobs, {size}² image, {steps} steps (median of {repeat})")
+    threads0 = torch.get_num_threads()
+    for threads in sorted({1, threads0}):
+        torch.set_num_threads(threads)
+        for fmt in ("contiguous", "channels_last"):
+            mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+            models.unet.to(memory_format=mf)
+            models.vae.to(memory_format=mf)
+            t, _ = timed(image, repeat, models.device)
+            print(f"  threads {threads}  {fmt:14} {t:7.2f} s/image")
+    models.unet.to(memory_format=torch.contiguous_format)
+    models.vae.to(memory_format=torch.contiguous_format)
+    torch.set_num_threads(threads0)
+
+
+def main() -> None:
+    from sfumato.core.cli import quiet_libraries
+    from sfumato.core.device import pick_device, pick_dtype
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default=None, choices=["sd15", "sdxl"], help="random-weight architecture (GPU)")
+    p.add_argument("--bundle", default=None, help="default on the CPU: the embedded bundle, then the tiny one")
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cpu-knobs", action="store_true")
+    args = p.parse_args()
+    quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{time.strftime('%Y-%m-%d')} · {card} · torch {torch.__version__} · {str(dtype).replace('torch.', '')} · "
+          f"{args.steps} steps · guidance {args.guidance} · dpmpp_2m")
+    if args.arch:
+        size = args.size or (1024 if args.arch == "sdxl" else 512)
+        models = random_models(args.arch, device, dtype)
+        run(models, size, args.steps, args.guidance, args.repeat, f"random-weight {args.arch} at {size}²")
+        return
+    from image import bundle_models
+
+    for name in ([args.bundle] if args.bundle else ["materials", None]):
+        models = bundle_models(name, device, dtype)
+        size = args.size or (256 if name == "materials" else int(models.unet.config.sample_size) * models.vae_scale_factor)
+        run(models, size, args.steps, args.guidance, args.repeat, f"bundle {models.bundle.name} at {size}²")
+        if args.cpu_knobs and device.type == "cpu":
+            cpu_knobs(models, size, args.steps, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
