@@ -291,3 +291,22 @@ def test_cli_texture(sd15, house, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "textured house.obj" in out and (tmp_path / "cli.glb").is_file() and (tmp_path / "cli.png").is_file()
+
+
+def test_gutter_grows_islands_and_keeps_their_inside():
+    from sfumato.threed.texture import gutter
+
+    # one triangle in the middle of UV space
+    uv = torch.tensor([[0.3, 0.3], [0.7, 0.3], [0.3, 0.7]])
+    f = torch.tensor([[0, 1, 2]])
+    inside = rasterize_uv(uv, f, 32)
+    grown = gutter(inside, uv, f, rings=2)
+    assert torch.equal(grown.face[0][inside.mask[0]], inside.face[0][inside.mask[0]])
+    assert torch.equal(grown.bary[0][inside.mask[0]], inside.bary[0][inside.mask[0]])
+    extra = grown.mask[0] & ~inside.mask[0]
+    assert int(extra.sum()) > 0
+    # the grown texels' barycentrics extrapolate the triangle: they reproduce the texel centres' UVs
+    pts = grown.interpolate(uv, f)[0][extra]
+    ys, xs = torch.nonzero(extra, as_tuple=True)
+    centres = torch.stack([(xs + 0.5) / 32, 1 - (ys + 0.5) / 32], -1)
+    assert torch.allclose(pts, centres, atol=1e-5)

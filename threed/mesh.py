@@ -177,8 +177,10 @@ def check(mesh: Mesh, path: str = "", *, trimesh_mesh=None) -> Mesh:
     return replace(mesh, warnings=warnings)
 
 
-def ensure_uv(mesh: Mesh) -> Mesh:
-    """UVs from xatlas when the mesh has none (vertices are split along the new seams)."""
+def ensure_uv(mesh: Mesh, texture_size: int = 1024, padding: int = 4) -> Mesh:
+    """UVs from xatlas when the mesh has none (vertices are split along the new seams), packed for a
+    ``texture_size`` texture with ``padding`` texels between charts, so the gutters grown around
+    islands when baking do not run into each other."""
     if mesh.uv is not None:
         return mesh
     try:
@@ -186,7 +188,12 @@ def ensure_uv(mesh: Mesh) -> Mesh:
     except ImportError:
         raise BadParameter("mesh", mesh.source, "a mesh with UVs (unwrap it in Blender), or install xatlas "
                            "(pip install xatlas) to unwrap here") from None
-    vmap, faces, uv = xatlas.parametrize(mesh.vertices.numpy(), mesh.faces.numpy().astype(np.uint32))
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(mesh.vertices.numpy(), mesh.faces.numpy().astype(np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution, pack.padding, pack.bilinear = texture_size, padding, True
+    atlas.generate(pack_options=pack)
+    vmap, faces, uv = atlas[0]
     return replace(mesh, vertices=mesh.vertices[torch.from_numpy(vmap.astype(np.int64))],
                    faces=torch.from_numpy(faces.astype(np.int64)), uv=torch.from_numpy(uv.astype(np.float32)),
                    warnings=[*mesh.warnings, "the mesh had no UVs: unwrapped with xatlas"])

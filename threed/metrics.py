@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -30,13 +32,15 @@ def coverage(mesh: Mesh, painted: torch.Tensor) -> float:
     return float((painted & visible).sum() / visible.sum().clamp_min(1))
 
 
-def seam_ratio(mesh: Mesh, texture: torch.Tensor, inset_texels: float = 1.5) -> dict[str, float]:
+def seam_ratio(mesh: Mesh, texture: torch.Tensor, inset_texels: float = 1.5,
+               max_angle: float = 20.0) -> dict[str, float]:
     """Colour jump across UV-island borders vs across ordinary edges inside islands.
 
     For every edge shared by two triangles, the texture is sampled just inside each triangle next to
     the edge's midpoint; the mean absolute difference (0-255 scale) over seam edges (whose two sides
-    have different UVs) is compared with the same over interior edges. A ratio near 1 means seams
-    are invisible."""
+    have different UVs) is compared with the same over interior edges. Only smooth edges count (the
+    two faces' normals within ``max_angle`` degrees): across a crease, like a building's corner, the
+    two sides are different surfaces and may rightly differ. A ratio near 1 means seams are invisible."""
     size = texture.shape[-1]
     key = torch.round(mesh.vertices * 1e5).long()
     _, weld = torch.unique(key, dim=0, return_inverse=True)
@@ -69,6 +73,9 @@ def seam_ratio(mesh: Mesh, texture: torch.Tensor, inset_texels: float = 1.5) -> 
     ends2 = torch.stack([mesh.uv[a[e2]], mesh.uv[b[e2]]], 1)
     same = torch.minimum((ends1 - ends2).abs().amax((1, 2)), (ends1 - ends2.flip(1)).abs().amax((1, 2))) < 1e-6
     diff = (colour(uv1) - colour(uv2)).abs().mean(-1)
+    normals = mesh.face_normals()
+    smooth = (normals[f_idx[e1]] * normals[f_idx[e2]]).sum(-1).abs() >= math.cos(math.radians(max_angle))
+    diff, same = diff[smooth], same[smooth]
     seam = diff[~same].mean().item() if bool((~same).any()) else float("nan")
     inner = diff[same].mean().item() if bool(same.any()) else float("nan")
     return {"seam_edges": int((~same).sum()), "interior_edges": int(same.sum()), "seam_jump": round(seam, 2),

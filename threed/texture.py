@@ -79,7 +79,7 @@ class TextureRequest:
     view_prompts: bool = True  # add "front view" / "side view" / ... per view
     elevations: tuple[float, ...] = (15.0, 40.0)
     top: bool = True  # one view straight down (roofs)
-    fill_views: int = 4  # extra views, chosen for what the rig missed (0 = none)
+    fill_views: int = 6  # extra views, chosen for what the rig missed (0 = none)
     max_faces: int = DEFAULT_MAX_FACES
     keep_threshold: float = 0.8  # a texel is kept when an earlier view saw it at ≥ this × this view's cos
     refine_until: float = 0.4  # refine regions are held for this share of the steps
@@ -218,7 +218,8 @@ def texel_visibility(mesh: Mesh, cameras: Cameras, frags: Fragments, texels: Fra
 
 
 def build_scene(mesh: Mesh, cameras: Cameras, resolution: int, texture_size: int, *,
-                near_far: tuple[float, float] | None = None, texels: Fragments | None = None) -> Scene:
+                near_far: tuple[float, float] | None = None, texels: Fragments | None = None,
+                inside_mask: torch.Tensor | None = None) -> Scene:
     """Per-view geometry of a normalised mesh with UVs; depth is normalised with ``near_far`` when
     given (extra views share the first views' range), else with this set's own."""
     frags = rasterize(cameras, mesh.vertices, mesh.faces, resolution)
@@ -234,10 +235,14 @@ def build_scene(mesh: Mesh, cameras: Cameras, resolution: int, texture_size: int
     control = torch.where(mask, (1.0 - (frags.depth - near) / max(far - near, 1e-6) * 0.9).clamp(0.05, 1.0),
                           torch.zeros(()))
     shading = torch.where(mask, 0.25 + 0.6 * cos, torch.full((), 0.5))
-    texels = texels if texels is not None else rasterize_uv(mesh.uv, mesh.faces, texture_size)
+    if texels is None:
+        inside = rasterize_uv(mesh.uv, mesh.faces, texture_size)
+        texels, texel_mask = gutter(inside, mesh.uv, mesh.faces), inside.mask[0]
+    else:
+        texel_mask = inside_mask if inside_mask is not None else texels.mask[0]
     vis, grid = texel_visibility(mesh, cameras, frags, texels)
     return Scene(mesh, cameras, frags, cos, control[:, None].repeat(1, 3, 1, 1), shading[:, None].repeat(1, 3, 1, 1),
-                 frags.interpolate(mesh.uv, mesh.faces), texels, texels.mask[0], vis, grid, near_far)
+                 frags.interpolate(mesh.uv, mesh.faces), texels, texel_mask, vis, grid, near_far)
 
 
 def fill_cameras(scene: Scene, painted: torch.Tensor, count: int, *, candidates: int = 48,
@@ -306,6 +311,38 @@ class Bake:
 
     def current(self, background: float = 0.5) -> torch.Tensor:
         return torch.where(self.seen, self.colour / self.weight.clamp_min(1e-12), torch.full((), background))
+
+
+def gutter(texels: Fragments, uv: torch.Tensor, faces: torch.Tensor, rings: int = 2) -> Fragments:
+    """The UV layout grown by ``rings`` texels around every island: each outside texel next to an island
+    takes a neighbouring texel's triangle and its (extrapolated) barycentrics there, so it is baked from
+    the views like its neighbours. Bilinear sampling and mip levels near island borders then read the
+    surface's own colours, not a fill."""
+    face, bary = texels.face[0].clone(), texels.bary[0].clone()
+    size = face.shape[-1]
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=uv.dtype), torch.arange(size, dtype=uv.dtype), indexing="ij")
+    centre = torch.stack([(xs + 0.5) / size, 1 - (ys + 0.5) / size], -1)  # texel centres in UV
+    for _ in range(rings):
+        taken = face >= 0
+        # any neighbour's triangle: max over the 3x3 window of face ids (−1 where none)
+        near = F.max_pool2d(face[None, None].float(), 3, 1, 1)[0, 0].long()
+        grow = ~taken & (near >= 0)
+        if not bool(grow.any()):
+            break
+        f = near[grow]
+        a, b, c = uv[faces[f, 0]], uv[faces[f, 1]], uv[faces[f, 2]]
+        p = centre[grow]
+        v0, v1, v2 = b - a, c - a, p - a
+        den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+        ok = den.abs() > 1e-12
+        l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / torch.where(ok, den, torch.ones_like(den))
+        l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / torch.where(ok, den, torch.ones_like(den))
+        lam = torch.stack([1 - l1 - l2, l1, l2], -1)
+        idx = torch.nonzero(grow)
+        idx, f, lam = idx[ok], f[ok], lam[ok]
+        face[idx[:, 0], idx[:, 1]] = f
+        bary[idx[:, 0], idx[:, 1]] = lam
+    return Fragments(face[None], bary[None], texels.depth)
 
 
 def push_pull(colour: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -500,7 +537,7 @@ def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: in
         warnings.append(f"bundle {models.bundle.name} has no depth ControlNet: views are image-to-image from the "
                         f"mesh's shading (strength {req.img2img_strength}), so they follow its geometry loosely")
     started = time.perf_counter()
-    normalised = ensure_uv(mesh).normalised()
+    normalised = ensure_uv(mesh, req.texture_size).normalised()
     warnings += [w for w in normalised.warnings if w not in warnings]
     cameras = rig(torch.zeros(3), 1.0, req.views, elevations=req.elevations, top=req.top)
     scene = build_scene(normalised, cameras, resolution, req.texture_size)
@@ -512,7 +549,8 @@ def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: in
     extra = fill_cameras(scene, bake.seen, req.fill_views)
     if extra is not None:  # views for what the rig missed (concave corners, under eaves), in turn
         scene = concat_scenes(scene, build_scene(normalised, extra, resolution, req.texture_size,
-                                                 near_far=scene.near_far, texels=scene.texels))
+                                                 near_far=scene.near_far, texels=scene.texels,
+                                                 inside_mask=scene.texel_mask))
         bake, more = project_sequential(models, req, scene, resolution, seed, on_view, bake=bake,
                                         start=len(images), total=len(scene.cameras))
         images += more
