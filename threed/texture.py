@@ -245,7 +245,7 @@ def build_scene(mesh: Mesh, cameras: Cameras, resolution: int, texture_size: int
                  frags.interpolate(mesh.uv, mesh.faces), texels, texel_mask, vis, grid, near_far)
 
 
-def fill_cameras(scene: Scene, painted: torch.Tensor, count: int, *, candidates: int = 48,
+def fill_cameras(scene: Scene, painted: torch.Tensor, count: int, *, candidates: int = 96,
                  target: float = 0.995, size: int = 128) -> Cameras | None:
     """Up to ``count`` extra viewpoints, chosen greedily from ``candidates`` spread over the upper
     sphere, each the one that sees the most still-unpainted surface (weighted by cos²); stops once
