@@ -92,8 +92,14 @@ def image_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str
             ctx.saved.append(str(save_png(g.image, paths[g.seed - req.seed], g.metadata)))
             metadata.append(g.metadata)
 
+    graphs = models.extras.get("graphs")
+    seen = len(graphs.events) if graphs is not None else 0
     generate_safely(req, models, on_step=on_step, on_images=on_images)
-    return {"files": list(ctx.saved), "metadata": metadata}
+    result: dict[str, Any] = {"files": list(ctx.saved), "metadata": metadata}
+    graphs = models.extras.get("graphs")
+    if graphs is not None and len(graphs.events) > seen:  # the fast path recorded new shapes in this job
+        result["fast_path"] = graphs.events[seen:]
+    return result
 
 
 def texture_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
