@@ -75,7 +75,7 @@ def timed(fn, repeat: int, device: torch.device) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run(models, size: int, steps: int, guidance: float, repeat: int, label: str) -> list[dict]:
+def run(models, size: int, steps: int, guidance: float, repeat: int, label: str, compile: bool = False) -> list[dict]:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from sfumato.core.image import ImageRequest, generate
@@ -103,8 +103,11 @@ def run(models, size: int, steps: int, guidance: float, repeat: int, label: str)
 
     rows = []
     reference = None
-    for name, fn in (("diffusers pipeline", theirs), ("sfumato plain", lambda n=1: ours("off", n)),
-                     ("sfumato fast", lambda n=1: ours("auto", n))):
+    candidates = [("diffusers pipeline", theirs), ("sfumato plain", lambda n=1: ours("off", n)),
+                  ("sfumato fast", lambda n=1: ours("auto", n))]
+    if compile:
+        candidates.append(("sfumato fast+compile", lambda n=1: ours("compile", n)))
+    for name, fn in candidates:
         models.extras.pop("graphs", None)  # first-image latency from a cold state: capture included
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -177,6 +180,7 @@ def main() -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cpu-knobs", action="store_true")
+    p.add_argument("--compile", action="store_true", help="add a row with fast='compile' (torch.compile too)")
     args = p.parse_args()
     quiet_libraries()
     if args.threads:
@@ -189,7 +193,8 @@ def main() -> None:
     if args.arch:
         size = args.size or (1024 if args.arch == "sdxl" else 512)
         models = random_models(args.arch, device, dtype)
-        run(models, size, args.steps, args.guidance, args.repeat, f"random-weight {args.arch} at {size}²")
+        run(models, size, args.steps, args.guidance, args.repeat, f"random-weight {args.arch} at {size}²",
+            compile=args.compile)
         return
     from image import bundle_models
 

@@ -234,8 +234,8 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("--batch-size", type=int, default=4)
     img.add_argument("--device", default="auto")
     img.add_argument("--dtype", default="auto", help="auto, fp16, bf16, fp32")
-    img.add_argument("--fast", default="auto", choices=["auto", "on", "off"],
-                     help="CUDA graphs per shape on a GPU (auto/on); off: always eager")
+    img.add_argument("--fast", default="auto", choices=["auto", "on", "off", "compile"],
+                     help="CUDA graphs per shape on a GPU (auto/on); compile: plus torch.compile; off: eager")
     img.set_defaults(run=_image)
 
     tex = sub.add_parser("texture", help="texture a mesh from a prompt into its UV map (GLB + PNG)")

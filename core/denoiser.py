@@ -75,7 +75,7 @@ class Denoiser:
         self.prediction_type: str = models.scheduler_config.get("prediction_type", "epsilon")
         self.fast = fastpath.enabled(fast, models.device)
         if self.fast:
-            fastpath.prepare(models)
+            fastpath.prepare(models, compile=fast == "compile")
 
     def network(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
                 control: torch.Tensor | None, control_scale: float) -> torch.Tensor:

@@ -17,7 +17,8 @@ recorded (the ControlNet scale, seamless padding). So:
   does not match (or fails to record) is dropped for that key with a log line, and the call runs
   eagerly: the fast path never changes what a job produces beyond fp16 rounding.
 
-``auto`` turns it on for CUDA devices only; on the CPU there are no graphs (``benchmarks/speed.py``
+``auto`` and ``on`` turn it on for CUDA devices only; ``compile`` adds ``torch.compile`` of the U-Net
+(minutes of compiling per new shape: for long batch runs); on the CPU there are no graphs (``benchmarks/speed.py``
 measures what threads and memory format do there).
 """
 
@@ -32,7 +33,7 @@ import torch
 
 log = logging.getLogger("sfumato.fast")
 
-FAST_MODES = ("auto", "on", "off")
+FAST_MODES = ("auto", "on", "off", "compile")
 
 
 def enabled(mode: str, device: torch.device) -> bool:
@@ -115,10 +116,15 @@ class GraphCache:
         return out
 
 
-def prepare(models) -> None:
+def prepare(models, compile: bool = False) -> None:
     """Once per loaded models: channels-last weights (fp16 convolutions run on tensor cores in NHWC
     without layout conversions) and cuDNN autotuning (shapes are static, so the tuned algorithm is
-    what the graph records)."""
+    what the graph records). ``compile`` (mode "compile"): the U-Net's forward also goes through
+    ``torch.compile`` (fused normalisation and pointwise kernels; about a minute per new shape, paid
+    during the graph's warm-up, so the recorded graph replays the compiled kernels)."""
+    if compile and not models.extras.get("fast_compiled"):
+        models.unet.forward = torch.compile(models.unet.forward, dynamic=False)
+        models.extras["fast_compiled"] = True
     if models.extras.get("fast_prepared"):
         return
     torch.backends.cudnn.benchmark = True

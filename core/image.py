@@ -86,7 +86,7 @@ class ImageRequest:
         check("device", isinstance(self.device, str), "auto, cuda, cuda:N, mps or cpu")
         check("dtype", self.dtype in ("auto", "fp16", "bf16", "fp32"), "auto, fp16, bf16 or fp32")
         check("negative", isinstance(self.negative, str), "a string")
-        check("fast", self.fast in ("auto", "on", "off"), "auto, on or off")
+        check("fast", self.fast in ("auto", "on", "off", "compile"), "auto, on, off or compile")
         check("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
         check("steps", isinstance(self.steps, int) and 1 <= self.steps <= 500, "an integer 1..500")
