@@ -100,7 +100,8 @@ def _texture(args: argparse.Namespace) -> int:
 
     params = {
         "mesh": args.mesh, "prompt": args.prompt, "negative": args.negative, "mode": args.mode,
-        "variant": args.variant, "views": args.views, "fill_views": args.fill_views, "resolution": args.resolution,
+        "variant": args.variant, "views": args.views, "fill_views": args.fill_views, "iters": args.iters,
+        "lr": args.lr, "resolution": args.resolution,
         "texture_size": args.texture_size, "tile_size": args.tile_size, "seed": args.seed, "steps": args.steps,
         "guidance": args.guidance, "scheduler": args.scheduler, "bundle": args.bundle,
         "conditioning": args.conditioning, "max_faces": args.max_faces, "device": args.device, "dtype": args.dtype,
@@ -122,7 +123,8 @@ def _texture(args: argparse.Namespace) -> int:
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     detail = (f"{meta['views']} views ({meta['variant']}, {meta['conditioning']}) · texture {meta['texture_size']}px"
-              if meta["mode"] == "projection" else f"tile {meta['resolution']}px = {meta['tile_size']} m")
+              if meta["mode"] == "projection" else f"tile {meta['resolution']}px = {meta['tile_size']} m"
+              if meta["mode"] == "material" else f"{meta['iters']} SDS iterations · texture {meta['texture_size']}px")
     print(f"textured {meta['mesh']} in {time.perf_counter() - started:.1f} s · {meta['mode']} · {detail} · bundle "
           f"{meta['bundle']} · seed {meta['seed']}")
     for f in (result["glb"], result["texture"], result["sidecar"]):
@@ -242,8 +244,11 @@ def parser() -> argparse.ArgumentParser:
     tex.add_argument("mesh", help=".glb, .gltf, .obj or .ply")
     tex.add_argument("prompt")
     tex.add_argument("-o", "--output", required=True, help="output .glb (the texture .png and a .json beside it)")
-    tex.add_argument("--mode", default="projection", choices=["projection", "material"],
-                     help="projection: views painted into the UVs; material: a seamless tile, box-mapped")
+    tex.add_argument("--mode", default="projection", choices=["projection", "material", "sds"],
+                     help="projection: views painted into the UVs; material: a seamless tile, box-mapped; "
+                     "sds: the texture optimised by score distillation (resumes after a cancel)")
+    tex.add_argument("--iters", type=int, default=300, help="sds: optimisation steps")
+    tex.add_argument("--lr", type=float, default=0.05, help="sds: learning rate")
     tex.add_argument("--variant", default="sequential", choices=["sequential", "sync"],
                      help="projection: views in turn (default) or all at once sharing one UV latent")
     tex.add_argument("--views", type=int, default=8)

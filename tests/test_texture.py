@@ -259,7 +259,7 @@ def test_depth_required_but_bundle_has_none(house, tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("views", 0, "1..64"), ("resolution", 100, "multiple of 8"), ("mode", "paint", "projection or material"),
+    ("views", 0, "1..64"), ("resolution", 100, "multiple of 8"), ("mode", "paint", "projection, material, sds"),
     ("prompt", "  ", "non-empty"), ("tile_size", 0, "positive"), ("texture_size", 4, "16..8192"),
     ("variant", "all", "sequential or sync"), ("colour", "red", "unknown field"),
 ])
@@ -310,3 +310,19 @@ def test_gutter_grows_islands_and_keeps_their_inside():
     ys, xs = torch.nonzero(extra, as_tuple=True)
     centres = torch.stack([(xs + 0.5) / 32, 1 - (ys + 0.5) / 32], -1)
     assert torch.allclose(pts, centres, atol=1e-5)
+
+
+def test_sds_mode_runs_cancels_with_saved_state_and_resumes(sd15, house, tmp_path):
+    params = {"mesh": str(house), "prompt": "brick", "bundle": str(sd15), "mode": "sds", "iters": 4,
+              "resolution": 64, "texture_size": 32, "seed": 2, "guidance": 10.0}
+    state = tmp_path / "s.sds-state.safetensors"
+    with pytest.raises(Cancelled):
+        JOB_KINDS["texture"](params, tmp_path / "s.glb", _ctx([], cancel_after=2))
+    assert state.is_file() and not (tmp_path / "s.glb").exists()
+    events: list = []
+    result = JOB_KINDS["texture"](params, tmp_path / "s.glb", _ctx(events))
+    assert result["metrics"]["resumed_from"] == 3 and not state.exists()  # cancel kept all 3 finished steps
+    steps = [f["step"] for e, f in events if f.get("stage") == "texture"]
+    assert steps == [4]
+    tex = np.asarray(trimesh.load(result["glb"], force="mesh").visual.material.baseColorTexture)
+    assert tex.shape[:2] == (32, 32) and tex.std() > 0

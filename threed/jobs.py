@@ -20,6 +20,8 @@ def texture_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[s
         raise BadParameter("params", params, "a JSON object of texture settings")
     req = TextureRequest.from_dict(params).validate()
     output = Path(output)
+    if req.mode == "sds" and req.state is None:  # cancel saves here; the same job again resumes
+        req.state = str(output.with_name(output.stem + ".sds-state.safetensors"))
     if output.suffix.lower() != ".glb":
         raise BadParameter("output", str(output), "a path ending in .glb")
     check_writable(output)

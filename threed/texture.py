@@ -54,7 +54,7 @@ from .cameras import Cameras, rig, sphere, view_prompt
 from .mesh import DEFAULT_MAX_FACES, Mesh, check, ensure_uv, load_mesh
 from .raster import Fragments, projection, rasterize, rasterize_uv, sample_texture
 
-MODES = ("projection", "material")
+MODES = ("projection", "material", "sds")
 VARIANTS = ("sequential", "sync")
 
 
@@ -77,6 +77,9 @@ class TextureRequest:
     control_scale: float = 1.0
     conditioning: Literal["auto", "depth", "img2img"] = "auto"  # auto: depth ControlNet when the bundle has one
     view_prompts: bool = True  # add "front view" / "side view" / ... per view
+    iters: int = 300  # sds: optimisation steps
+    lr: float = 0.05  # sds: Adam learning rate on the texture logits
+    state: str | None = None  # sds: where the run's state is saved on cancel, and resumed from
     elevations: tuple[float, ...] = (15.0, 40.0)
     top: bool = True  # one view straight down (roofs)
     fill_views: int = 6  # extra views, chosen for what the rig missed (0 = none)
@@ -109,7 +112,9 @@ class TextureRequest:
         check_("mesh", isinstance(self.mesh, str) and bool(self.mesh), "a path to a .glb, .gltf, .obj or .ply file")
         check_("prompt", isinstance(self.prompt, str) and bool(self.prompt.strip()), "a non-empty text prompt")
         check_("negative", isinstance(self.negative, str), "a string")
-        check_("mode", self.mode in MODES, " or ".join(MODES))
+        check_("mode", self.mode in MODES, ", ".join(MODES))
+        check_("iters", isinstance(self.iters, int) and 1 <= self.iters <= 100_000, "an integer 1..100000")
+        check_("lr", isinstance(self.lr, (int, float)) and 0 < self.lr <= 10, "a number in (0, 10]")
         check_("variant", self.variant in VARIANTS, " or ".join(VARIANTS))
         check_("views", isinstance(self.views, int) and 1 <= self.views <= 64, "an integer 1..64")
         check_("resolution", self.resolution is None or (isinstance(self.resolution, int) and
@@ -610,6 +615,31 @@ def texture_material(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
                          warnings)
 
 
+# -------------------------------------------------------------------------------------------- sds
+def texture_sds(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
+                on_view: OnView | None = None) -> TextureResult:
+    """Score-distillation texturing (``sds_texture.py``); progress goes out as view 0 of 1, one "step"
+    per iteration."""
+    from .sds import SDSConfig
+    from .sds_texture import sds_texture
+
+    def on_iter(i: int, total: int, loss: float) -> None:
+        if on_view is not None:
+            on_view(ViewInfo(0, 1, StepInfo(step=i, total=total, t=loss, latents=torch.empty(0))))
+
+    resolution = req.resolution or 128
+    normalised = ensure_uv(mesh, req.texture_size)  # once: the texture belongs to these UVs
+    with torch.enable_grad():  # texture() runs heads under no_grad; SDS needs the graph to the texture
+        tex, stats = sds_texture(models, normalised, req.prompt, req.negative, iters=req.iters,
+                                 resolution=resolution, texture_size=req.texture_size, lr=req.lr, seed=seed,
+                                 cfg=SDSConfig(guidance=req.guidance), view_prompts=req.view_prompts,
+                                 state_path=Path(req.state) if req.state else None, on_iter=on_iter)
+    meta = _metadata(req, models, seed, resolution)
+    meta.update(iters=req.iters, lr=req.lr, texture_size=req.texture_size)
+    return TextureResult(latent_space.tensor_to_pil(tex[None])[0], replace(normalised, warnings=[]), meta, [],
+                         stats, list(normalised.warnings))
+
+
 # ------------------------------------------------------------------------------------------ entry
 def _native_size(models: Models) -> int:
     default = models.bundle.manifest.get("default_size")
@@ -638,7 +668,7 @@ def texture(req: TextureRequest, models: Models, *, on_view: OnView | None = Non
     seed = req.seed if req.seed is not None else random.randint(0, MAX_SEED)
     mesh = mesh if mesh is not None else load_mesh(req.mesh, max_faces=req.max_faces)
     mesh = check(mesh, req.mesh)
-    run = texture_material if req.mode == "material" else texture_projection
+    run = {"material": texture_material, "sds": texture_sds}.get(req.mode, texture_projection)
     with torch.no_grad():
         return run(req, models, mesh, seed, on_view)
 
