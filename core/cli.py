@@ -132,6 +132,51 @@ def _texture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _video(args: argparse.Namespace) -> int:
+    from . import bundle as bundles
+    from .device import pick_device, pick_dtype
+    from .errors import BadParameter
+    from .loading import load_models
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    b = bundles.resolve(args.bundle)
+    mesh = None
+    if args.command == "turntable":
+        from ..threed.mesh import load_mesh
+
+        mesh = load_mesh(args.mesh)
+    models = load_models(b, device, dtype, need_controlnet=mesh is not None)
+    source = args.motion or (str(b.component_dir("motion_adapter")) if "motion_adapter" in b.components else None)
+    if args.temporal == "on" and source is None:
+        raise BadParameter("temporal", "on", f"off or auto: bundle {b.name} has no motion module (motion_adapter/); "
+                           "pass --motion FOLDER_OR_FILE with AnimateDiff weights")
+    motion = None
+    if source is not None and args.temporal != "off":
+        from ..video.adapter import load_motion_adapter
+
+        motion = load_motion_adapter(source, models.unet)
+    from ..video.generate import generate_video, write_video
+
+    bar = ProgressBar()
+    started = time.perf_counter()
+    try:
+        frames, meta = generate_video(models, args.prompt, frames=args.frames, mesh=mesh, motion=motion,
+                                      negative=args.negative, resolution=args.resolution, steps=args.steps,
+                                      guidance=args.guidance, seed=args.seed, elevation=args.elevation,
+                                      on_step=lambda i: bar("progress", stage="video", step=i.step, total=i.total))
+    finally:
+        if motion is not None:
+            motion.remove()
+    bar.done()
+    paths = write_video(frames, Path(args.output), args.fps, meta)
+    print(f"{len(frames)} frames in {time.perf_counter() - started:.1f} s · {meta['mode']} · temporal "
+          f"{'on' if meta['temporal'] else 'off'} · seed {meta['seed']} · bundle {meta['bundle']}")
+    for p in paths:
+        print(p)
+    return 0
+
+
 def _bundle(args: argparse.Namespace) -> int:
     from . import bundle as bundles
 
@@ -268,6 +313,29 @@ def parser() -> argparse.ArgumentParser:
     tex.add_argument("--device", default="auto")
     tex.add_argument("--dtype", default="auto")
     tex.set_defaults(run=_texture)
+
+    for name in ("video", "turntable"):
+        vid = sub.add_parser(name, help="a looping video from a prompt" if name == "video" else
+                             "a looping turntable video of a mesh (depth-conditioned per frame)")
+        if name == "turntable":
+            vid.add_argument("mesh")
+        vid.add_argument("prompt")
+        vid.add_argument("-o", "--output", required=True, help=".mp4 (needs imageio-ffmpeg) or .gif")
+        vid.add_argument("--frames", type=int, default=24)
+        vid.add_argument("--fps", type=int, default=12)
+        vid.add_argument("--resolution", type=int, default=None)
+        vid.add_argument("--elevation", type=float, default=20.0)
+        vid.add_argument("--temporal", default="auto", choices=["auto", "on", "off"],
+                         help="frame attention (the bundle's motion module or --motion); off: per-frame baseline")
+        vid.add_argument("--motion", default=None, help="AnimateDiff motion adapter: diffusers folder or .safetensors")
+        vid.add_argument("--bundle", default=None)
+        vid.add_argument("--negative", default="")
+        vid.add_argument("--steps", type=int, default=25)
+        vid.add_argument("--guidance", type=float, default=7.5)
+        vid.add_argument("--seed", type=int, default=None)
+        vid.add_argument("--device", default="auto")
+        vid.add_argument("--dtype", default="auto")
+        vid.set_defaults(run=_video)
 
     bun = sub.add_parser("bundle", help="list, inspect, verify, import bundles")
     bsub = bun.add_subparsers(dest="bundle_cmd", required=True)

@@ -1,0 +1,152 @@
+"""Looping video with the shared image denoiser: text-to-video, or a turntable of a mesh conditioned on
+the exact depth of every frame of the orbit.
+
+All N frames are one batch of latents ``x`` (N, C, h, w) that one scheduler steps together. At every
+step the denoiser runs over windows of consecutive frames laid on the circle (``turntable.py``), each
+window as one video call of the temporal U-Net when a motion module is attached (``temporal``) or
+frame by frame otherwise, and the per-frame predictions are blended. The window starts shift by a
+third of a window each step. Initial noise is consistent around the loop.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..core import latents as latent_space
+from ..core import text
+from ..core.denoiser import Denoiser, make_conditioning
+from ..core.errors import BadParameter
+from ..core.provenance import version
+from ..core.sampling import StepInfo, sample, timesteps_for
+from ..core.schedulers import make_scheduler, takes_generator
+from ..threed.mesh import Mesh
+from .turntable import circular_windows, loop_noise, orbit_cameras, orbit_depth, windowed
+
+
+def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None = None, motion=None,
+                   negative: str = "", resolution: int | None = None, steps: int = 25, guidance: float = 7.5,
+                   seed: int | None = None, scheduler: str = "dpmpp_2m", elevation: float = 20.0,
+                   window: int | None = None, control_scale: float = 1.0,
+                   on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[Image.Image], dict[str, Any]]:
+    """Frames of a looping video; ``motion`` is a ``MotionUNet`` on ``models.unet`` (None: per-frame)."""
+    if not isinstance(frames, int) or not 2 <= frames <= 720:
+        raise BadParameter("frames", frames, "an integer from 2 to 720")
+    size = resolution or int(models.bundle.manifest.get("default_size") or
+                             models.unet.config.sample_size * models.vae_scale_factor)
+    if size % 8 or not 64 <= size <= 2048:
+        raise BadParameter("resolution", size, "a multiple of 8 from 64 to 2048")
+    if mesh is not None and models.controlnet is None:
+        raise BadParameter("bundle", models.bundle.name, "a bundle with a depth ControlNet for a turntable "
+                           "(component controlnet_depth); without a mesh, text-to-video works with any bundle")
+    seed = seed if seed is not None else random.randint(0, 2**31 - 1)
+    length = window or (motion.config.max_frames if motion is not None else 16)
+    if motion is not None and length > motion.config.max_frames:
+        raise BadParameter("window", length, f"at most the motion module's {motion.config.max_frames} frames")
+    f = models.vae_scale_factor
+    g = torch.Generator().manual_seed(seed)
+    depth = None
+    if mesh is not None:
+        norm = mesh.normalised()
+        depth = orbit_depth(norm, orbit_cameras(norm, frames, elevation=elevation), size).to(models.device)
+    positive, neg = text.encode_pair(models, prompt, negative)
+    denoiser = Denoiser(models)
+    conds: dict[int, Any] = {}
+
+    def cond_for(idx: torch.Tensor):
+        n = len(idx)
+        if n not in conds:
+            conds[n] = make_conditioning(models, positive, neg, n, guidance, width=size, height=size,
+                                         control_scale=control_scale)
+        c = conds[n]
+        return replace(c, control=depth[idx.to(depth.device)].to(models.dtype)) if depth is not None else c
+
+    sched = make_scheduler(scheduler, models.scheduler_config)
+    timesteps, _ = timesteps_for(sched, steps, models.device)
+    x = loop_noise(frames, (models.unet.config.in_channels, size // f, size // f), g)
+    x = (x * sched.init_noise_sigma).to(models.device, models.dtype)
+    step_index = {"i": 0}
+
+    def network(x_in: torch.Tensor, t: torch.Tensor, _cond) -> torch.Tensor:
+        shift = (step_index["i"] * max(1, length // 3)) % frames
+        windows = circular_windows(frames, length, shift=shift)
+        step_index["i"] += 1
+
+        def run(xs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            if motion is None:
+                return denoiser(xs, t, cond_for(idx))
+            with motion.video(len(idx)):
+                return denoiser(xs, t, cond_for(idx))
+
+        return windowed(run, x_in, windows)
+
+    generators = [torch.Generator().manual_seed(seed + 1 + k) for k in range(frames)]
+    x = sample(network, sched, x, None, timesteps, generator=generators if takes_generator(sched) else None,
+               on_step=on_step)
+    images: list[Image.Image] = []
+    for i in range(0, frames, 8):
+        images += latent_space.tensor_to_pil(latent_space.decode(models, x[i:i + 8]))
+    meta = {"prompt": prompt, "negative": negative, "seed": seed, "frames": frames, "steps": steps,
+            "guidance": guidance, "scheduler": scheduler, "resolution": size, "bundle": models.bundle.name,
+            "bundle_hash": models.bundle.identity(), "temporal": motion is not None, "window": length,
+            "mode": "turntable" if mesh is not None else "text-to-video", "sfumato_version": version()}
+    if mesh is not None:
+        meta.update(elevation=elevation, control_scale=control_scale, mesh=Path(mesh.source).name)
+    return images, meta
+
+
+def write_video(frames: list[Image.Image], path: Path, fps: int, metadata: dict[str, Any]) -> list[Path]:
+    """``path`` (.mp4 through imageio-ffmpeg, or .gif), plus ``path.json`` with the provenance."""
+    import json
+
+    import numpy as np
+
+    from ..core.provenance import atomic_write
+
+    path = Path(path)
+    if not 1 <= fps <= 120:
+        raise BadParameter("fps", fps, "1..120 frames per second")
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        def write(tmp: Path) -> None:
+            frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], loop=0,
+                           duration=max(1, round(1000 / fps)))
+    elif suffix == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise BadParameter("output", str(path), "a .gif, or install imageio-ffmpeg (pip install "
+                               "'sfumato[video]') for .mp4") from None
+        import imageio.v2 as imageio
+
+        def write(tmp: Path) -> None:
+            with imageio.get_writer(str(tmp), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=8,
+                                    output_params=["-movflags", "+faststart", "-f", "mp4"]) as w:
+                for im in frames:
+                    w.append_data(np.asarray(im.convert("RGB")))
+    else:
+        raise BadParameter("output", str(path), "a path ending in .mp4 or .gif")
+    if suffix == ".mp4":  # ffmpeg picks the container by extension: the temporary file keeps it
+        import os
+
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.part.mp4")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        out = path
+    else:
+        out = atomic_write(path, write)
+    side = atomic_write(path.with_suffix(path.suffix + ".json"),
+                        lambda tmp: Path(tmp).write_text(json.dumps({**metadata, "fps": fps}, indent=2)))
+    return [out, side]
+
