@@ -41,9 +41,10 @@ def quiet_libraries() -> None:
 class ProgressBar:
     """One status line on stderr: ``[#####.....] step 12/25 · image 1-4 of 8 · 3.1 s``."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width, self.start = stream, width, time.perf_counter()
-        self.tty = stream.isatty()
+    def __init__(self, stream=None, width: int = 30):
+        # sys.stderr looked up now, not at import: it may have been replaced since (tests, IDEs)
+        self.stream, self.width, self.start = stream or sys.stderr, width, time.perf_counter()
+        self.tty = self.stream.isatty()
         self.last = -1.0
 
     def __call__(self, event: str, **f: Any) -> None:
