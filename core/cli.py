@@ -298,7 +298,7 @@ def parser() -> argparse.ArgumentParser:
     tex.add_argument("--variant", default="sequential", choices=["sequential", "sync"],
                      help="projection: views in turn (default) or all at once sharing one UV latent")
     tex.add_argument("--views", type=int, default=8)
-    tex.add_argument("--fill-views", type=int, default=6, help="extra views for what the orbit missed (0: none)")
+    tex.add_argument("--fill-views", type=int, default=8, help="extra views for what the orbit missed (0: none)")
     tex.add_argument("--resolution", type=int, default=None, help="per view / tile, px (default: bundle's size)")
     tex.add_argument("--texture-size", type=int, default=1024)
     tex.add_argument("--tile-size", type=float, default=1.0, help="material mode: metres one tile covers")

@@ -82,7 +82,7 @@ class TextureRequest:
     state: str | None = None  # sds: where the run's state is saved on cancel, and resumed from
     elevations: tuple[float, ...] = (15.0, 40.0)
     top: bool = True  # one view straight down (roofs)
-    fill_views: int = 6  # extra views, chosen for what the rig missed (0 = none)
+    fill_views: int = 8  # extra views, chosen for what the rig missed (0 = none)
     max_faces: int = DEFAULT_MAX_FACES
     keep_threshold: float = 0.8  # a texel is kept when an earlier view saw it at ≥ this × this view's cos
     refine_until: float = 0.4  # refine regions are held for this share of the steps
