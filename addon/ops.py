@@ -16,6 +16,16 @@ BLOCKING = [("AUTO", "Auto", "Wait for the result in background mode (timers nev
              "call the add-on's runtime.tick)")]
 
 
+def _free(cls, context, need_scene: bool = True) -> bool:
+    """The operators' shared poll: a scene to work in and no job running (saying so when one is)."""
+    if need_scene and context.scene is None:
+        return False
+    if runtime.busy():
+        cls.poll_message_set("a job is running: cancel it or wait for it")
+        return False
+    return True
+
+
 def _blocking(choice: str) -> bool:
     return choice == "ON" or (choice == "AUTO" and bpy.app.background)
 
@@ -36,10 +46,7 @@ class SFUMATO_OT_image(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if context.scene is None:
-            return False
-        if runtime.busy():
-            cls.poll_message_set("a job is running: cancel it or wait for it")
+        if not _free(cls, context):
             return False
         reason = _reason(context, props.settings_from(context.scene.sfumato))
         if reason:
@@ -138,12 +145,7 @@ class SFUMATO_OT_texture(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if context.scene is None:
-            return False
-        if runtime.busy():
-            cls.poll_message_set("a job is running: cancel it or wait for it")
-            return False
-        return True
+        return _free(cls, context)
 
     def invoke(self, context, event):
         return self.execute(context)
@@ -222,10 +224,7 @@ class SFUMATO_OT_release(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if runtime.busy():
-            cls.poll_message_set("a job is running: cancel it or wait for it")
-            return False
-        return True
+        return _free(cls, context, need_scene=False)
 
     def execute(self, context):
         if not runtime.SESSION.alive:

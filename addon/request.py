@@ -36,8 +36,22 @@ class BadSetting(ValueError):
         self.field, self.value, self.allowed = field, value, allowed
 
 
+class _Settings:
+    """What every settings dataclass here shares: its field names, and a checked ``replace``."""
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any):
+        unknown = sorted(set(changes) - set(self.fields()))
+        if unknown:
+            raise BadSetting(unknown[0], changes[unknown[0]], "one of " + ", ".join(self.fields()))
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
-class ImageSettings:
+class ImageSettings(_Settings):
     """The panel's settings for one image job (``scene.sfumato`` as plain data)."""
 
     prompt: str = ""
@@ -55,15 +69,6 @@ class ImageSettings:
     control_scale: float = 1.0  # depth: ControlNet strength
     seamless: Literal["none", "x", "y", "xy"] = "none"
 
-    @classmethod
-    def fields(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    def replace(self, **changes: Any) -> "ImageSettings":
-        unknown = sorted(set(changes) - set(self.fields()))
-        if unknown:
-            raise BadSetting(unknown[0], changes[unknown[0]], "one of " + ", ".join(self.fields()))
-        return dataclasses.replace(self, **changes)
 
 
 def _nearest8(v: int) -> str:
@@ -141,7 +146,7 @@ TextureMode = Literal["projection", "material"]
 
 
 @dataclass
-class TextureSettings:
+class TextureSettings(_Settings):
     """One texture job on one mesh: the panel's shared settings plus its Texture section."""
 
     prompt: str = ""
@@ -157,17 +162,8 @@ class TextureSettings:
     resolution: int = 0  # per-view generation size in pixels, a multiple of 8; 0 = the bundle's native size
     texture_size: int = 1024  # the texture PNG's side in pixels
     tile_size: float = 1.0  # material mode: metres one tile covers
-    max_faces: int = 200_000  # the engine refuses (or simplifies) meshes above this
+    max_faces: int = 200_000  # the engine refuses meshes above this
 
-    @classmethod
-    def fields(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    def replace(self, **changes: Any) -> "TextureSettings":
-        unknown = sorted(set(changes) - set(self.fields()))
-        if unknown:
-            raise BadSetting(unknown[0], changes[unknown[0]], "one of " + ", ".join(self.fields()))
-        return dataclasses.replace(self, **changes)
 
 
 def texture_problems(s: TextureSettings) -> list[BadSetting]:

@@ -67,6 +67,14 @@ def draw_progress(layout) -> None:
             line.label(text=text, icon='ERROR' if alert else 'INFO')
 
 
+def _why_not(layout, reason: str) -> None:
+    """The reason the section's button would not run, in red above it (nothing while a job runs)."""
+    if reason and not runtime.busy():
+        line = layout.row()
+        line.alert = True
+        line.label(text=reason, icon='ERROR')
+
+
 class SFUMATO_PT_image(SfumatoPanel, bpy.types.Panel):
     bl_label = "Image"
     bl_parent_id = "SFUMATO_PT_main"
@@ -81,11 +89,7 @@ class SFUMATO_PT_image(SfumatoPanel, bpy.types.Panel):
             layout.prop(s, "restyle_source")
             layout.prop(s, "strength")
         layout.prop(s, "set_background")
-        reason = ops._reason(context, props.settings_from(s))
-        if reason and not runtime.busy():
-            line = layout.row()
-            line.alert = True
-            line.label(text=reason, icon='ERROR')
+        _why_not(layout, ops._reason(context, props.settings_from(s)))
         layout.operator("sfumato.image", icon='RENDER_STILL').mode = "scene"
 
 
@@ -103,11 +107,7 @@ class SFUMATO_PT_texture(SfumatoPanel, bpy.types.Panel):
         col.prop(s, "texture_size")
         if s.texture_mode == "material":
             layout.prop(s, "tile_size")
-        reason = ops._texture_reason(context, props.texture_settings_from(s))
-        if reason and not runtime.busy():
-            line = layout.row()
-            line.alert = True
-            line.label(text=reason, icon='ERROR')
+        _why_not(layout, ops._texture_reason(context, props.texture_settings_from(s)))
         layout.operator("sfumato.texture", icon='TEXTURE')
 
 

@@ -13,6 +13,7 @@ largest pixel difference between the two images (they should agree to within 1/2
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -25,28 +26,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def random_sd15_models(device: torch.device, dtype: torch.dtype):
-    """SD1.5-architecture models with random weights, built from the shipped family configs (no files)."""
-    import json
-
+def random_models(arch: str, device: torch.device, dtype: torch.dtype):
+    """SD1.5 or SDXL architecture with random weights, from the family configs this project ships."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from sfumato.core.bundle import Bundle
     from sfumato.core.loading import Models
     from sfumato.core.tokenizer_build import clip_merges, write_tokenizer
 
-    families = Path(__file__).resolve().parent.parent / "core" / "families" / "sd15"
+    families = Path(__file__).resolve().parent.parent / "core" / "families" / arch
     cfg = lambda name: json.loads((families / name).read_text())  # noqa: E731
     tmp = Path(tempfile.mkdtemp(prefix="sfumato-bench-"))
     tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer(tmp / "tokenizer", clip_merges())))
     with torch.device(device):
         unet = UNet2DConditionModel.from_config(cfg("unet.json")).to(dtype)
         vae = AutoencoderKL.from_config(cfg("vae.json")).to(dtype)
-        text = CLIPTextModel(CLIPTextConfig(**cfg("text_encoder.json"))).to(dtype)
-    bundle = Bundle(path=tmp, name="random-sd15", family="sd15", components={}, manifest={"files": {}})
+        encoders = [CLIPTextModel(CLIPTextConfig(**cfg("text_encoder.json"))).to(dtype)]
+        tokenizers = [tokenizer]
+        if arch == "sdxl":
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**cfg("text_encoder_2.json"))).to(dtype))
+            tokenizers.append(tokenizer)
+    bundle = Bundle(path=tmp, name=f"random-{arch}", family=arch, components={}, manifest={"files": {}})
     return Models(bundle=bundle, device=device, dtype=dtype, unet=unet.eval(), vae=vae.eval(),
-                  text_encoders=[text.eval()], tokenizers=[tokenizer], scheduler_config=cfg("scheduler.json"))
+                  text_encoders=[e.eval() for e in encoders], tokenizers=tokenizers,
+                  scheduler_config=cfg("scheduler.json"))
 
 
 def bundle_models(name: str | None, device: torch.device, dtype: torch.dtype):
@@ -102,7 +106,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
-    models = random_sd15_models(device, dtype) if args.full else bundle_models(args.bundle, device, dtype)
+    models = random_models("sd15", device, dtype) if args.full else bundle_models(args.bundle, device, dtype)
     size = args.size or (512 if args.full else int(models.unet.config.sample_size) * models.vae_scale_factor)
     prompt, seed = "a timber pavilion by a lake, dusk", 1
     m = models

@@ -16,10 +16,8 @@ channels-last memory format do on the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,32 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def random_models(arch: str, device: torch.device, dtype: torch.dtype):
-    """SD1.5 or SDXL architecture with random weights, from the family configs this project ships."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from sfumato.core.bundle import Bundle
-    from sfumato.core.loading import Models
-    from sfumato.core.tokenizer_build import clip_merges, write_tokenizer
-
-    families = ROOT / "core" / "families" / arch
-    cfg = lambda name: json.loads((families / name).read_text())  # noqa: E731
-    tmp = Path(tempfile.mkdtemp(prefix="sfumato-speed-"))
-    tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer(tmp / "tokenizer", clip_merges())))
-    with torch.device(device):
-        unet = UNet2DConditionModel.from_config(cfg("unet.json")).to(dtype)
-        vae = AutoencoderKL.from_config(cfg("vae.json")).to(dtype)
-        encoders = [CLIPTextModel(CLIPTextConfig(**cfg("text_encoder.json"))).to(dtype)]
-        tokenizers = [tokenizer]
-        if arch == "sdxl":
-            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**cfg("text_encoder_2.json"))).to(dtype))
-            tokenizers.append(tokenizer)
-    bundle = Bundle(path=tmp, name=f"random-{arch}", family=arch, components={}, manifest={"files": {}})
-    return Models(bundle=bundle, device=device, dtype=dtype, unet=unet.eval(), vae=vae.eval(),
-                  text_encoders=[e.eval() for e in encoders], tokenizers=tokenizers,
-                  scheduler_config=cfg("scheduler.json"))
+from image import bundle_models, random_models  # noqa: E402  (one builder for every benchmark)
 
 
 def sync(device: torch.device) -> None:
@@ -196,8 +169,6 @@ def main() -> None:
         run(models, size, args.steps, args.guidance, args.repeat, f"random-weight {args.arch} at {size}²",
             compile=args.compile)
         return
-    from image import bundle_models
-
     for name in ([args.bundle] if args.bundle else ["materials", None]):
         models = bundle_models(name, device, dtype)
         size = args.size or (256 if name == "materials" else int(models.unet.config.sample_size) * models.vae_scale_factor)

@@ -51,7 +51,7 @@ def suzanne(folder: Path) -> Path | None:
     path = folder / "suzanne.glb"
     code = ("import bpy; bpy.ops.wm.read_factory_settings(use_empty=True); bpy.ops.mesh.primitive_monkey_add(); "
             "bpy.ops.object.modifier_add(type='SUBSURF'); bpy.context.object.modifiers[0].levels = 1; "
-            "bpy.ops.object.shade_smooth(); bpy.ops.uv.smart_project() if False else None; "
+            "bpy.ops.object.shade_smooth(); "
             f"bpy.ops.export_scene.gltf(filepath={str(path)!r}, export_apply=True)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return path if r.returncode == 0 and path.is_file() else None

@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers import ControlNetModel  # noqa: E402
-from speed import random_models  # noqa: E402
+from image import random_models  # noqa: E402
 from texture import house  # noqa: E402
 
 from sfumato.core.cli import quiet_libraries  # noqa: E402

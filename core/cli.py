@@ -147,7 +147,7 @@ def _video(args: argparse.Namespace) -> int:
         from ..threed.mesh import load_mesh
 
         mesh = load_mesh(args.mesh)
-    models = load_models(b, device, dtype, need_controlnet=mesh is not None)
+    models = load_models(b, device, dtype, need_controlnet=mesh is not None and "controlnet_depth" in b.components)
     source = args.motion or (str(b.component_dir("motion_adapter")) if "motion_adapter" in b.components else None)
     if args.temporal == "on" and source is None:
         raise BadParameter("temporal", "on", f"off or auto: bundle {b.name} has no motion module (motion_adapter/); "

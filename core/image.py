@@ -68,13 +68,7 @@ class ImageRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImageRequest":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadParameter(unknown[0], data[unknown[0]], f"unknown field; allowed: {', '.join(sorted(known))}")
-        if "prompt" not in data:
-            raise BadParameter("prompt", None, "a text prompt is required")
-        return cls(**data)
+        return cls(**checked_fields(cls, data, {"prompt": "a text prompt is required"}))
 
     def validate(self) -> "ImageRequest":
         def check(name: str, ok: bool, allowed: str) -> None:
@@ -124,6 +118,21 @@ class ImageRequest:
         return "img2img" if self.init_image else "txt2img"
 
 
+def checked_fields(cls, data: dict[str, Any], required: dict[str, str]) -> dict[str, Any]:
+    """``data`` for a request dataclass ``cls``: an unknown field, or a missing ``required`` one (name ->
+    what to say), is a ``BadParameter`` naming it. Shared by every head's job request."""
+    if not isinstance(data, dict):
+        raise BadParameter("params", data, "a JSON object of settings")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise BadParameter(unknown[0], data[unknown[0]], f"unknown field; allowed: {', '.join(sorted(known))}")
+    for name, allowed in required.items():
+        if name not in data:
+            raise BadParameter(name, None, allowed)
+    return dict(data)
+
+
 @dataclass
 class GeneratedImage:
     image: Image.Image
@@ -171,7 +180,7 @@ def load_depth(path: str, width: int, height: int) -> torch.Tensor:
     return t.clamp(0, 1).repeat(1, 3, 1, 1)
 
 
-def _native_size(models: Models) -> int:
+def native_size(models: Models) -> int:
     """The bundle's default size: its manifest's ``default_size``, else what the U-Net was built for."""
     default = models.bundle.manifest.get("default_size")
     return int(default) if default else int(models.unet.config.sample_size) * models.vae_scale_factor
@@ -186,7 +195,7 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     # 1. validate
     req = request.validate()
     seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)
-    width, height = req.width or _native_size(models), req.height or _native_size(models)
+    width, height = req.width or native_size(models), req.height or native_size(models)
     control = load_depth(req.depth_image, width, height) if req.depth_image else None
     init = latent_space.pil_to_tensor(open_image("init_image", req.init_image), width, height) \
         if req.init_image else None
@@ -247,7 +256,7 @@ def generate_safely(request: ImageRequest, models: Models, *, on_step: OnStep | 
     """``generate`` with out-of-memory turned into a clear error; the caller's process survives."""
     from .device import out_of_memory_as_error
 
-    size = f"{request.width or _native_size(models)}x{request.height or _native_size(models)}"
+    size = f"{request.width or native_size(models)}x{request.height or native_size(models)}"
     with out_of_memory_as_error(f"on {models.device} at {size}, batch {min(request.n, request.batch_size)}"):
         return generate(request, models, on_step=on_step, on_images=on_images)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -37,11 +37,13 @@ def parameters_line(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``; a crash leaves no partial ``path``."""
+def atomic_write(path: Path, write, *, keep_suffix: bool = False) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``; a crash leaves no partial ``path``.
+    ``keep_suffix``: the temporary name ends in ``path``'s suffix too, for writers that choose their
+    format by extension (ffmpeg)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part" + (path.suffix if keep_suffix else ""))
     try:
         write(tmp)
         os.replace(tmp, path)

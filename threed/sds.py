@@ -22,7 +22,6 @@ model expects.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -154,10 +153,3 @@ def encode_with_grad(models, images: torch.Tensor) -> torch.Tensor:
     z = vae.encode((images * 2 - 1).to(vae.dtype)).latent_dist.mean
     return z * vae.config.scaling_factor
 
-
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    if not math.isfinite(float(loss)):
-        from ..core.errors import SfumatoError
-
-        raise SfumatoError(f"the SDS loss became {float(loss)} at iteration {step}; stopping and keeping the last "
-                           "good state (lower the learning rate or the guidance, or set grad_clip)")

@@ -1,6 +1,6 @@
 """Texture a mesh from a prompt, baked into its UV map.
 
-Two modes (``TextureRequest.mode``):
+Three modes (``TextureRequest.mode``):
 
 **projection** — views around the object are generated and their colours baked into the UV texture.
 
@@ -20,6 +20,9 @@ with weight cos⁴ of the viewing angle, so head-on views dominate and grazing o
 Texels no view saw are filled in UV space (push-pull), and the fill runs past the UV islands' borders
 so mip levels never mix in the background.
 
+**sds** — no view is generated: the texture itself is optimised by score distillation through the
+rasterizer (``sds_texture.py``); for bundles without a depth ControlNet, and resumable.
+
 **material** — a seamless tile from the prompt (``seamless="xy"``), mapped by box projection at real
 scale: each triangle takes the UV plane of its dominant axis, in metres / ``tile_size``. With the
 embedded materials bundle this is the mode that looks right.
@@ -27,7 +30,6 @@ embedded materials bundle this is the mode that looks right.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
@@ -36,7 +38,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -45,7 +46,7 @@ from ..core import latents as latent_space
 from ..core import text
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
 from ..core.errors import BadParameter
-from ..core.image import MAX_SEED, ImageRequest, generate
+from ..core.image import MAX_SEED, ImageRequest, checked_fields, generate, native_size
 from ..core.loading import Models
 from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
@@ -92,14 +93,8 @@ class TextureRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TextureRequest":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadParameter(unknown[0], data[unknown[0]], f"unknown field; allowed: {', '.join(sorted(known))}")
-        for name in ("mesh", "prompt"):
-            if name not in data:
-                raise BadParameter(name, None, "required")
-        data = dict(data)
+        data = checked_fields(cls, data, {"mesh": "a path to a .glb, .gltf, .obj or .ply file",
+                                          "prompt": "a text prompt is required"})
         if isinstance(data.get("elevations"), list):
             data["elevations"] = tuple(data["elevations"])
         return cls(**data)
@@ -536,7 +531,7 @@ def project_sync(models: Models, req: TextureRequest, scene: Scene, resolution: 
 
 def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
                        on_view: OnView | None = None) -> TextureResult:
-    resolution = req.resolution or _native_size(models)
+    resolution = req.resolution or native_size(models)
     warnings = list(mesh.warnings)
     if not use_depth(models, req) and req.conditioning == "auto":
         warnings.append(f"bundle {models.bundle.name} has no depth ControlNet: views are image-to-image from the "
@@ -593,7 +588,7 @@ def box_uv(mesh: Mesh, tile_size: float) -> Mesh:
 
 def texture_material(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
                      on_view: OnView | None = None) -> TextureResult:
-    resolution = req.resolution or _native_size(models)
+    resolution = req.resolution or native_size(models)
     image_req = ImageRequest(prompt=req.prompt, negative=req.negative, bundle=req.bundle, seed=seed, steps=req.steps,
                              guidance=req.guidance, width=resolution, height=resolution, scheduler=req.scheduler,
                              seamless="xy")
@@ -641,11 +636,6 @@ def texture_sds(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
 
 
 # ------------------------------------------------------------------------------------------ entry
-def _native_size(models: Models) -> int:
-    default = models.bundle.manifest.get("default_size")
-    return int(default) if default else int(models.unet.config.sample_size) * models.vae_scale_factor
-
-
 def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -> dict[str, Any]:
     meta = {"prompt": req.prompt, "negative": req.negative, "seed": seed, "mode": req.mode,
             "bundle": models.bundle.name, "bundle_hash": models.bundle.identity(), "scheduler": req.scheduler,
@@ -689,6 +679,3 @@ def save_result(result: TextureResult, output: Path) -> dict[str, str]:
                       lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str)))
     return {"glb": str(glb), "texture": str(png), "sidecar": str(js)}
 
-
-def as_image(t: torch.Tensor) -> Image.Image:
-    return Image.fromarray((t.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))

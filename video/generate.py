@@ -23,6 +23,7 @@ from ..core import latents as latent_space
 from ..core import text
 from ..core.denoiser import Denoiser, make_conditioning
 from ..core.errors import BadParameter
+from ..core.image import native_size
 from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
 from ..core.schedulers import make_scheduler, takes_generator
@@ -38,8 +39,7 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
     """Frames of a looping video; ``motion`` is a ``MotionUNet`` on ``models.unet`` (None: per-frame)."""
     if not isinstance(frames, int) or not 2 <= frames <= 720:
         raise BadParameter("frames", frames, "an integer from 2 to 720")
-    size = resolution or int(models.bundle.manifest.get("default_size") or
-                             models.unet.config.sample_size * models.vae_scale_factor)
+    size = resolution or native_size(models)
     if size % 8 or not 64 <= size <= 2048:
         raise BadParameter("resolution", size, "a multiple of 8 from 64 to 2048")
     if mesh is not None and models.controlnet is None:
@@ -127,25 +127,12 @@ def write_video(frames: list[Image.Image], path: Path, fps: int, metadata: dict[
 
         def write(tmp: Path) -> None:
             with imageio.get_writer(str(tmp), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=8,
-                                    output_params=["-movflags", "+faststart", "-f", "mp4"]) as w:
+                                    output_params=["-movflags", "+faststart"]) as w:
                 for im in frames:
                     w.append_data(np.asarray(im.convert("RGB")))
     else:
         raise BadParameter("output", str(path), "a path ending in .mp4 or .gif")
-    if suffix == ".mp4":  # ffmpeg picks the container by extension: the temporary file keeps it
-        import os
-
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.part.mp4")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        out = path
-    else:
-        out = atomic_write(path, write)
+    out = atomic_write(path, write, keep_suffix=True)  # ffmpeg picks the container by extension
     side = atomic_write(path.with_suffix(path.suffix + ".json"),
                         lambda tmp: Path(tmp).write_text(json.dumps({**metadata, "fps": fps}, indent=2)))
     return [out, side]
