@@ -1,4 +1,4 @@
-"""Sfumato for Blender: offline diffusion images from the active camera.
+"""Sfumato for Blender: offline diffusion images, textures, turntable videos and 3D assets.
 
 A Blender 4.2+ extension (``blender_manifest.toml``) that also works as a legacy add-on. It never
 imports torch or the engine: it starts ``python -m sfumato.core.worker`` with the engine's Python and
@@ -17,7 +17,7 @@ bl_info = {  # read only when enabled as a legacy add-on; the manifest is what e
     "version": (0, 1, 0),
     "blender": (4, 2, 0),
     "location": "3D Viewport > Sidebar > Sfumato",
-    "description": "Offline diffusion images from the active camera",
+    "description": "Offline diffusion: images, textures, turntables and 3D assets",
     "category": "Render",
 }
 

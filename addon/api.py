@@ -14,6 +14,12 @@ Once the add-on is enabled this module is also importable as ``sfumato_api``::
     done = sfumato_api.texture(obj, "weathered bronze", mode="projection", views=8)
     done.material, done.image, done.glb   # the object now wears done.material
 
+    video = sfumato_api.turntable(obj, "bronze statue", frames=24, fps=12, format="mp4")
+    video.clip, video.video, video.frames  # a Movie Clip "Sfumato turntable Suzanne" and its file
+
+    made = sfumato_api.asset("a wooden chair", iters=600)
+    made.roots, made.glb                 # the imported objects, placed at the 3D cursor
+
 Settings not given come from the scene's panel (``scene.sfumato``); the engine comes from the
 add-on's preferences. Errors are exceptions with the reason: ``request.BadSetting`` (a ValueError)
 for a bad value, ``scene_io.SceneProblem`` for a scene that cannot give what the mode needs (no
@@ -31,13 +37,17 @@ from typing import Any
 
 import bpy
 
+from . import asset as asset_mode
 from . import engine, imaging, prefs, props, request, runtime, scene_io, texturing
+from . import turntable as turntable_mode
+from .asset import Asset  # noqa: F401
 from .engine import EngineError, EngineUnavailable  # noqa: F401  (re-exported for scripts)
-from .request import BadSetting, ImageSettings, TextureSettings  # noqa: F401
+from .request import AssetSettings, BadSetting, ImageSettings, TextureSettings, TurntableSettings  # noqa: F401
 from .scene_io import SceneProblem  # noqa: F401
 from .texturing import Textured  # noqa: F401
+from .turntable import Turntable  # noqa: F401
 
-HEADS = ("image",)  # texture, turntable and asset add theirs
+HEADS = ("image",)  # the heads ``variations`` runs; texture, turntable and asset have their own functions
 
 OnEvent = Callable[[engine.JobState, dict[str, Any]], None]
 
@@ -155,3 +165,49 @@ def texture(obj=None, prompt: str | None = None, *, seed: int | None = None, sce
     config = prefs.engine_config(ctx)
     job = texturing.prepare(ctx, obj, s, folder=Path(folder) if folder is not None else None)
     return texturing.run(config, job, on_event=on_event)
+
+
+def turntable_settings(scene=None, **changes: Any) -> request.TurntableSettings:
+    """The scene panel's turntable settings with ``changes`` (field names of ``request.TurntableSettings``)."""
+    scene = scene or bpy.context.scene
+    return props.turntable_settings_from(scene.sfumato).replace(**changes)
+
+
+def turntable(obj=None, prompt: str | None = None, *, seed: int | None = None, scene=None,
+              folder: str | Path | None = None, on_event: OnEvent | None = None,
+              **changes: Any) -> turntable_mode.Turntable:
+    """A looping video orbiting one mesh object (or its name; default: the active object), waited for; it is
+    loaded as the Movie Clip "Sfumato turntable <name>". ``changes``: ``frames``, ``fps``, ``resolution``,
+    ``elevation``, ``temporal`` ("auto" | "on" | "off"), ``conditioning``, ``format`` ("mp4" | "gif"),
+    ``steps``, ... (``request.TurntableSettings`` fields)."""
+    ctx = _context(scene)
+    obj = bpy.data.objects.get(obj) if isinstance(obj, str) else obj
+    if obj is None:
+        obj = bpy.context.view_layer.objects.active
+    s = turntable_settings(ctx.scene, **changes, **({"prompt": prompt} if prompt is not None else {}))
+    if seed is not None:
+        s = s.replace(seed=int(seed), random_seed=False)
+    texturing.leave_edit_mode()
+    turntable_mode.check(obj, s)
+    config = prefs.engine_config(ctx)
+    job = turntable_mode.prepare(ctx, obj, s, folder=Path(folder) if folder is not None else None)
+    return turntable_mode.run(config, job, on_event=on_event)
+
+
+def asset_settings(scene=None, **changes: Any) -> request.AssetSettings:
+    """The scene panel's asset settings with ``changes`` (field names of ``request.AssetSettings``)."""
+    scene = scene or bpy.context.scene
+    return props.asset_settings_from(scene.sfumato).replace(**changes)
+
+
+def asset(prompt: str | None = None, *, seed: int | None = None, scene=None, folder: str | Path | None = None,
+          on_event: OnEvent | None = None, **changes: Any) -> asset_mode.Asset:
+    """A 3D asset from the prompt, waited for, imported at the 3D cursor and selected. ``changes``:
+    ``iters``, ``resolution``, ``guidance``, ``negative``, ``bundle`` (``request.AssetSettings`` fields)."""
+    ctx = _context(scene)
+    s = asset_settings(ctx.scene, **changes, **({"prompt": prompt} if prompt is not None else {}))
+    if seed is not None:
+        s = s.replace(seed=int(seed), random_seed=False)
+    config = prefs.engine_config(ctx)
+    job = asset_mode.prepare(ctx, s, folder=Path(folder) if folder is not None else None)
+    return asset_mode.run(config, job, on_event=on_event)

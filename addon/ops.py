@@ -7,7 +7,7 @@ import json
 import bpy
 from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import engine, imaging, prefs, props, request, runtime, scene_io, texturing
+from . import asset, engine, imaging, prefs, props, request, runtime, scene_io, texturing, turntable
 
 BLOCKING = [("AUTO", "Auto", "Wait for the result in background mode (timers never run there), else run "
              "in the background and apply the result when it arrives"),
@@ -112,11 +112,28 @@ def _texture_reason(context, s: request.TextureSettings) -> str:
     return ""
 
 
+def _turntable_reason(context, s: request.TurntableSettings) -> str:
+    """Why the Turntable button would do nothing or fail, for the panel ("" = ready)."""
+    found = request.turntable_problems(s)
+    return str(found[0]) if found else turntable.why_no_target(context)
+
+
+def _asset_reason(s: request.AssetSettings) -> str:
+    """Why the Asset button would fail, for the panel ("" = ready)."""
+    found = request.asset_problems(s)
+    return str(found[0]) if found else ""
+
+
 def _print_progress(state: engine.JobState, event: dict) -> None:
-    if event.get("event") == "progress" and event.get("stage") in ("denoising", "texture") and \
-            event.get("step") == event.get("total"):
-        print(f"sfumato: {state.title + ' ' if state.title else ''}{state.unit} {state.image + 1}/{state.images} "
-              "denoised", flush=True)
+    if event.get("event") != "progress" or event.get("step") != event.get("total") or not event.get("total"):
+        return
+    title = state.title + " " if state.title else ""
+    if event.get("stage") in ("denoising", "texture"):
+        print(f"sfumato: {title}{state.unit} {state.image + 1}/{state.images} denoised", flush=True)
+    elif event.get("stage") == "video":
+        print(f"sfumato: {title}{event.get('frames', '')} frames denoised", flush=True)
+    elif event.get("stage") == "asset":
+        print(f"sfumato: {title}{event['total']} iterations done", flush=True)
 
 
 class SFUMATO_OT_texture(bpy.types.Operator):
@@ -196,6 +213,144 @@ class SFUMATO_OT_texture(bpy.types.Operator):
             for warning in done.warnings:
                 self.report({'WARNING'}, f"Sfumato: {done.object.name}: {warning}")
             self.report({'INFO'}, f"Sfumato: {done.object.name} -> {done.material.name}")
+        return {'FINISHED'}
+
+
+def _refused(op: bpy.types.Operator, exc: Exception) -> set[str]:
+    """A job that cannot start: the reason in the panel and as the operator's error report."""
+    runtime.LAST_MESSAGE = (str(exc), True)
+    op.report({'ERROR'}, str(exc))
+    return {'CANCELLED'}
+
+
+class SFUMATO_OT_turntable(bpy.types.Operator):
+    """Make a looping video orbiting the active mesh, generated from the prompt; a property left unset takes
+    the panel's value"""
+
+    bl_idname = "sfumato.turntable"
+    bl_label = "Turntable"
+    bl_options = {'REGISTER'}
+
+    prompt: StringProperty(name="Prompt", description="What the video shows; unset = the panel's prompt",
+                           options={'SKIP_SAVE'})
+    # no hard limits: a bad value must reach the check, which names what is allowed
+    frames: IntProperty(name="Frames", default=24, soft_min=2, soft_max=request.MAX_FRAMES, options={'SKIP_SAVE'})
+    fps: IntProperty(name="FPS", default=12, soft_min=1, soft_max=120, options={'SKIP_SAVE'})
+    resolution: IntProperty(name="Frame size", default=0, options={'SKIP_SAVE'},
+                            description="Pixels per side, a multiple of 8; 0 = the bundle's native size")
+    elevation: FloatProperty(name="Elevation", default=20.0, options={'SKIP_SAVE'},
+                             description="Degrees the camera looks down on the object, -89 to 89")
+    temporal: EnumProperty(name="Temporal", items=[(t, t.title(), "") for t in request.TEMPORAL],
+                           options={'SKIP_SAVE'})
+    conditioning: EnumProperty(name="Conditioning", items=[
+        ("auto", "Auto", "The depth ControlNet when the bundle has one, else image-to-image from the shaded orbit"),
+        ("depth", "Depth", "The orbit's depth through the bundle's depth ControlNet"),
+        ("img2img", "Image to image", "Each frame re-imagined from the orbit's shading")], options={'SKIP_SAVE'})
+    format: EnumProperty(name="Format", items=[(f, f.upper(), "") for f in request.VIDEO_FORMATS],
+                         options={'SKIP_SAVE'})
+    seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
+                      description="Unset = the panel's seed (or a random one when the panel says so)")
+    steps: IntProperty(name="Steps", default=25, options={'SKIP_SAVE'})
+    blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
+
+    @classmethod
+    def poll(cls, context):
+        return _free(cls, context)
+
+    def invoke(self, context, event):
+        return self.execute(context)
+
+    def settings(self, context) -> request.TurntableSettings:
+        """The panel's settings with the properties this call set."""
+        s = props.turntable_settings_from(context.scene.sfumato)
+        changes = {name: getattr(self, name) for name in ("prompt", "frames", "fps", "resolution", "elevation",
+                                                          "temporal", "conditioning", "format", "seed", "steps")
+                   if self.properties.is_property_set(name)}
+        if "seed" in changes:
+            changes["random_seed"] = False
+        return s.replace(**changes)
+
+    def execute(self, context):
+        obj = turntable.target(context)
+        if obj is None:  # nothing to do is not an error: a warning, no exception from scripts
+            self.report({'WARNING'}, "Sfumato: " + turntable.why_no_target(context))
+            return {'CANCELLED'}
+        try:
+            s = self.settings(context)
+            texturing.leave_edit_mode()
+            turntable.check(obj, s)
+            config = prefs.engine_config(context)
+            engine.find_engine_python(config.python)
+            job = turntable.prepare(context, obj, s)
+        except (request.BadSetting, scene_io.SceneProblem, engine.EngineUnavailable, OSError) as exc:
+            return _refused(self, exc)
+        if not _blocking(self.blocking):
+            turntable.start(config, job)
+            return {'FINISHED'}
+        runtime.LAST_MESSAGE = None
+        try:
+            done = turntable.run(config, job, on_event=_print_progress)
+        except (engine.EngineError, scene_io.SceneProblem) as exc:
+            self.report({'ERROR'}, f"{job.context['object']}: {exc}")
+            return {'CANCELLED'}
+        for warning in done.warnings:
+            self.report({'WARNING'}, f"Sfumato: {warning}")
+        self.report({'INFO'}, f"Sfumato: {done.object} -> movie clip {done.clip.name!r} ({done.frames} frames, "
+                    f"{done.video})")
+        return {'FINISHED'}
+
+
+class SFUMATO_OT_asset(bpy.types.Operator):
+    """Make a 3D asset from the prompt and put it at the 3D cursor; a property left unset takes the
+    panel's value"""
+
+    bl_idname = "sfumato.asset"
+    bl_label = "Generate asset"
+    bl_options = {'UNDO'}  # an undo step for the import; no redo panel, which would rerun the job
+
+    prompt: StringProperty(name="Prompt", description="What to make; unset = the panel's prompt",
+                           options={'SKIP_SAVE'})
+    iters: IntProperty(name="Iterations", default=600, options={'SKIP_SAVE'})
+    resolution: IntProperty(name="Render size", default=64, options={'SKIP_SAVE'},
+                            description="Pixels per side of the view scored each iteration, a multiple of 16")
+    guidance: FloatProperty(name="Guidance", default=50.0, options={'SKIP_SAVE'})
+    seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
+                      description="Unset = the panel's seed (or a random one when the panel says so)")
+    blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
+
+    @classmethod
+    def poll(cls, context):
+        return _free(cls, context)
+
+    def invoke(self, context, event):
+        return self.execute(context)
+
+    def settings(self, context) -> request.AssetSettings:
+        """The panel's settings with the properties this call set."""
+        s = props.asset_settings_from(context.scene.sfumato)
+        changes = {name: getattr(self, name) for name in ("prompt", "iters", "resolution", "guidance", "seed")
+                   if self.properties.is_property_set(name)}
+        if "seed" in changes:
+            changes["random_seed"] = False
+        return s.replace(**changes)
+
+    def execute(self, context):
+        try:
+            config = prefs.engine_config(context)
+            engine.find_engine_python(config.python)
+            job = asset.prepare(context, self.settings(context))
+        except (request.BadSetting, engine.EngineUnavailable, OSError) as exc:
+            return _refused(self, exc)
+        if not _blocking(self.blocking):
+            asset.start(config, job)
+            return {'FINISHED'}
+        runtime.LAST_MESSAGE = None
+        try:
+            done = asset.run(config, job, on_event=_print_progress)
+        except (engine.EngineError, scene_io.SceneProblem) as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Sfumato: {', '.join(o.name for o in done.roots)} at the 3D cursor ({done.glb})")
         return {'FINISHED'}
 
 
@@ -306,8 +461,8 @@ class SFUMATO_OT_recall(bpy.types.Operator):
         return {'FINISHED'}
 
 
-classes = (SFUMATO_OT_image, SFUMATO_OT_texture, SFUMATO_OT_cancel, SFUMATO_OT_release, SFUMATO_OT_check_engine,
-           SFUMATO_OT_recall)
+classes = (SFUMATO_OT_image, SFUMATO_OT_texture, SFUMATO_OT_turntable, SFUMATO_OT_asset, SFUMATO_OT_cancel,
+           SFUMATO_OT_release, SFUMATO_OT_check_engine, SFUMATO_OT_recall)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

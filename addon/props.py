@@ -57,6 +57,31 @@ class SfumatoSettings(bpy.types.PropertyGroup):
                               "16 to 8192")
     tile_size: FloatProperty(name="Tile size", default=1.0, min=0.001, max=1000.0, soft_max=100.0, unit='LENGTH',
                              description="Material: how much of the object one tile of the texture covers")
+    # the Turntable section (prompt, negative, bundle, seed, steps, guidance and scheduler above are shared);
+    # no hard limits on counts and sizes: a bad value must reach the check, which names what is allowed
+    turntable_frames: IntProperty(name="Frames", default=24, soft_min=2, soft_max=request.MAX_FRAMES,
+                                  description="Frames of one full orbit (the video loops), 2 to "
+                                  f"{request.MAX_FRAMES}")
+    turntable_fps: IntProperty(name="FPS", default=12, soft_min=1, soft_max=120,
+                               description="Frames per second of the video, 1 to 120")
+    turntable_resolution: IntProperty(name="Frame size", default=0, description="Pixels per side of each frame, "
+                                      "a multiple of 8 from 64 to 2048; 0 = the bundle's native size")
+    turntable_elevation: FloatProperty(name="Elevation", default=20.0, min=-89.0, max=89.0,
+                                       description="Degrees the orbit's camera looks down on the object")
+    turntable_temporal: EnumProperty(name="Temporal", default="auto", items=[
+        ("auto", "Auto", "Frame attention from the bundle's motion module when it has one, else frame by frame"),
+        ("on", "On", "Frame attention (fails when the bundle has no motion module)"),
+        ("off", "Off", "Each frame on its own, tied to its neighbours only by the orbit and its noise")])
+    turntable_format: EnumProperty(name="Format", default="mp4", items=[
+        ("mp4", "MP4", "H.264 video (needs imageio-ffmpeg in the engine's environment)"),
+        ("gif", "GIF", "Animated GIF (no extra dependency; 256 colours)")])
+    # the Asset section (prompt, negative, bundle and seed above are shared)
+    asset_iters: IntProperty(name="Iterations", default=600, soft_min=1, soft_max=request.MAX_ASSET_ITERS,
+                             description="Optimisation steps of the asset's field")
+    asset_resolution: IntProperty(name="Render size", default=64, description="Pixels per side of the view "
+                                  "scored each iteration, a multiple of 16 from 32 to 512")
+    asset_guidance: FloatProperty(name="Guidance", default=50.0, min=0.0, max=request.MAX_ASSET_GUIDANCE,
+                                  description="Classifier-free guidance of score distillation (it wants a large one)")
 
 
 class SfumatoHistoryItem(bpy.types.PropertyGroup):
@@ -82,6 +107,29 @@ def texture_settings_from(props: SfumatoSettings) -> request.TextureSettings:
     values = {name: getattr(props, TEXTURE_FIELDS.get(name, name)) for name in request.TextureSettings.fields()
               if hasattr(props, TEXTURE_FIELDS.get(name, name))}
     return request.TextureSettings(**values)
+
+
+SHARED_FIELDS = ("prompt", "negative", "bundle", "seed", "random_seed", "steps", "guidance", "scheduler")
+TURNTABLE_FIELDS = {"frames": "turntable_frames", "fps": "turntable_fps", "resolution": "turntable_resolution",
+                    "elevation": "turntable_elevation", "temporal": "turntable_temporal",
+                    "format": "turntable_format"}  # TurntableSettings field: property
+ASSET_FIELDS = {"iters": "asset_iters", "resolution": "asset_resolution",
+                "guidance": "asset_guidance"}  # AssetSettings field: property
+
+
+def turntable_settings_from(props: SfumatoSettings) -> request.TurntableSettings:
+    """The shared settings and the Turntable section's; the rest (conditioning, strength, ...) keep their
+    defaults, which scripts and the operator can change."""
+    values = {name: getattr(props, name) for name in SHARED_FIELDS}
+    values.update({name: getattr(props, prop) for name, prop in TURNTABLE_FIELDS.items()})
+    return request.TurntableSettings(**values)
+
+
+def asset_settings_from(props: SfumatoSettings) -> request.AssetSettings:
+    """The shared prompt, negative, bundle and seed, and the Asset section's settings."""
+    values = {name: getattr(props, name) for name in ("prompt", "negative", "bundle", "seed", "random_seed")}
+    values.update({name: getattr(props, prop) for name, prop in ASSET_FIELDS.items()})
+    return request.AssetSettings(**values)
 
 
 def apply_settings(props: SfumatoSettings, s: request.ImageSettings) -> None:

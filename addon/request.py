@@ -1,9 +1,10 @@
-"""From the panel's settings to an image or texture job, and back from a result to a history record.
+"""From the panel's settings to an image, texture, turntable or asset job, and back from a result to a
+history record.
 
-Blender-free: the operators turn Blender properties into an ``ImageSettings`` or a ``TextureSettings``
-(plain data), and everything else here (validation with messages that name the field, the value and
-what is allowed; the job's params; the datablock's name; its provenance properties; history records)
-is plain Python that tests reach without Blender.
+Blender-free: the operators turn Blender properties into an ``ImageSettings``, ``TextureSettings``,
+``TurntableSettings`` or ``AssetSettings`` (plain data), and everything else here (validation with
+messages that name the field, the value and what is allowed; the job's params; the datablock's name;
+its provenance properties; history records) is plain Python that tests reach without Blender.
 """
 
 from __future__ import annotations
@@ -221,13 +222,16 @@ def texture_params(s: TextureSettings, *, mesh: str, seed: int, default_bundle: 
     return params
 
 
-def material_name(object_name: str) -> str:
-    """The texture material's name, "Sfumato texture <object>", within Blender's 63 bytes."""
-    head = "Sfumato texture "
-    name = object_name
+def _named(head: str, name: str) -> str:
+    """``head + name`` within Blender's 63 bytes (the name shortened)."""
     while len((head + name).encode("utf-8")) > 63:
         name = name[:-1]
     return head + name
+
+
+def material_name(object_name: str) -> str:
+    """The texture material's name, "Sfumato texture <object>", within Blender's 63 bytes."""
+    return _named("Sfumato texture ", object_name)
 
 
 def tile_scale(tile_size: float, object_scale: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -236,6 +240,181 @@ def tile_scale(tile_size: float, object_scale: tuple[float, float, float]) -> tu
     if not tile_size > 0:
         raise BadSetting("tile_size", tile_size, "a positive number of metres")
     return tuple(abs(float(k)) / float(tile_size) for k in object_scale)
+
+
+# ---- turntable jobs --------------------------------------------------------------------------------
+MAX_FRAMES = 720  # the engine's limit (video/turntable.py); a test keeps them equal
+TEMPORAL = ("auto", "on", "off")  # the bundle's motion module when it has one | always (or fail) | per frame
+CONDITIONING = ("auto", "depth", "img2img")  # depth ControlNet when the bundle has one | always | shaded orbit
+VIDEO_FORMATS = ("mp4", "gif")
+
+
+@dataclass
+class TurntableSettings(_Settings):
+    """One turntable of one mesh: the panel's shared settings plus its Turntable section (``VideoRequest``
+    fields of the engine, less device and dtype, which the worker's preferences choose)."""
+
+    prompt: str = ""
+    negative: str = ""
+    bundle: str = ""  # "" = the preference's default bundle
+    seed: int = 0
+    random_seed: bool = False
+    steps: int = 25
+    guidance: float = 7.5
+    scheduler: str = DEFAULT_SCHEDULER
+    frames: int = 24  # one full orbit; the video loops
+    fps: int = 12
+    resolution: int = 0  # frame side in pixels, a multiple of 8; 0 = the bundle's native size
+    elevation: float = 20.0  # degrees above the mesh's equator
+    temporal: Literal["auto", "on", "off"] = "auto"
+    motion: str = ""  # an AnimateDiff motion adapter (folder or .safetensors); "" = the bundle's own
+    window: int = 0  # frames per frame-attention call; 0 = the motion module's length
+    conditioning: Literal["auto", "depth", "img2img"] = "auto"
+    strength: float = 0.8  # img2img: how far frames move from the orbit's shading
+    relight: bool = True  # img2img: the headlight's shading multiplied onto the surface
+    control_scale: float = 1.0  # depth: ControlNet strength
+    max_faces: int = 200_000  # the engine refuses meshes above this
+    format: Literal["mp4", "gif"] = "mp4"  # the video file's container
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def turntable_problems(s: TurntableSettings) -> list[BadSetting]:
+    """Everything wrong with ``s``, in field order (the first one is the reason shown in the UI); the
+    limits are the engine's ``VideoRequest.validate``."""
+    found: list[BadSetting] = []
+
+    def check(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            found.append(BadSetting(name, getattr(s, name), allowed))
+
+    check("prompt", isinstance(s.prompt, str) and bool(s.prompt.strip()), "a text prompt (a turntable needs one)")
+    check("seed", _integer(s.seed) and 0 <= s.seed <= MAX_SEED, f"an integer 0..{MAX_SEED}")
+    check("steps", _integer(s.steps) and 1 <= s.steps <= 500, "an integer 1..500")
+    check("guidance", _number(s.guidance) and 0 <= s.guidance <= 50, "a number 0..50")
+    check("scheduler", s.scheduler in SCHEDULERS, ", ".join(SCHEDULERS))
+    check("frames", _integer(s.frames) and 2 <= s.frames <= MAX_FRAMES, f"an integer from 2 to {MAX_FRAMES}")
+    check("fps", _integer(s.fps) and 1 <= s.fps <= 120, "an integer from 1 to 120 (frames per second)")
+    r = s.resolution
+    check("resolution", _integer(r) and (r == 0 or (64 <= r <= MAX_VIEW_SIZE and r % 8 == 0)),
+          f"0 (the bundle's native size) or a multiple of 8 from 64 to {MAX_VIEW_SIZE}"
+          + (f" (nearest: {_nearest8(min(r, MAX_VIEW_SIZE))})" if _integer(r) and r > 0 else ""))
+    check("elevation", _number(s.elevation) and -89 <= s.elevation <= 89, "an angle from -89 to 89 degrees")
+    check("temporal", s.temporal in TEMPORAL, ", ".join(TEMPORAL))
+    check("motion", isinstance(s.motion, str), "a motion adapter folder or .safetensors file, or '' for the bundle's")
+    check("window", _integer(s.window) and 0 <= s.window <= 64, "an integer 1..64, or 0 for the motion module's length")
+    check("conditioning", s.conditioning in CONDITIONING, ", ".join(CONDITIONING))
+    check("strength", _number(s.strength) and 0 < s.strength <= 1, "a number in (0, 1]")
+    check("relight", isinstance(s.relight, bool), "True or False")
+    check("control_scale", _number(s.control_scale) and 0 <= s.control_scale <= 4, "a number 0..4")
+    check("max_faces", _integer(s.max_faces) and s.max_faces >= 1, "a positive integer")
+    check("format", s.format in VIDEO_FORMATS, ", ".join(VIDEO_FORMATS))
+    return found
+
+
+def validate_turntable(s: TurntableSettings) -> TurntableSettings:
+    found = turntable_problems(s)
+    if found:
+        raise BadSetting(found[0].field, found[0].value, found[0].allowed)
+    return s
+
+
+def turntable_params(s: TurntableSettings, *, mesh: str, seed: int, default_bundle: str = DEFAULT_BUNDLE
+                     ) -> dict[str, Any]:
+    """The ``params`` of an engine "turntable" job (``VideoRequest`` fields); ``mesh`` is the exported GLB.
+    Settings left at "the engine's default" (resolution 0, window 0, motion "") are not sent."""
+    validate_turntable(s)
+    if not mesh:
+        raise BadSetting("mesh", mesh, "the path of the mesh exported as GLB")
+    params: dict[str, Any] = {
+        "prompt": s.prompt, "mesh": mesh, "negative": s.negative, "frames": s.frames, "fps": s.fps,
+        "steps": s.steps, "guidance": float(s.guidance), "seed": int(seed), "scheduler": s.scheduler,
+        "elevation": float(s.elevation), "temporal": s.temporal, "conditioning": s.conditioning,
+        "strength": float(s.strength), "relight": bool(s.relight), "control_scale": float(s.control_scale),
+        "max_faces": s.max_faces,
+    }
+    if s.resolution:
+        params["resolution"] = s.resolution
+    if s.window:
+        params["window"] = s.window
+    if s.motion:
+        params["motion"] = s.motion
+    bundle = s.bundle or default_bundle
+    if bundle:
+        params["bundle"] = bundle
+    return params
+
+
+def clip_name(object_name: str) -> str:
+    """The turntable's movie clip name, "Sfumato turntable <object>"."""
+    return _named("Sfumato turntable ", object_name)
+
+
+# ---- asset jobs (text to a 3-D asset) --------------------------------------------------------------
+# the engine's asset job (threed/jobs.py ``asset_job``, ``AssetRequest``): score distillation into a radiance
+# field, then a mesh; its other settings (learning rate, mesh extraction, colours, size) keep the engine's defaults
+MAX_ASSET_ITERS = 100_000
+ASSET_RESOLUTION = (32, 512, 16)  # the render the bundle scores: min, max, multiple of
+MAX_ASSET_GUIDANCE = 200.0  # score distillation wants a large guidance scale (DreamFusion: 100)
+
+
+@dataclass
+class AssetSettings(_Settings):
+    """One text-to-3-D job: the panel's shared prompt, negative, bundle and seed, plus its Asset section."""
+
+    prompt: str = ""
+    negative: str = ""
+    bundle: str = ""  # "" = the preference's default bundle
+    seed: int = 0
+    random_seed: bool = False
+    iters: int = 600  # optimisation steps of the field
+    resolution: int = 64  # side in pixels of the view rendered and scored each step, a multiple of 16
+    guidance: float = 50.0  # classifier-free guidance scale of the score (large for score distillation)
+
+
+
+def asset_problems(s: AssetSettings) -> list[BadSetting]:
+    """Everything wrong with ``s``, in field order (the first one is the reason shown in the UI)."""
+    found: list[BadSetting] = []
+
+    def check(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            found.append(BadSetting(name, getattr(s, name), allowed))
+
+    check("prompt", isinstance(s.prompt, str) and bool(s.prompt.strip()), "a text prompt (an asset needs one)")
+    check("seed", _integer(s.seed) and 0 <= s.seed <= MAX_SEED, f"an integer 0..{MAX_SEED}")
+    check("iters", _integer(s.iters) and 1 <= s.iters <= MAX_ASSET_ITERS, f"an integer 1..{MAX_ASSET_ITERS}")
+    r, (lo, hi, k) = s.resolution, ASSET_RESOLUTION
+    near = min(hi - k, max(lo, r // k * k)) if _integer(r) else 0
+    check("resolution", _integer(r) and lo <= r <= hi and r % k == 0,
+          f"a multiple of {k} from {lo} to {hi} (pixels)" + (f" (nearest: {near} or {near + k})" if near else ""))
+    check("guidance", _number(s.guidance) and 0 <= s.guidance <= MAX_ASSET_GUIDANCE,
+          f"a number 0..{MAX_ASSET_GUIDANCE:g}")
+    return found
+
+
+def validate_asset(s: AssetSettings) -> AssetSettings:
+    found = asset_problems(s)
+    if found:
+        raise BadSetting(found[0].field, found[0].value, found[0].allowed)
+    return s
+
+
+def asset_params(s: AssetSettings, *, seed: int, default_bundle: str = DEFAULT_BUNDLE) -> dict[str, Any]:
+    """The ``params`` of an engine "asset" job."""
+    validate_asset(s)
+    params: dict[str, Any] = {"prompt": s.prompt, "negative": s.negative, "iters": s.iters,
+                              "resolution": s.resolution, "seed": int(seed), "guidance": float(s.guidance)}
+    bundle = s.bundle or default_bundle
+    if bundle:
+        params["bundle"] = bundle
+    return params
 
 
 # ---- names and files -------------------------------------------------------------------------------

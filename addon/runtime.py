@@ -80,6 +80,8 @@ def apply_events() -> list[tuple[engine.JobState, dict[str, Any]]]:
                 _undo_push("Sfumato result")
         elif state.tag == "texture" and kind in FINAL_EVENTS:
             _texture_done(state, kind)
+        elif state.tag in ("turntable", "asset") and kind == "result":
+            _head_done(state)
         elif state.tag == "check" and kind in ("result", "failed"):
             CHECK.clear()
             CHECK.update({"info": state.result} if kind == "result" else {"error": state.message})
@@ -111,6 +113,26 @@ def _texture_done(state: engine.JobState, kind: str) -> None:
     if done.warnings:
         LAST_MESSAGE = (f"{done.object.name}: " + "; ".join(done.warnings), False)
     texturing.start_next(state)
+
+
+def _head_done(state: engine.JobState) -> None:
+    """A turntable or asset job's result: load the clip, or import the asset at the cursor."""
+    from . import asset, turntable
+
+    global LAST_MESSAGE
+    try:
+        if state.tag == "turntable":
+            done = turntable.finish(state)
+            notes = [f"{done.object} -> movie clip {done.clip.name!r}", *done.warnings]
+        else:
+            done = asset.finish(state)
+            notes = [f"{', '.join(o.name for o in done.roots)} at the 3D cursor"]
+    except Exception as exc:  # the files are there; say what went wrong applying them
+        log.exception("applying the %s result failed", state.tag)
+        state.status, state.message = "error", f"could not apply the {state.tag}: {exc}"
+        return
+    _undo_push(f"Sfumato {state.tag}")
+    LAST_MESSAGE = ("; ".join(notes), False)
 
 
 def _undo_push(message: str) -> None:

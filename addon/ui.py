@@ -1,6 +1,5 @@
-"""The "Sfumato" tab in the 3D Viewport sidebar: settings, Image and Texture sections, progress, history.
-
-Other heads (turntable, asset) add their own sub-panels with ``bl_parent_id = "SFUMATO_PT_main"``.
+"""The "Sfumato" tab in the 3D Viewport sidebar: shared settings, one section per head (Image, Texture,
+Turntable, Asset, each a sub-panel with ``bl_parent_id = "SFUMATO_PT_main"``), progress, history.
 """
 
 from __future__ import annotations
@@ -111,6 +110,41 @@ class SFUMATO_PT_texture(SfumatoPanel, bpy.types.Panel):
         layout.operator("sfumato.texture", icon='TEXTURE')
 
 
+class SFUMATO_PT_turntable(SfumatoPanel, bpy.types.Panel):
+    bl_label = "Turntable"
+    bl_parent_id = "SFUMATO_PT_main"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.sfumato
+        col = layout.column(align=True)
+        col.prop(s, "turntable_frames")
+        col.prop(s, "turntable_fps")
+        col.prop(s, "turntable_resolution")
+        layout.prop(s, "turntable_elevation")
+        layout.row().prop(s, "turntable_temporal", expand=True)
+        layout.row().prop(s, "turntable_format", expand=True)
+        _why_not(layout, ops._turntable_reason(context, props.turntable_settings_from(s)))
+        layout.operator("sfumato.turntable", icon='FILE_MOVIE')
+
+
+class SFUMATO_PT_asset(SfumatoPanel, bpy.types.Panel):
+    bl_label = "Asset"
+    bl_parent_id = "SFUMATO_PT_main"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.sfumato
+        col = layout.column(align=True)
+        col.prop(s, "asset_iters")
+        col.prop(s, "asset_resolution")
+        layout.prop(s, "asset_guidance")
+        _why_not(layout, ops._asset_reason(props.asset_settings_from(s)))
+        layout.operator("sfumato.asset", icon='MESH_MONKEY')
+
+
 class SFUMATO_UL_history(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row(align=True)
@@ -129,7 +163,8 @@ class SFUMATO_PT_history(SfumatoPanel, bpy.types.Panel):
                                   "sfumato_history_index", rows=4)
 
 
-classes = (SFUMATO_PT_main, SFUMATO_PT_image, SFUMATO_PT_texture, SFUMATO_UL_history, SFUMATO_PT_history)
+classes = (SFUMATO_PT_main, SFUMATO_PT_image, SFUMATO_PT_texture, SFUMATO_PT_turntable, SFUMATO_PT_asset,
+           SFUMATO_UL_history, SFUMATO_PT_history)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

@@ -2,6 +2,7 @@
 
     sfumato image "red brick wall" -o brick.png --seed 1 --n 4
     sfumato texture house.glb "weathered red brick" -o house_textured.glb [--mode material --tile-size 1]
+    sfumato asset "a park bench" -o bench.glb [--iters 600 --resolution 64 --seed 1 --preview-every 50]
     sfumato bundle list | info NAME | verify NAME | import FILE --family sd15 | make-tiny
     sfumato worker            # JSON lines on stdin/stdout, for the Blender add-on and scripts
     sfumato info              # device, dtype and bundles
@@ -133,47 +134,58 @@ def _texture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _asset(args: argparse.Namespace) -> int:
+    from .jobs import JOB_KINDS, JobContext
+    from .loading import ModelCache
+
+    params = {
+        "prompt": args.prompt, "negative": args.negative, "iters": args.iters, "resolution": args.resolution,
+        "seed": args.seed, "guidance": args.guidance, "lr": args.lr, "preview_every": args.preview_every,
+        "bundle": args.bundle, "render": args.render, "samples": args.samples, "mesh_resolution": args.mesh_resolution,
+        "colours": args.colours, "size": args.size, "device": args.device, "dtype": args.dtype,
+    }
+    bar = ProgressBar()
+
+    def emit(event: str, **f: Any) -> None:
+        if event == "progress" and f.get("loss") is not None:
+            f["stage"] = f"asset · loss {f['loss']:.2f}"
+        bar(event, **f)
+
+    ctx = JobContext(job_id="cli", cache=ModelCache(), device=args.device, dtype=args.dtype,
+                     cancel=threading.Event(), emit=emit, preview_every=1 if args.preview_every else 0)
+    started = time.perf_counter()
+    result = JOB_KINDS["asset"](params, Path(args.output).absolute(), ctx)
+    bar.done()
+    meta, m = result["metadata"], result["metrics"]
+    print(f"asset in {time.perf_counter() - started:.1f} s · {meta['iters']} SDS iterations at {meta['resolution']}px "
+          f"· loss {m['loss_first']} -> {m['loss_last']} · {m['faces']} faces · bundle {meta['bundle']} · "
+          f"seed {meta['seed']}")
+    for f in (result["glb"], result["preview"], result["sidecar"]):
+        print(f)
+    return 0
+
+
 def _video(args: argparse.Namespace) -> int:
-    from . import bundle as bundles
     from .device import pick_device, pick_dtype
-    from .errors import BadParameter
     from .loading import load_models
+    from ..video.jobs import VideoRequest, run_video
 
-    device = pick_device(args.device)
-    dtype = pick_dtype(device, args.dtype)
-    b = bundles.resolve(args.bundle)
-    mesh = None
-    if args.command == "turntable":
-        from ..threed.mesh import load_mesh
-
-        mesh = load_mesh(args.mesh)
-    models = load_models(b, device, dtype, need_controlnet=mesh is not None and "controlnet_depth" in b.components)
-    source = args.motion or (str(b.component_dir("motion_adapter")) if "motion_adapter" in b.components else None)
-    if args.temporal == "on" and source is None:
-        raise BadParameter("temporal", "on", f"off or auto: bundle {b.name} has no motion module (motion_adapter/); "
-                           "pass --motion FOLDER_OR_FILE with AnimateDiff weights")
-    motion = None
-    if source is not None and args.temporal != "off":
-        from ..video.adapter import load_motion_adapter
-
-        motion = load_motion_adapter(source, models.unet)
-    from ..video.generate import generate_video, write_video
-
+    fields = ("prompt", "negative", "frames", "fps", "resolution", "steps", "guidance", "seed", "scheduler",
+              "elevation", "temporal", "motion", "window", "conditioning", "strength", "sync", "bundle", "device",
+              "dtype")
+    req = VideoRequest.from_dict({**{k: getattr(args, k) for k in fields},
+                                  "mesh": getattr(args, "mesh", None)}).validate()
+    device = pick_device(req.device)
+    dtype = pick_dtype(device, req.dtype)
     bar = ProgressBar()
     started = time.perf_counter()
-    try:
-        frames, meta = generate_video(models, args.prompt, frames=args.frames, mesh=mesh, motion=motion,
-                                      negative=args.negative, resolution=args.resolution, steps=args.steps,
-                                      guidance=args.guidance, seed=args.seed, elevation=args.elevation,
-                                      on_step=lambda i: bar("progress", stage="video", step=i.step, total=i.total))
-    finally:
-        if motion is not None:
-            motion.remove()
+    result = run_video(req, Path(args.output), lambda b, control: load_models(b, device, dtype, need_controlnet=control),
+                       on_step=lambda i: bar("progress", stage="video", step=i.step, total=i.total))
     bar.done()
-    paths = write_video(frames, Path(args.output), args.fps, meta)
-    print(f"{len(frames)} frames in {time.perf_counter() - started:.1f} s · {meta['mode']} · temporal "
+    meta = result["metadata"]
+    print(f"{result['frames']} frames in {time.perf_counter() - started:.1f} s · {meta['mode']} · temporal "
           f"{'on' if meta['temporal'] else 'off'} · seed {meta['seed']} · bundle {meta['bundle']}")
-    for p in paths:
+    for p in (result["video"], result["sidecar"]):
         print(p)
     return 0
 
@@ -233,6 +245,23 @@ def _train(args: argparse.Namespace) -> int:
     if args.quick:  # a smoke run of every stage in about a minute
         cfg = dataclasses.replace(cfg, samples=64, vae_steps=4, unet_steps=4, checkpoint_every=2)
     Trainer(cfg, work, out, log=lambda m: print(m, flush=True)).run()
+    return 0
+
+
+def _train_motion(args: argparse.Namespace) -> int:
+    from ..video.train import MotionTrainConfig, MotionTrainer
+    from .bundle import user_dir
+
+    work = Path(args.work) if args.work else user_dir().parent / "training" / "motion"
+    cfg = MotionTrainConfig(seed=args.seed, threads=args.threads, budget_minutes=args.budget_minutes,
+                            steps=args.steps)
+    if args.quick:  # a smoke run in well under a minute
+        cfg = dataclasses.replace(cfg, steps=2, batch=1, frames=4, validation_clips=1, checkpoint_every=1)
+    trainer = MotionTrainer(cfg, args.bundle, work, log=lambda m: print(m, flush=True))
+    summary = trainer.run()
+    path = trainer.export(summary, Path(args.out) if args.out else None)
+    print(f"exported {path}: validation loss {summary['val_on']:.4f} with frame attention, "
+          f"{summary['val_off']:.4f} image model alone", flush=True)
     return 0
 
 
@@ -315,6 +344,28 @@ def parser() -> argparse.ArgumentParser:
     tex.add_argument("--dtype", default="auto")
     tex.set_defaults(run=_texture)
 
+    ast = sub.add_parser("asset", help="a 3-D asset from a prompt: SDS on a radiance field, then a GLB mesh")
+    ast.add_argument("prompt")
+    ast.add_argument("-o", "--output", required=True, help="output .glb (a preview .png and a .json beside it); "
+                     "a cancelled run resumes from <output>.asset-state.safetensors")
+    ast.add_argument("--iters", type=int, default=600)
+    ast.add_argument("--resolution", type=int, default=64, help="px of the renders the bundle sees")
+    ast.add_argument("--seed", type=int, default=None)
+    ast.add_argument("--preview-every", type=int, default=50, help="preview renders into <output>_previews/ (0: none)")
+    ast.add_argument("--guidance", type=float, default=50.0)
+    ast.add_argument("--lr", type=float, default=0.01)
+    ast.add_argument("--render", default="rgb", choices=["rgb", "latent"],
+                     help="latent: render at latent size, linear map to latents (cheaper, coarser)")
+    ast.add_argument("--samples", type=int, default=48, help="samples per ray")
+    ast.add_argument("--mesh-resolution", type=int, default=64, help="extraction grid cells per axis")
+    ast.add_argument("--colours", default="texture", choices=["texture", "vertex"])
+    ast.add_argument("--size", type=float, default=1.0, help="metres: the asset's largest side")
+    ast.add_argument("--bundle", default=None)
+    ast.add_argument("--negative", default="")
+    ast.add_argument("--device", default="auto")
+    ast.add_argument("--dtype", default="auto")
+    ast.set_defaults(run=_asset)
+
     for name in ("video", "turntable"):
         vid = sub.add_parser(name, help="a looping video from a prompt" if name == "video" else
                              "a looping turntable video of a mesh (depth-conditioned per frame)")
@@ -334,6 +385,15 @@ def parser() -> argparse.ArgumentParser:
         vid.add_argument("--steps", type=int, default=25)
         vid.add_argument("--guidance", type=float, default=7.5)
         vid.add_argument("--seed", type=int, default=None)
+        vid.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=", ".join(names()))
+        vid.add_argument("--window", type=int, default=None, help="frames per frame-attention call "
+                         "(default: the motion module's length)")
+        vid.add_argument("--conditioning", default="auto", choices=["auto", "depth", "img2img"],
+                         help="turntable: auto = the depth ControlNet when the bundle has one, else image-to-image "
+                         "from the orbit's shading")
+        vid.add_argument("--strength", type=float, default=0.8, help="img2img: how far frames move from the shading")
+        vid.add_argument("--sync", type=float, default=0.0, help="turntable: 0..1, pull the latents of each bit of "
+                         "surface toward their mean over the frames that see it (the geometry ties frames together)")
         vid.add_argument("--device", default="auto")
         vid.add_argument("--dtype", default="auto")
         vid.set_defaults(run=_video)
@@ -376,7 +436,18 @@ def parser() -> argparse.ArgumentParser:
                     help="stop the U-Net stage at the first checkpoint past this total time")
     tb.add_argument("--unet-steps", type=int, default=None, help="U-Net training steps (default 9000)")
     tb.add_argument("--quick", action="store_true", help="tiny smoke run of every stage")
-    tr.set_defaults(run=_train)
+    tb.set_defaults(run=_train)
+    tm = tsub.add_parser("motion", help="train a bundle's motion module (frame attention) on synthetic clips")
+    tm.add_argument("--bundle", default=None, help="bundle whose frozen U-Net it trains over (default: embedded)")
+    tm.add_argument("--out", default=None, help="bundle folder to write motion_adapter/ into (default: the bundle)")
+    tm.add_argument("--work", default=None, help="checkpoints and logs (default: user data folder)")
+    tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    tm.add_argument("--steps", type=int, default=4000)
+    tm.add_argument("--budget-minutes", type=float, default=None,
+                    help="stop at the first checkpoint past this total time")
+    tm.add_argument("--quick", action="store_true", help="tiny smoke run")
+    tm.set_defaults(run=_train_motion)
 
     ad = sub.add_parser("addon", help="the Blender add-on")
     asub = ad.add_subparsers(dest="addon_cmd", required=True)

@@ -109,7 +109,31 @@ def texture_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[s
     return run(params, output, ctx)
 
 
+def video_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
+    """The video head's text-to-video job (``sfumato.video``), imported when first used."""
+    from ..video.jobs import video_job as run
+
+    return run(params, output, ctx)
+
+
+def turntable_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
+    """The video head's turntable job: ``params["mesh"]`` orbited, one looping video."""
+    from ..video.jobs import turntable_job as run
+
+    return run(params, output, ctx)
+
+
+def asset_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
+    """The 3-D head's text-to-asset job (``sfumato.threed``): SDS on a radiance field, then a GLB."""
+    from ..threed.jobs import asset_job as run
+
+    return run(params, output, ctx)
+
+
 JOB_KINDS: dict[str, Callable[[dict[str, Any], Path, JobContext], dict[str, Any]]] = {
     "image": image_job,
     "texture": texture_job,
+    "video": video_job,
+    "turntable": turntable_job,
+    "asset": asset_job,
 }

@@ -77,7 +77,8 @@ def test_register_unregister_round_trip_leaves_nothing_behind(bundle_root, tmp_p
         assert (p.device, p.default_bundle, p.engine_python) == ("auto", "materials", "")
         p.bundle_folder, p.device, p.threads, p.output_folder = str(bundle_root), "cpu", 1, str(tmp_path)
         p.default_bundle = "tiny-sd15"
-        assert {"SFUMATO_OT_image", "SFUMATO_OT_texture", "SFUMATO_PT_main", "SFUMATO_PT_image", "SFUMATO_PT_texture",
+        assert {"SFUMATO_OT_image", "SFUMATO_OT_texture", "SFUMATO_OT_turntable", "SFUMATO_OT_asset", "SFUMATO_PT_main",
+                "SFUMATO_PT_image", "SFUMATO_PT_texture", "SFUMATO_PT_turntable", "SFUMATO_PT_asset",
                 "SFUMATO_UL_history"} <= set(dir(bpy.types))
         assert hasattr(bpy.context.scene, "sfumato") and "sfumato_api" in sys.modules
         # a worker, a timer and a job in flight: unregister must stop them all
@@ -656,7 +657,8 @@ class Layout:
 def _draw_main_panel() -> list[tuple[str, bool]]:
     ui = sys.modules[f"{NAME}.ui"]
     log: list = []
-    for panel in (ui.SFUMATO_PT_main, ui.SFUMATO_PT_image, ui.SFUMATO_PT_texture, ui.SFUMATO_PT_history):
+    for panel in (ui.SFUMATO_PT_main, ui.SFUMATO_PT_image, ui.SFUMATO_PT_texture, ui.SFUMATO_PT_turntable,
+                  ui.SFUMATO_PT_asset, ui.SFUMATO_PT_history):
         panel.draw(SimpleNamespace(layout=Layout(log)), bpy.context)
     return log
 

@@ -313,3 +313,110 @@ def test_job_state_counts_views_for_texture_jobs():
     st.apply({"event": "progress", "stage": "texture", "step": 1, "total": 2, "view": 1, "views": 4})
     assert st.status_lines() == [("Suzanne (1/2): Step 1/2, view 2/4", False)]
     assert st.fraction == pytest.approx((1 + 0.5) / 4)
+
+
+# ---- turntable jobs --------------------------------------------------------------------------------
+def test_turntable_settings_are_checked_with_the_reason():
+    s = request.TurntableSettings(prompt="bronze statue")
+    assert request.turntable_problems(s) == []
+    bad = request.turntable_problems(s.replace(prompt="", frames=0, fps=0, resolution=100, elevation=90.0,
+                                               temporal="sometimes", window=65, format="webm"))
+    assert [p.field for p in bad] == ["prompt", "frames", "fps", "resolution", "elevation", "temporal", "window",
+                                      "format"]
+    assert str(bad[1]) == "frames=0 is not allowed: an integer from 2 to 720"
+    assert str(bad[3]) == ("resolution=100 is not allowed: 0 (the bundle's native size) or a multiple of 8 from 64 "
+                           "to 2048 (nearest: 96 or 104)")
+    assert str(bad[5]) == "temporal='sometimes' is not allowed: auto, on, off"
+    assert str(bad[7]) == "format='webm' is not allowed: mp4, gif"
+    assert [p.field for p in request.turntable_problems(s.replace(frames=True, steps=2.5))] == ["steps", "frames"]
+    with pytest.raises(request.BadSetting, match="turns"):
+        s.replace(turns=2)
+    with pytest.raises(request.BadSetting, match="frames=1 is not allowed"):
+        request.validate_turntable(s.replace(frames=1))
+
+
+def test_turntable_params_are_a_video_request_the_engine_accepts(tmp_path):
+    from dataclasses import fields
+
+    from sfumato.core.errors import BadParameter
+    from sfumato.video import jobs, turntable
+
+    assert request.MAX_FRAMES == turntable.MAX_FRAMES and request.TEMPORAL == jobs.TEMPORAL
+    mesh = tmp_path / "m.glb"
+    mesh.write_bytes(b"glTF")
+    s = request.TurntableSettings(prompt="bronze statue", negative="blur", frames=4, fps=8, steps=2, temporal="off")
+    params = request.turntable_params(s, mesh=str(mesh), seed=3, default_bundle="tiny-sd15")
+    assert set(params) <= {f.name for f in fields(jobs.VideoRequest)}
+    assert params["bundle"] == "tiny-sd15" and params["seed"] == 3 and params["mesh"] == str(mesh)
+    assert not {"resolution", "window", "motion"} & set(params)  # the engine's defaults: native size, module length
+    req = jobs.VideoRequest.from_dict(params).validate()
+    assert (req.frames, req.fps, req.temporal, req.resolution, req.seed) == (4, 8, "off", None, 3)
+    sized = request.turntable_params(s.replace(resolution=64, window=4, conditioning="img2img", format="gif"),
+                                     mesh=str(mesh), seed=1)
+    req = jobs.VideoRequest.from_dict(sized).validate()
+    assert (req.resolution, req.window, req.conditioning, req.bundle) == (64, 4, "img2img", "materials")
+    with pytest.raises(request.BadSetting, match="mesh=''"):
+        request.turntable_params(s, mesh="", seed=1)
+    # the add-on refuses what the engine would refuse, with the same limits
+    for field, value in (("frames", 1), ("frames", 721), ("fps", 121), ("resolution", 2056), ("resolution", 60),
+                         ("elevation", -90.0), ("window", 65), ("strength", 0.0), ("control_scale", 4.5),
+                         ("guidance", 51.0), ("steps", 0), ("temporal", "yes"), ("conditioning", "normal")):
+        assert [p.field for p in request.turntable_problems(s.replace(**{field: value}))] == [field], field
+        with pytest.raises(BadParameter, match=field):
+            jobs.VideoRequest.from_dict({**params, field: value}).validate()
+    for fmt in request.VIDEO_FORMATS:  # the output names the add-on makes are ones the engine writes
+        assert jobs.check_output(tmp_path / f"x_s1.{fmt}").suffix == f".{fmt}"
+
+
+def test_turntable_names_and_progress():
+    assert request.clip_name("Cube") == "Sfumato turntable Cube"
+    assert len(request.clip_name("ü" * 60).encode()) <= 63
+    st = engine.JobState(tag="turntable", title="Cube")
+    st.apply({"event": "progress", "stage": "video", "step": 1, "total": 4, "image": 0, "images": 1, "frames": 8,
+              "preview": None})
+    assert st.status_lines() == [("Cube: Step 1/4", False)] and st.fraction == pytest.approx(0.25)
+
+
+# ---- asset jobs ------------------------------------------------------------------------------------
+def test_asset_settings_are_checked_with_the_reason():
+    s = request.AssetSettings(prompt="a wooden chair")
+    assert request.asset_problems(s) == []
+    bad = request.asset_problems(s.replace(prompt=" ", iters=0, resolution=100, guidance=250.0))
+    assert [p.field for p in bad] == ["prompt", "iters", "resolution", "guidance"]
+    assert str(bad[1]) == "iters=0 is not allowed: an integer 1..100000"
+    assert str(bad[2]) == "resolution=100 is not allowed: a multiple of 16 from 32 to 512 (pixels) (nearest: 96 or 112)"
+    assert str(bad[3]) == "guidance=250.0 is not allowed: a number 0..200"
+    assert "(nearest: 32 or 48)" in str(request.asset_problems(s.replace(resolution=8))[0])
+    assert "(nearest: 496 or 512)" in str(request.asset_problems(s.replace(resolution=4000))[0])
+    with pytest.raises(request.BadSetting, match="steps"):
+        s.replace(steps=3)  # score distillation counts iterations, not denoising steps
+
+
+def test_asset_params_are_an_asset_request_the_engine_accepts():
+    from sfumato.core.errors import BadParameter
+
+    s = request.AssetSettings(prompt="a wooden chair", negative="blurry", iters=20, resolution=64, guidance=30)
+    params = request.asset_params(s, seed=9, default_bundle="tiny-sd15")
+    assert params == {"prompt": "a wooden chair", "negative": "blurry", "iters": 20, "resolution": 64, "seed": 9,
+                      "guidance": 30.0, "bundle": "tiny-sd15"}
+    assert request.asset_params(s.replace(bundle="mine"), seed=1)["bundle"] == "mine"
+    with pytest.raises(request.BadSetting, match="iters=0"):
+        request.asset_params(s.replace(iters=0), seed=1)
+    try:
+        from sfumato.threed.asset import AssetRequest
+    except ImportError:  # the engine's asset head is not there yet
+        pytest.skip("sfumato.threed.asset (the engine's asset job) is not available")
+    req = AssetRequest.from_dict(params).validate()
+    assert (req.prompt, req.iters, req.resolution, req.seed, req.guidance) == ("a wooden chair", 20, 64, 9, 30.0)
+    defaults = request.AssetSettings()
+    assert (defaults.iters, defaults.resolution, defaults.guidance) == (AssetRequest.iters, AssetRequest.resolution,
+                                                                       AssetRequest.guidance)
+    # the add-on refuses what the engine would refuse, with the same limits
+    for field, value in (("iters", 0), ("iters", 100_001), ("resolution", 16), ("resolution", 528),
+                         ("resolution", 72), ("guidance", 200.5), ("guidance", -1.0)):
+        assert [p.field for p in request.asset_problems(s.replace(**{field: value}))] == [field], field
+        with pytest.raises(BadParameter, match=field):
+            AssetRequest.from_dict({**params, field: value}).validate()
+    for field, value in (("resolution", 32), ("resolution", 512), ("iters", 100_000), ("guidance", 200.0)):
+        assert request.asset_problems(s.replace(**{field: value})) == []
+        AssetRequest.from_dict({**params, field: value}).validate()

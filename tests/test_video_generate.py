@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -59,8 +61,10 @@ def test_video_bad_input(sd15_models, tmp_path):
     with pytest.raises(BadParameter, match="multiple of 8"):
         generate_video(sd15_models, "x", frames=4, resolution=100)
     embedded = load_models(resolve(None), torch.device("cpu"), torch.float32)
-    with pytest.raises(BadParameter, match="ControlNet"):
-        generate_video(embedded, "x", frames=4, mesh=_box())
+    with pytest.raises(BadParameter, match="no depth ControlNet"):
+        generate_video(embedded, "x", frames=4, mesh=_box(), conditioning="depth")
+    with pytest.raises(BadParameter, match="sync"):
+        generate_video(embedded, "x", frames=4, mesh=_box(), sync=2.0)
     with pytest.raises(BadParameter, match=r"\.mp4 or \.gif"):
         write_video([], tmp_path / "x.avi", 8, {})
 
@@ -76,3 +80,113 @@ def test_cli_video_and_turntable(sd15, tmp_path, capsys):
     assert main(["video", "brick", "-o", str(tmp_path / "v.gif"), "--bundle", str(sd15), "--frames", "3",
                  "--steps", "2", "--resolution", "64", "--temporal", "on"]) == 2
     assert "no motion module" in capsys.readouterr().err
+
+
+def test_img2img_turntable_keeps_the_background_and_paints_the_mesh(sd15_models):
+    """Without a depth ControlNet a turntable starts each frame from its shading: the background stays the
+    shading's exact grey and only the mesh's pixels are generated."""
+    from sfumato.video.turntable import orbit_cameras, orbit_views
+
+    frames, meta = generate_video(sd15_models, "timber house", frames=4, mesh=_box(), resolution=64, steps=3,
+                                  seed=2, conditioning="img2img", strength=0.7)
+    assert meta["conditioning"] == "img2img-shading" and meta["strength"] == 0.7 and meta["anchored_noise"]
+    norm = _box().normalised()
+    depth, shading = orbit_views(norm, orbit_cameras(norm, 4), 64)
+    inside = depth[:, 0] > 0
+    x = np.stack([np.asarray(f, np.int16) for f in frames])  # (N, H, W, 3)
+    grey = np.round(shading[:, 0].numpy() * 255).astype(np.int16)
+    assert np.abs(x[~inside.numpy()] - grey[~inside.numpy()][:, None]).max() <= 1
+    assert np.abs(x[inside.numpy()] - grey[inside.numpy()][:, None]).mean() > 3  # the mesh is painted
+
+
+def test_surface_noise_follows_the_surface():
+    """The same surface cell gets the same noise in every frame; cells are about one pixel wide."""
+    from sfumato.video.turntable import orbit_cameras, surface_cells, surface_noise, surface_sync
+
+    mesh = _box().normalised()
+    cams = orbit_cameras(mesh, 8)
+    cells = surface_cells(mesh, cams, 32)
+    noise = surface_noise(cells, 4, torch.Generator().manual_seed(0))
+    assert bool((noise[(cells < 0)[:, None].expand_as(noise)] == 0).all())
+    on = cells >= 0
+    # every pixel of one frame has its own cell mostly (about a pixel wide), and neighbouring frames share many
+    per_frame = [len(torch.unique(cells[k][on[k]])) / int(on[k].sum()) for k in range(8)]
+    assert min(per_frame) > 0.5
+    shared = np.intersect1d(cells[0][on[0]].numpy(), cells[1][on[1]].numpy())
+    assert len(shared) > 0.3 * len(np.unique(cells[0][on[0]].numpy()))
+    key = int(shared[0])
+    a, b = noise[0].permute(1, 2, 0)[cells[0] == key][0], noise[1].permute(1, 2, 0)[cells[1] == key][0]
+    assert torch.equal(a, b)
+    values = noise.permute(0, 2, 3, 1)[on]
+    assert abs(float(values.mean())) < 0.1 and 0.8 < float(values.std()) < 1.2
+    # sync: amount 1 gives every pixel of a cell the cell's mean, amount 0 changes nothing
+    x = torch.randn(8, 4, 32, 32)
+    assert torch.equal(surface_sync(x, cells, 0.0), x)
+    y = surface_sync(x, cells, 1.0)
+    ya, yb = y[0].permute(1, 2, 0)[cells[0] == key], y[1].permute(1, 2, 0)[cells[1] == key]
+    assert torch.allclose(ya[0], yb[0]) and torch.equal(y[(cells < 0)[:, None].expand_as(y)], x[(cells < 0)[:, None].expand_as(x)])
+
+
+def test_video_and_turntable_jobs(sd15, tmp_path):
+    """Worker jobs: files, provenance, progress, cancel, clear errors for bad fields."""
+    import json
+    import threading
+
+    from sfumato.core.errors import Cancelled
+    from sfumato.core.jobs import JOB_KINDS, JobContext
+    from sfumato.core.loading import ModelCache
+
+    def ctx(events, cancel_at=None):
+        cancel = threading.Event()
+
+        def emit(event, **fields):
+            events.append((event, fields))
+            if cancel_at is not None and fields.get("stage") == "video" and fields["step"] >= cancel_at:
+                cancel.set()
+
+        return JobContext("v", ModelCache(), "cpu", "fp32", cancel, emit, preview_every=0)
+
+    mesh = tmp_path / "box.obj"
+    trimesh.creation.box((2.0, 1.0, 1.0)).export(mesh)
+    events: list = []
+    params = {"prompt": "timber house", "mesh": str(mesh), "frames": 4, "resolution": 64, "steps": 2, "seed": 4,
+              "bundle": str(sd15), "fps": 6}
+    result = JOB_KINDS["turntable"](params, tmp_path / "t.gif", ctx(events))
+    assert Path(result["video"]).stat().st_size > 0 and result["frames"] == 4
+    side = json.loads(Path(result["sidecar"]).read_text())
+    assert side["seed"] == 4 and side["fps"] == 6 and side["mode"] == "turntable" and side["settings"]["frames"] == 4
+    assert [f["step"] for e, f in events if f.get("stage") == "video"] == [1, 2]
+    # text-to-video through the other kind
+    result = JOB_KINDS["video"]({"prompt": "brick", "frames": 3, "resolution": 64, "steps": 1, "bundle": str(sd15)},
+                                tmp_path / "v.gif", ctx([]))
+    assert result["metadata"]["mode"] == "text-to-video"
+    # cancel between steps leaves no video
+    with pytest.raises(Cancelled):
+        JOB_KINDS["turntable"]({**params, "steps": 4}, tmp_path / "c.gif", ctx([], cancel_at=1))
+    assert not (tmp_path / "c.gif").exists()
+    # bad input: named fields, before any model loads
+    for bad, field in (({"frames": 0}, "frames"), ({"frames": 100000}, "frames"), ({"resolution": 100}, "resolution"),
+                       ({"temporal": "maybe"}, "temporal"), ({"colour": 1}, "colour")):
+        with pytest.raises(BadParameter, match=field):
+            JOB_KINDS["turntable"]({**params, **bad}, tmp_path / "b.gif", ctx([]))
+    with pytest.raises(BadParameter, match="mesh"):
+        JOB_KINDS["turntable"]({"prompt": "x"}, tmp_path / "b.gif", ctx([]))
+    with pytest.raises(BadParameter, match=r"\.mp4 or \.gif"):
+        JOB_KINDS["video"]({"prompt": "x"}, tmp_path / "b.avi", ctx([]))
+    empty = tmp_path / "empty.obj"
+    empty.write_text("# nothing\n")
+    with pytest.raises(BadParameter, match="mesh"):
+        JOB_KINDS["turntable"]({**params, "mesh": str(empty)}, tmp_path / "b.gif", ctx([]))
+    with pytest.raises(BadParameter, match="no motion module"):
+        JOB_KINDS["video"]({"prompt": "x", "temporal": "on", "bundle": str(sd15)}, tmp_path / "b.gif", ctx([]))
+
+
+def test_motion_adapter_for_another_unet_is_refused(sd15_models, tmp_path):
+    from sfumato.video.adapter import load_motion_adapter, save_motion_adapter
+    from sfumato.video.motion import MotionConfig, MotionStack
+
+    other = {**sd15_models.unet.config, "block_out_channels": (64, 128)}  # the test U-Net has (32, 64)
+    stack = MotionStack(MotionConfig.for_unet(other, num_attention_heads=2, max_frames=8))
+    folder = save_motion_adapter(stack, tmp_path / "xl_motion")
+    with pytest.raises(BadParameter, match="another U-Net|motion_adapter"):
+        load_motion_adapter(folder, sd15_models.unet)

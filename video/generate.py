@@ -6,6 +6,15 @@ step the denoiser runs over windows of consecutive frames laid on the circle (``
 window as one video call of the temporal U-Net when a motion module is attached (``temporal``) or
 frame by frame otherwise, and the per-frame predictions are blended. The window starts shift by a
 third of a window each step. Initial noise is consistent around the loop.
+
+A turntable follows the mesh through the bundle's depth ControlNet when it has one (``conditioning``
+"depth"); otherwise ("img2img") every frame starts from the orbit's grey shading of that frame, noised
+to ``strength``, so the geometry sets the layout and the prompt the surface.
+
+Because a turntable's geometry is known exactly, two more things tie its frames together besides frame
+attention: the mesh's pixels start from noise fixed on its surface (``anchored_noise``, so a point of a
+wall starts from the same noise in every frame), and ``sync`` > 0 pulls the latents of every bit of
+surface toward their mean over the frames that see it, for the first ``sync_until`` of the steps.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..core import latents as latent_space
@@ -28,33 +38,47 @@ from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
 from ..core.schedulers import make_scheduler, takes_generator
 from ..threed.mesh import Mesh
-from .turntable import circular_windows, loop_noise, orbit_cameras, orbit_depth, windowed
+from .turntable import (circular_windows, loop_noise, orbit_cameras, orbit_views, surface_cells, surface_noise,
+                        surface_sync, windowed)
 
 
 def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None = None, motion=None,
                    negative: str = "", resolution: int | None = None, steps: int = 25, guidance: float = 7.5,
                    seed: int | None = None, scheduler: str = "dpmpp_2m", elevation: float = 20.0,
-                   window: int | None = None, control_scale: float = 1.0,
-                   on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[Image.Image], dict[str, Any]]:
+                   window: int | None = None, control_scale: float = 1.0, conditioning: str = "auto",
+                   strength: float = 0.8, relight: bool = True, anchored_noise: bool = True, sync: float = 0.0,
+                   sync_until: float = 0.5, on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[Image.Image], dict[str, Any]]:
     """Frames of a looping video; ``motion`` is a ``MotionUNet`` on ``models.unet`` (None: per-frame)."""
     if not isinstance(frames, int) or not 2 <= frames <= 720:
         raise BadParameter("frames", frames, "an integer from 2 to 720")
     size = resolution or native_size(models)
     if size % 8 or not 64 <= size <= 2048:
         raise BadParameter("resolution", size, "a multiple of 8 from 64 to 2048")
-    if mesh is not None and models.controlnet is None:
-        raise BadParameter("bundle", models.bundle.name, "a bundle with a depth ControlNet for a turntable "
-                           "(component controlnet_depth); without a mesh, text-to-video works with any bundle")
+    if conditioning not in ("auto", "depth", "img2img"):
+        raise BadParameter("conditioning", conditioning, "auto, depth or img2img")
+    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise BadParameter("strength", strength, "a number in (0, 1]")
+    if not isinstance(sync, (int, float)) or not 0 <= sync <= 1:
+        raise BadParameter("sync", sync, "a number 0..1")
+    if not isinstance(sync_until, (int, float)) or not 0 <= sync_until <= 1:
+        raise BadParameter("sync_until", sync_until, "a number 0..1 (the share of the steps that sync)")
+    use_depth = mesh is not None and conditioning != "img2img" and models.controlnet is not None
+    if mesh is not None and conditioning == "depth" and models.controlnet is None:
+        raise BadParameter("conditioning", "depth", f"img2img or auto: bundle {models.bundle.name} has no depth "
+                           "ControlNet (component controlnet_depth)")
     seed = seed if seed is not None else random.randint(0, 2**31 - 1)
     length = window or (motion.config.max_frames if motion is not None else 16)
     if motion is not None and length > motion.config.max_frames:
         raise BadParameter("window", length, f"at most the motion module's {motion.config.max_frames} frames")
     f = models.vae_scale_factor
     g = torch.Generator().manual_seed(seed)
-    depth = None
+    depth = shading = inside = cameras = None
     if mesh is not None:
         norm = mesh.normalised()
-        depth = orbit_depth(norm, orbit_cameras(norm, frames, elevation=elevation), size).to(models.device)
+        cameras = orbit_cameras(norm, frames, elevation=elevation)
+        depth, shading = orbit_views(norm, cameras, size)
+        inside = depth[:, :1] > 0  # the mesh's silhouette per frame
+        depth = depth.to(models.device) if use_depth else None
     positive, neg = text.encode_pair(models, prompt, negative)
     denoiser = Denoiser(models)
     conds: dict[int, Any] = {}
@@ -68,9 +92,37 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
         return replace(c, control=depth[idx.to(depth.device)].to(models.dtype)) if depth is not None else c
 
     sched = make_scheduler(scheduler, models.scheduler_config)
-    timesteps, _ = timesteps_for(sched, steps, models.device)
-    x = loop_noise(frames, (models.unet.config.in_channels, size // f, size // f), g)
-    x = (x * sched.init_noise_sigma).to(models.device, models.dtype)
+    channels = models.unet.config.in_channels
+    noise = loop_noise(frames, (channels, size // f, size // f), g)
+    cells = surface_cells(norm, cameras, size // f).to(models.device) if mesh is not None else None
+    if anchored_noise and cells is not None:  # the mesh's pixels start from noise fixed on its surface
+        noise = torch.where((cells >= 0)[:, None].cpu(), surface_noise(cells.cpu(), channels, g), noise)
+    img2img = shading is not None and depth is None
+    keep = encoded = None
+    if img2img:  # image-to-image from each frame's shading
+        timesteps, _ = timesteps_for(sched, steps, models.device, strength=strength)
+        encoded = torch.cat([latent_space.encode(models, shading[i:i + 8], [g] * len(shading[i:i + 8]))
+                             for i in range(0, frames, 8)])
+        noise = noise.to(encoded)
+        x = sched.add_noise(encoded, noise, timesteps[:1].repeat(frames))
+        keep = (F.interpolate(inside.float(), scale_factor=1 / f, mode="area") > 0.5).to(models.device)
+    else:
+        timesteps, _ = timesteps_for(sched, steps, models.device)
+        x = (noise * sched.init_noise_sigma).to(models.device, models.dtype)
+
+    def post_step(i: int, x: torch.Tensor) -> torch.Tensor:
+        if cells is not None and sync > 0 and i + 1 < sync_until * len(timesteps):
+            x = surface_sync(x, cells, sync)  # frames agree on the latents of the surface they share
+        if keep is not None:
+            # the background stays the shading's grey: after every step it is put back, noised to the
+            # next step's level (inpainting's rule), so only the mesh's pixels are generated
+            if i + 1 < len(timesteps):
+                background = sched.add_noise(encoded, noise, timesteps[i + 1:i + 2].repeat(frames))
+            else:
+                background = encoded
+            x = torch.where(keep, x, background.to(x.dtype))
+        return x
+
     step_index = {"i": 0}
 
     def network(x_in: torch.Tensor, t: torch.Tensor, _cond) -> torch.Tensor:
@@ -88,16 +140,21 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
 
     generators = [torch.Generator().manual_seed(seed + 1 + k) for k in range(frames)]
     x = sample(network, sched, x, None, timesteps, generator=generators if takes_generator(sched) else None,
-               on_step=on_step)
-    images: list[Image.Image] = []
-    for i in range(0, frames, 8):
-        images += latent_space.tensor_to_pil(latent_space.decode(models, x[i:i + 8]))
+               on_step=on_step, post_step=post_step)
+    decoded = torch.cat([latent_space.decode(models, x[i:i + 8]).float().cpu() for i in range(0, frames, 8)])
+    if img2img:  # img2img turntable: exact background, and the headlight's shading on the surface
+        light = 0.4 + (shading - 0.25) / 0.6 * 0.6 if relight else torch.ones_like(shading)
+        decoded = torch.where(inside, decoded * light, shading)
+    images = latent_space.tensor_to_pil(decoded)
     meta = {"prompt": prompt, "negative": negative, "seed": seed, "frames": frames, "steps": steps,
             "guidance": guidance, "scheduler": scheduler, "resolution": size, "bundle": models.bundle.name,
             "bundle_hash": models.bundle.identity(), "temporal": motion is not None, "window": length,
             "mode": "turntable" if mesh is not None else "text-to-video", "sfumato_version": version()}
     if mesh is not None:
-        meta.update(elevation=elevation, control_scale=control_scale, mesh=Path(mesh.source).name)
+        meta.update(elevation=elevation, mesh=Path(mesh.source).name, anchored_noise=anchored_noise, sync=sync, sync_until=sync_until,
+                    conditioning="depth-controlnet" if depth is not None else "img2img-shading",
+                    **({"control_scale": control_scale} if depth is not None else
+                       {"strength": strength, "relight": relight}))
     return images, meta
 
 

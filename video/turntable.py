@@ -9,8 +9,9 @@ on a window border twice in a row, and every frame's prediction is the weighted 
 holding it (weights peak mid-window). Together this makes the seam between N−1 and 0 like any other
 pair of neighbours.
 
-(The denoising loop that uses these pieces, the motion-module training for the embedded bundle and the
-MP4/GIF writers are not here yet.)
+The orbit's conditioning comes in two forms: depth for bundles with a depth ControlNet, and a grey
+Lambert shading with a headlight for those without (image-to-image: every frame starts from its own
+shading, noised).
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def orbit_cameras(mesh: Mesh, frames: int, *, elevation: float = 20.0, clockwise
     return orbit(mesh.center, framing_distance(mesh.radius, fov_y), az, [elevation] * frames, fov_y)
 
 
-def orbit_depth(mesh: Mesh, cameras: Cameras, resolution: int) -> torch.Tensor:
-    """Depth control images (N, 3, R, R), near = bright, normalised with one near/far for the whole
-    orbit (per-frame normalisation would make the brightness of a wall flicker as the view turns)."""
+def orbit_views(mesh: Mesh, cameras: Cameras, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(depth, shading), each (N, 3, R, R) in [0, 1], from one rasterisation of the orbit.
+
+    Depth: near = bright, normalised with one near/far for the whole orbit (per-frame normalisation
+    would make the brightness of a wall flicker as the view turns). Shading: 0.25 + 0.6·|cos| of the
+    face normal against the ray to the camera, mid grey behind the mesh."""
     if resolution % 8:
         raise BadParameter("resolution", resolution, "a multiple of 8")
     frags = rasterize(cameras, mesh.vertices, mesh.faces, resolution)
@@ -53,7 +57,16 @@ def orbit_depth(mesh: Mesh, cameras: Cameras, resolution: int) -> torch.Tensor:
     d = frags.depth[mask]
     near, far = float(d.min()), float(d.max())
     depth = torch.where(mask, (1.0 - (frags.depth - near) / max(far - near, 1e-6) * 0.9), torch.zeros(()))
-    return depth[:, None].repeat(1, 3, 1, 1)
+    normals = mesh.face_normals()[frags.face.clamp_min(0)]
+    rays = torch.nn.functional.normalize(cameras.positions[:, None, None] - frags.interpolate(mesh.vertices, mesh.faces),
+                                         dim=-1)
+    shading = torch.where(mask, 0.25 + 0.6 * (normals * rays).sum(-1).abs(), torch.full((), 0.5))
+    return depth[:, None].repeat(1, 3, 1, 1), shading[:, None].repeat(1, 3, 1, 1)
+
+
+def orbit_depth(mesh: Mesh, cameras: Cameras, resolution: int) -> torch.Tensor:
+    """The depth half of ``orbit_views``."""
+    return orbit_views(mesh, cameras, resolution)[0]
 
 
 def circular_windows(frames: int, length: int, stride: int | None = None, shift: int = 0) -> list[torch.Tensor]:
@@ -108,3 +121,49 @@ def loop_noise(frames: int, shape: tuple[int, ...], generator: torch.Generator, 
     view = (-1,) + (1,) * len(shape)
     circle = torch.cos(theta).view(view) * a + torch.sin(theta).view(view) * b
     return math.sqrt(shared) * circle + math.sqrt(1 - shared) * e
+
+
+def surface_cells(mesh: Mesh, cameras: Cameras, size: int) -> torch.Tensor:
+    """(N, size, size) int64: for every pixel, the cube of space its surface point lies in (−1 off the mesh).
+
+    Space is cut into cubes about one pixel wide at the orbit's distance; a cube is named by a hash of
+    its integer coordinates. Pixels of different frames with the same cell see the same bit of surface."""
+    from ..threed.raster import rasterize
+
+    frags = rasterize(cameras, mesh.vertices, mesh.faces, size)
+    points = frags.interpolate(mesh.vertices, mesh.faces)
+    distance = float((cameras.positions - mesh.center).norm(dim=-1).mean())
+    cell = 2.0 * distance / cameras.focal / size  # world width of one pixel at the mesh's centre
+    ijk = torch.floor(points / cell).long()
+    key = ((ijk[..., 0] * 73856093) ^ (ijk[..., 1] * 19349663) ^ (ijk[..., 2] * 83492791)).remainder(1 << 40)
+    return torch.where(frags.mask, key, torch.full((), -1, dtype=torch.long))
+
+
+def surface_noise(cells: torch.Tensor, channels: int, generator: torch.Generator, *,
+                  table: int = 1 << 18) -> torch.Tensor:
+    """Initial noise attached to the mesh's surface, (N, channels, h, w), for ``surface_cells``.
+
+    Every cell holds one standard-normal vector (from a table drawn from ``generator``, looked up by the
+    cell's hash), and a pixel takes its cell's vector. So a point of the wall starts from the same noise
+    in every frame that sees it, wherever it appears on screen. Off the mesh: zeros (mix in other noise
+    there)."""
+    values = torch.randn((table, channels), generator=generator)
+    noise = values[cells.clamp_min(0).remainder(table)].permute(0, 3, 1, 2)
+    return (noise * (cells >= 0)[:, None]).contiguous()
+
+
+def surface_sync(x: torch.Tensor, cells: torch.Tensor, amount: float) -> torch.Tensor:
+    """Pull the latents of every surface cell toward their mean over all the frames that see it.
+
+    ``x`` (N, C, h, w), ``cells`` from ``surface_cells`` at the latents' size; ``amount`` 0 keeps ``x``,
+    1 gives every pixel its cell's mean (the frames then agree wherever they see the same surface)."""
+    if amount <= 0:
+        return x
+    mask = cells >= 0
+    flat = x.permute(0, 2, 3, 1)[mask].float()  # (M, C)
+    _, inverse = torch.unique(cells[mask], return_inverse=True)
+    count = torch.zeros(int(inverse.max()) + 1, device=x.device).index_add_(0, inverse, torch.ones_like(inverse, dtype=torch.float32))
+    mean = torch.zeros(len(count), x.shape[1], device=x.device).index_add_(0, inverse, flat) / count[:, None]
+    out = x.permute(0, 2, 3, 1).clone()
+    out[mask] = ((1 - amount) * flat + amount * mean[inverse]).to(x.dtype)
+    return out.permute(0, 3, 1, 2).contiguous()
