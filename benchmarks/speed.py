@@ -3,6 +3,7 @@
     python benchmarks/speed.py                      # CPU: the embedded bundle at 256² and the tiny bundle
     python benchmarks/speed.py --arch sd15          # GPU: random-weight SD1.5 architecture, 512², 20 steps
     python benchmarks/speed.py --arch sdxl          # GPU: random-weight SDXL architecture, 1024², 20 steps
+    python benchmarks/speed.py --arch sd15 --profile auto   # where one image's time goes (any device)
 
 Rows: ``diffusers`` (StableDiffusionPipeline / StableDiffusionXLPipeline on the same modules), ``plain``
 (our loop, ``fast="off"``), ``fast`` (our loop, CUDA graphs; on the CPU the same as plain). Columns:
@@ -115,6 +116,68 @@ def run(models, size: int, steps: int, guidance: float, repeat: int, label: str,
     return rows
 
 
+def profile(models, size: int, steps: int, guidance: float, fast: str, repeat: int) -> None:
+    """Where one image's time goes: text encoding, the denoiser calls (U-Net, guidance batch), the rest of the
+    loop (scheduler steps, latents handling) and the VAE decode, timed around each call with the device
+    synchronised; then the profiler's top operators over the same image."""
+    from collections import Counter, defaultdict
+
+    from sfumato.core import denoiser as dn
+    from sfumato.core import latents, text
+    from sfumato.core.image import ImageRequest, generate
+
+    device = models.device
+    seconds: dict[str, float] = defaultdict(float)
+    calls: Counter = Counter()
+
+    def wrap(owner, name: str, label: str):
+        original = getattr(owner, name)
+
+        def timed_call(*a, **k):
+            sync(device)
+            t0 = time.perf_counter()
+            out = original(*a, **k)
+            sync(device)
+            seconds[label] += time.perf_counter() - t0
+            calls[label] += 1
+            return out
+
+        setattr(owner, name, timed_call)
+        return owner, name, original
+
+    req = ImageRequest(prompt="a timber pavilion by a lake, dusk", seed=1, steps=steps, guidance=guidance,
+                       width=size, height=size, scheduler="dpmpp_2m", fast=fast)
+    generate(req, models)  # warm-up: capture, autotuning, compilation
+    patches = [wrap(text, "encode_pair", "text encoders"), wrap(dn.Denoiser, "__call__", "denoiser (U-Net)"),
+               wrap(latents, "decode", "VAE decode")]
+    try:
+        total = 0.0
+        for _ in range(repeat):
+            sync(device)
+            t0 = time.perf_counter()
+            generate(req, models)
+            sync(device)
+            total += time.perf_counter() - t0
+    finally:
+        for owner, name, original in patches:
+            setattr(owner, name, original)
+    total /= repeat
+    print(f"\nprofile: fast={fast}, {size}², {steps} steps, mean of {repeat} images: {total:.3f} s/image")
+    rest = total - sum(seconds.values()) / repeat
+    for label, sec in [*seconds.items(), ("rest (scheduler, loop, image out)", rest * repeat)]:
+        n = calls.get(label, 0) // repeat
+        per = f"{sec / repeat / n * 1000:8.2f} ms × {n}" if n else " " * 15
+        print(f"  {label:34} {sec / repeat:7.3f} s {100 * sec / repeat / total:5.1f}%  {per}")
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        generate(req, models)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=48))
+
+
 def cpu_knobs(models, size: int, steps: int, repeat: int) -> None:
     """Threads and memory format on the CPU, for the bundle's U-Net alone and for a whole image."""
     from sfumato.core.image import ImageRequest, generate
@@ -154,6 +217,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cpu-knobs", action="store_true")
     p.add_argument("--compile", action="store_true", help="add a row with fast='compile' (torch.compile too)")
+    p.add_argument("--profile", default=None, choices=["off", "auto", "compile"],
+                   help="instead of the table: where one image's time goes with this fast mode")
     args = p.parse_args()
     quiet_libraries()
     if args.threads:
@@ -166,12 +231,18 @@ def main() -> None:
     if args.arch:
         size = args.size or (1024 if args.arch == "sdxl" else 512)
         models = random_models(args.arch, device, dtype)
+        if args.profile:
+            profile(models, size, args.steps, args.guidance, args.profile, args.repeat)
+            return
         run(models, size, args.steps, args.guidance, args.repeat, f"random-weight {args.arch} at {size}²",
             compile=args.compile)
         return
     for name in ([args.bundle] if args.bundle else ["materials", None]):
         models = bundle_models(name, device, dtype)
         size = args.size or (256 if name == "materials" else int(models.unet.config.sample_size) * models.vae_scale_factor)
+        if args.profile:
+            profile(models, size, args.steps, args.guidance, args.profile, args.repeat)
+            continue
         run(models, size, args.steps, args.guidance, args.repeat, f"bundle {models.bundle.name} at {size}²")
         if args.cpu_knobs and device.type == "cpu":
             cpu_knobs(models, size, args.steps, args.repeat)

@@ -1,6 +1,7 @@
 """Turntable consistency and speed, temporal on vs off, in one process.
 
     python benchmarks/video.py                 # CPU: the embedded bundle and its motion module
+    python benchmarks/video.py --gif docs/turntable.gif   # plus the README's side-by-side GIF
     python benchmarks/video.py --gpu           # GPU: random-weight SD1.5 + AnimateDiff-v2 architecture,
                                                # 16 frames at 512², 20 steps, next to diffusers' AnimateDiffPipeline
 
@@ -109,8 +110,41 @@ def cpu(args) -> None:
     off = np.mean([e.mean() for e in rows["temporal off"]])
     on = np.mean([e.mean() for e in rows["temporal on"]])
     pairs = [(a.mean(), b.mean()) for a, b in zip(rows["temporal off"], rows["temporal on"])]
+    if args.gif:
+        side_by_side(models, bundle, meshes()["house"], PROMPTS[0], kw, Path(args.gif))
     print(f"\nframe attention lowers the warping error by {100 * (1 - on / off):.1f}% "
           f"(lower in {sum(b < a for a, b in pairs)} of {len(pairs)} videos)")
+
+
+def side_by_side(models, bundle, mesh, prompt: str, kw: dict, path: Path) -> None:
+    """A GIF of the same turntable with frame attention off (left) and on (right), as users see it (relit)."""
+    from PIL import Image, ImageDraw
+
+    from sfumato.video.adapter import load_motion_adapter
+    from sfumato.video.generate import generate_video
+
+    runs = []
+    for temporal in ("off", "on"):
+        motion = load_motion_adapter(bundle.component_dir("motion_adapter"), models.unet) if temporal == "on" else None
+        try:
+            frames, _ = generate_video(models, prompt, mesh=mesh, motion=motion, seed=7, **{**kw, "relight": True})
+        finally:
+            if motion is not None:
+                motion.remove()
+        runs.append(frames)
+    w, h = runs[0][0].size
+    out = []
+    for left, right in zip(*runs):
+        canvas = Image.new("RGB", (2 * w, h + 14), (255, 255, 255))
+        canvas.paste(left, (0, 14))
+        canvas.paste(right, (w, 14))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((4, 1), "temporal off", fill=(0, 0, 0))
+        draw.text((w + 4, 1), "temporal on", fill=(0, 0, 0))
+        out.append(canvas)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out[0].save(path, save_all=True, append_images=out[1:], loop=0, duration=83, optimize=True)
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB): {prompt!r}, seed 7")
 
 
 def gpu(args) -> None:
@@ -122,7 +156,8 @@ def gpu(args) -> None:
     from sfumato.video.adapter import load_motion_adapter
     from sfumato.video.generate import generate_video
 
-    device, dtype = torch.device("cuda"), torch.float16
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
     models = random_models("sd15", device, dtype)
     adapter = MotionAdapter(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
                             motion_mid_block_layers_per_block=1, motion_num_attention_heads=8,
@@ -137,10 +172,11 @@ def gpu(args) -> None:
     pipe = AnimateDiffPipeline(vae=models.vae, text_encoder=models.text_encoders[0], tokenizer=models.tokenizers[0],
                                unet=unet_motion, motion_adapter=adapter, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
-    frames, size, steps = 16, 512, 20
+    frames, size, steps = (4, 64, 2) if args.smoke else (16, 512, 20)
 
     def sync():
-        torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def theirs():
         return pipe("a glass pavilion at dusk", num_frames=frames, height=size, width=size, num_inference_steps=steps,
@@ -150,7 +186,7 @@ def gpu(args) -> None:
 
     def ours():
         return generate_video(models, "a glass pavilion at dusk", frames=frames, motion=motion, resolution=size,
-                              steps=steps, seed=0, scheduler="ddim", window=16)
+                              steps=steps, seed=0, scheduler="ddim", window=16, beta_schedule="linear")
 
     results = {}
     for label, fn in (("diffusers AnimateDiffPipeline", theirs), ("ours (shared denoiser + frame attention hooks)", ours)):
@@ -158,13 +194,16 @@ def gpu(args) -> None:
         sync()
         ts = []
         for _ in range(args.repeat):
-            torch.cuda.reset_peak_memory_stats()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             fn()
             sync()
             ts.append(time.perf_counter() - t0)
-        results[label] = (statistics.median(ts), torch.cuda.max_memory_allocated() / 2**30)
-    print(f"{torch.cuda.get_device_name()} · {frames} frames at {size}², {steps} steps, fp16, random weights")
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        results[label] = (statistics.median(ts), peak)
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke run)"
+    print(f"{card} · {frames} frames at {size}², {steps} steps, {str(dtype).replace('torch.', '')}, random weights")
     print("| loop | s per video | peak GiB |\n|---|---:|---:|")
     for label, (t, mem) in results.items():
         print(f"| {label} | {t:.2f} | {mem:.1f} |")
@@ -179,8 +218,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save", default=None, help="folder for the GIFs")
+    ap.add_argument("--gif", default=None, help="also write a side-by-side GIF (off | on) of the house here")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="--gpu at 4 frames, 64², 2 steps (checks the script on a CPU)")
     args = ap.parse_args()
     gpu(args) if args.gpu else cpu(args)
 

@@ -21,6 +21,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,43 @@ def _image(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _interrupt_cancels(cancel: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C asks the job to stop after its current step (jobs that keep a state save it
+    there); a second one interrupts at once."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nsfumato: stopping after this step (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_job(kind: str, params: dict[str, Any], output: Path, ctx: Any, resumable: bool) -> dict[str, Any] | None:
+    """Run a head's job from the CLI; None when Ctrl-C cancelled it (after saying what was kept)."""
+    from .errors import Cancelled
+    from .jobs import JOB_KINDS
+
+    try:
+        with _interrupt_cancels(ctx.cancel):
+            return JOB_KINDS[kind](params, output, ctx)
+    except Cancelled:
+        print("sfumato: cancelled; " + ("the state is saved beside the output: run the same command again to "
+                                       "resume" if resumable else "nothing was written"), file=sys.stderr)
+        return None
+
+
 def _texture(args: argparse.Namespace) -> int:
     from .jobs import JOB_KINDS, JobContext
     from .loading import ModelCache
@@ -119,8 +158,10 @@ def _texture(args: argparse.Namespace) -> int:
     ctx = JobContext(job_id="cli", cache=ModelCache(), device=args.device, dtype=args.dtype,
                      cancel=threading.Event(), emit=emit, preview_every=0)
     started = time.perf_counter()
-    result = JOB_KINDS["texture"](params, Path(args.output).absolute(), ctx)
+    result = _run_job("texture", params, Path(args.output).absolute(), ctx, resumable=args.mode == "sds")
     bar.done()
+    if result is None:
+        return 130
     meta = result["metadata"]
     for w in result["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
@@ -143,6 +184,7 @@ def _asset(args: argparse.Namespace) -> int:
         "seed": args.seed, "guidance": args.guidance, "lr": args.lr, "preview_every": args.preview_every,
         "bundle": args.bundle, "render": args.render, "samples": args.samples, "mesh_resolution": args.mesh_resolution,
         "colours": args.colours, "size": args.size, "device": args.device, "dtype": args.dtype,
+        "negative_weight": args.negative_weight,
     }
     bar = ProgressBar()
 
@@ -154,8 +196,10 @@ def _asset(args: argparse.Namespace) -> int:
     ctx = JobContext(job_id="cli", cache=ModelCache(), device=args.device, dtype=args.dtype,
                      cancel=threading.Event(), emit=emit, preview_every=1 if args.preview_every else 0)
     started = time.perf_counter()
-    result = JOB_KINDS["asset"](params, Path(args.output).absolute(), ctx)
+    result = _run_job("asset", params, Path(args.output).absolute(), ctx, resumable=True)
     bar.done()
+    if result is None:
+        return 130
     meta, m = result["metadata"], result["metrics"]
     print(f"asset in {time.perf_counter() - started:.1f} s · {meta['iters']} SDS iterations at {meta['resolution']}px "
           f"· loss {m['loss_first']} -> {m['loss_last']} · {m['faces']} faces · bundle {meta['bundle']} · "
@@ -172,7 +216,7 @@ def _video(args: argparse.Namespace) -> int:
 
     fields = ("prompt", "negative", "frames", "fps", "resolution", "steps", "guidance", "seed", "scheduler",
               "elevation", "temporal", "motion", "window", "conditioning", "strength", "sync", "bundle", "device",
-              "dtype")
+              "dtype", "beta_schedule")
     req = VideoRequest.from_dict({**{k: getattr(args, k) for k in fields},
                                   "mesh": getattr(args, "mesh", None)}).validate()
     device = pick_device(req.device)
@@ -362,6 +406,8 @@ def parser() -> argparse.ArgumentParser:
     ast.add_argument("--size", type=float, default=1.0, help="metres: the asset's largest side")
     ast.add_argument("--bundle", default=None)
     ast.add_argument("--negative", default="")
+    ast.add_argument("--negative-weight", type=float, default=0.0,
+                     help="> 0: push away from --negative with this weight instead of using it as the unconditional")
     ast.add_argument("--device", default="auto")
     ast.add_argument("--dtype", default="auto")
     ast.set_defaults(run=_asset)
@@ -386,6 +432,8 @@ def parser() -> argparse.ArgumentParser:
         vid.add_argument("--guidance", type=float, default=7.5)
         vid.add_argument("--seed", type=int, default=None)
         vid.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=", ".join(names()))
+        vid.add_argument("--beta-schedule", default=None, choices=["linear", "scaled_linear", "squaredcos_cap_v2"],
+                         help="override the bundle's noise schedule (AnimateDiff motion modules expect linear)")
         vid.add_argument("--window", type=int, default=None, help="frames per frame-attention call "
                          "(default: the motion module's length)")
         vid.add_argument("--conditioning", default="auto", choices=["auto", "depth", "img2img"],

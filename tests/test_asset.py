@@ -202,3 +202,34 @@ def test_glb_imports_into_blender_standing_on_the_floor(tmp_path):
     dims, zmin = json.loads(line[0][len("RESULT "):])
     assert abs(dims[2] - 2.0) < 0.02 and dims[0] < 1.2 and dims[1] < 1.2
     assert abs(zmin) < 1e-4
+
+
+def test_ctrl_c_in_the_cli_saves_the_state_and_the_same_command_resumes(tmp_path):
+    """The first Ctrl-C stops after the current iteration and keeps the state; rerunning resumes from it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "stone.glb"
+    cmd = [sys.executable, "-m", "sfumato.core.cli", "asset", "rough stone", "-o", str(out), "--iters", "150",
+           "--render", "latent", "--seed", "3", "--colours", "vertex", "--resolution", "32", "--samples", "16",
+           "--mesh-resolution", "24", "--preview-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    seen = b""
+    deadline = time.time() + 120
+    while b"asset \xc2\xb7 loss" not in seen and time.time() < deadline:  # the first iterations ran
+        seen += proc.stderr.read1(256)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (seen + err)[-2000:]
+    assert b"run the same command again to resume" in err
+    state = tmp_path / "stone.asset-state.safetensors"
+    assert state.is_file() and not out.exists()
+    done = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "stone.json").read_text())["metrics"]
+    assert 0 < metrics["resumed_from"] < 150 and not state.exists()

@@ -97,3 +97,18 @@ def test_sds_through_a_texture_and_the_embedded_bundle():
     step.loss.backward()
     assert texture.grad is not None and torch.isfinite(texture.grad).all() and texture.grad.abs().sum() > 0
     assert torch.allclose(alphas_cumprod(models), ALPHAS, atol=1e-5)  # scaled_linear 0.00085..0.012
+
+
+def test_weighted_negative_prompt_is_the_formula(sd15_models):
+    """ε̂ = ε_∅ + s·(ε_p − ε_∅) − w·(ε_n − ε_∅), each ε the model's own prediction for that prompt."""
+    from sfumato.threed.sds import guided_eps
+
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([300, 300])
+    own = lambda prompt: guided_eps(sd15_models, prompt, "", 1.0)(z, t)  # noqa: E731  guidance 1: no CFG
+    e_p, e_0, e_n = own("red brick wall"), own(""), own("blurry, low quality")
+    weighted = guided_eps(sd15_models, "red brick wall", "blurry, low quality", 7.5, negative_weight=2.0)(z, t)
+    assert torch.allclose(weighted, e_0 + 7.5 * (e_p - e_0) - 2.0 * (e_n - e_0), atol=1e-4)
+    # weight 0: the usual guidance, the negative prompt in place of the empty one
+    usual = guided_eps(sd15_models, "red brick wall", "blurry, low quality", 7.5)(z, t)
+    assert torch.allclose(usual, e_n + 7.5 * (e_p - e_n), atol=1e-4)

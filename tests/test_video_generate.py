@@ -157,16 +157,16 @@ def test_video_and_turntable_jobs(sd15, tmp_path):
     assert side["seed"] == 4 and side["fps"] == 6 and side["mode"] == "turntable" and side["settings"]["frames"] == 4
     assert [f["step"] for e, f in events if f.get("stage") == "video"] == [1, 2]
     # text-to-video through the other kind
-    result = JOB_KINDS["video"]({"prompt": "brick", "frames": 3, "resolution": 64, "steps": 1, "bundle": str(sd15)},
-                                tmp_path / "v.gif", ctx([]))
-    assert result["metadata"]["mode"] == "text-to-video"
+    result = JOB_KINDS["video"]({"prompt": "brick", "frames": 3, "resolution": 64, "steps": 1, "bundle": str(sd15),
+                                 "beta_schedule": "linear"}, tmp_path / "v.gif", ctx([]))
+    assert result["metadata"]["mode"] == "text-to-video" and result["metadata"]["beta_schedule"] == "linear"
     # cancel between steps leaves no video
     with pytest.raises(Cancelled):
         JOB_KINDS["turntable"]({**params, "steps": 4}, tmp_path / "c.gif", ctx([], cancel_at=1))
     assert not (tmp_path / "c.gif").exists()
     # bad input: named fields, before any model loads
     for bad, field in (({"frames": 0}, "frames"), ({"frames": 100000}, "frames"), ({"resolution": 100}, "resolution"),
-                       ({"temporal": "maybe"}, "temporal"), ({"colour": 1}, "colour")):
+                       ({"temporal": "maybe"}, "temporal"), ({"beta_schedule": "cubic"}, "beta_schedule"), ({"colour": 1}, "colour")):
         with pytest.raises(BadParameter, match=field):
             JOB_KINDS["turntable"]({**params, **bad}, tmp_path / "b.gif", ctx([]))
     with pytest.raises(BadParameter, match="mesh"):

@@ -48,6 +48,7 @@ COLOURS = ("texture", "vertex")
 class AssetRequest:
     prompt: str
     negative: str = ""
+    negative_weight: float = 0.0  # > 0: push away from the negative prompt with this weight (3 predictions per step)
     iters: int = 600  # SDS iterations
     resolution: int = 64  # px of the image the bundle sees (a multiple of 16, 32..512)
     seed: int | None = None  # None: random (stored in the metadata)
@@ -86,6 +87,7 @@ class AssetRequest:
         check("seed", self.seed is None or (integer(self.seed) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
         check("guidance", number(self.guidance) and 0 <= self.guidance <= 200, "a number 0..200")
+        check("negative_weight", number(self.negative_weight) and 0 <= self.negative_weight <= 200, "a number 0..200")
         check("lr", number(self.lr) and 0 < self.lr <= 1, "a number in (0, 1]")
         check("preview_every", integer(self.preview_every) and self.preview_every >= 0,
               "an integer ≥ 0 (0: no previews)")
@@ -265,7 +267,7 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
 
     def eps(text: str):
         if text not in eps_by_prompt:
-            eps_by_prompt[text] = guided_eps(models, text, req.negative, st.sds.guidance)
+            eps_by_prompt[text] = guided_eps(models, text, req.negative, st.sds.guidance, req.negative_weight)
         return eps_by_prompt[text]
 
     state_path = Path(req.state) if req.state else None
@@ -356,7 +358,7 @@ def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetSte
                             ExtractConfig(resolution=req.mesh_resolution, level=req.mesh_level, colours=req.colours,
                                           texture_size=req.texture_size, size=req.size))
         preview = preview_views(field, max(req.resolution, 128))
-    meta = {"prompt": req.prompt, "negative": req.negative, "seed": seed, "bundle": models.bundle.name,
+    meta = {"prompt": req.prompt, "negative": req.negative, "negative_weight": req.negative_weight, "seed": seed, "bundle": models.bundle.name,
             "bundle_hash": models.bundle.identity(), "guidance": req.guidance, "iters": req.iters,
             "resolution": req.resolution, "lr": req.lr, "render": req.render, "view_prompts": req.view_prompts,
             "samples": req.samples, "mesh_resolution": req.mesh_resolution, "mesh_level": req.mesh_level,

@@ -105,11 +105,18 @@ def sds_step(eps: Eps, z: torch.Tensor, alphas_cumprod: torch.Tensor, cfg: SDSCo
     return SDSStep(loss, g, t)
 
 
-def guided_eps(models, prompt: str, negative: str, guidance: float) -> Eps:
+def guided_eps(models, prompt: str, negative: str, guidance: float, negative_weight: float = 0.0) -> Eps:
     """ε̂(z_t, t) of a loaded bundle with classifier-free guidance at ``guidance``, through the shared
-    ``Denoiser`` (the same call every head makes). Prompts are encoded once."""
+    ``Denoiser`` (the same call every head makes). Prompts are encoded once.
+
+    By default the negative prompt stands in for the unconditional prediction (as in image generation).
+    With ``negative_weight`` w > 0 it gets a weight of its own instead:
+    ε̂ = ε_∅ + s·(ε_p − ε_∅) − w·(ε_n − ε_∅), three predictions per call."""
     from ..core import text
     from ..core.denoiser import Denoiser, make_conditioning
+
+    if negative_weight > 0 and negative.strip():
+        return _weighted_negative(models, prompt, negative, guidance, negative_weight)
 
     positive, neg = text.encode_pair(models, prompt, negative)
     denoiser = Denoiser(models)
@@ -124,6 +131,33 @@ def guided_eps(models, prompt: str, negative: str, guidance: float) -> Eps:
                            for i in range(b)]) if t.numel() > 1 and not bool((t == t[0]).all()) else \
             denoiser(z_t.to(models.dtype), t[0], cache[b])
         return out.to(z_t.dtype)
+
+    return eps
+
+
+def _weighted_negative(models, prompt: str, negative: str, guidance: float, weight: float) -> Eps:
+    from ..core import text
+    from ..core.denoiser import Denoiser, make_conditioning
+    from ..core.text import TextEmbeddings
+
+    positive, empty = text.encode_pair(models, prompt, "")  # (SDXL zeroes the empty prompt's embeddings)
+    neg = text.encode_pair(models, negative, "")[0]
+    parts = (positive, empty, neg)
+    three = TextEmbeddings(torch.cat([p.tokens for p in parts]),
+                           None if positive.pooled is None else torch.cat([p.pooled for p in parts]))
+    denoiser = Denoiser(models)
+    cache: dict[int, object] = {}
+
+    def eps(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(z_t.shape[0]):  # guidance 1: each of the three embeddings' own prediction
+            if 1 not in cache:
+                size = z_t.shape[-1] * models.vae_scale_factor
+                cache[1] = make_conditioning(models, three, three, 1, 1.0, width=size, height=size)
+            p, e, n = denoiser(z_t[i:i + 1].to(models.dtype).repeat(3, 1, 1, 1), t[i] if t.numel() > 1 else t[0],
+                               cache[1]).float()
+            out.append(e + guidance * (p - e) - weight * (n - e))
+        return torch.stack(out).to(z_t.dtype)
 
     return eps
 

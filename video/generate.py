@@ -47,8 +47,9 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
                    seed: int | None = None, scheduler: str = "dpmpp_2m", elevation: float = 20.0,
                    window: int | None = None, control_scale: float = 1.0, conditioning: str = "auto",
                    strength: float = 0.8, relight: bool = True, anchored_noise: bool = True, sync: float = 0.0,
-                   sync_until: float = 0.5, on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[Image.Image], dict[str, Any]]:
-    """Frames of a looping video; ``motion`` is a ``MotionUNet`` on ``models.unet`` (None: per-frame)."""
+                   sync_until: float = 0.5, beta_schedule: str | None = None, on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[Image.Image], dict[str, Any]]:
+    """Frames of a looping video; ``motion`` is a ``MotionUNet`` on ``models.unet`` (None: per-frame).
+    ``beta_schedule`` overrides the bundle's noise schedule (AnimateDiff motion modules expect "linear")."""
     if not isinstance(frames, int) or not 2 <= frames <= 720:
         raise BadParameter("frames", frames, "an integer from 2 to 720")
     size = resolution or native_size(models)
@@ -91,7 +92,7 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
         c = conds[n]
         return replace(c, control=depth[idx.to(depth.device)].to(models.dtype)) if depth is not None else c
 
-    sched = make_scheduler(scheduler, models.scheduler_config)
+    sched = make_scheduler(scheduler, models.scheduler_config, beta_schedule=beta_schedule)
     channels = models.unet.config.in_channels
     noise = loop_noise(frames, (channels, size // f, size // f), g)
     cells = surface_cells(norm, cameras, size // f).to(models.device) if mesh is not None else None
@@ -147,7 +148,7 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
         decoded = torch.where(inside, decoded * light, shading)
     images = latent_space.tensor_to_pil(decoded)
     meta = {"prompt": prompt, "negative": negative, "seed": seed, "frames": frames, "steps": steps,
-            "guidance": guidance, "scheduler": scheduler, "resolution": size, "bundle": models.bundle.name,
+            "guidance": guidance, "scheduler": scheduler, "beta_schedule": sched.config.beta_schedule, "resolution": size, "bundle": models.bundle.name,
             "bundle_hash": models.bundle.identity(), "temporal": motion is not None, "window": length,
             "mode": "turntable" if mesh is not None else "text-to-video", "sfumato_version": version()}
     if mesh is not None:

@@ -18,6 +18,7 @@ from ..core.schedulers import DEFAULT_SCHEDULER, names
 from .turntable import MAX_FRAMES
 
 TEMPORAL = ("auto", "on", "off")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class VideoRequest:
     guidance: float = 7.5
     seed: int | None = None
     scheduler: str = DEFAULT_SCHEDULER
+    beta_schedule: str | None = None  # override the bundle's noise schedule (AnimateDiff weights expect "linear")
     elevation: float = 20.0
     temporal: str = "auto"  # auto: the bundle's motion module (or ``motion``) when there is one; off: per frame
     motion: str | None = None  # an AnimateDiff motion adapter (diffusers folder or .safetensors)
@@ -77,6 +79,7 @@ class VideoRequest:
         check("seed", self.seed is None or (integer(self.seed) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
         check("scheduler", self.scheduler in names(), ", ".join(names()))
+        check("beta_schedule", self.beta_schedule in (None, *BETA_SCHEDULES), f"none or {', '.join(BETA_SCHEDULES)}")
         check("elevation", number(self.elevation) and -89 <= self.elevation <= 89, "an angle from -89 to 89 degrees")
         check("temporal", self.temporal in TEMPORAL, ", ".join(TEMPORAL))
         check("motion", self.motion is None or (isinstance(self.motion, str) and bool(self.motion)),
@@ -132,6 +135,7 @@ def run_video(req: VideoRequest, output: Path, get_models: Callable[[Any, bool],
         frames, meta = generate_video(models, req.prompt, frames=req.frames, mesh=mesh, motion=motion,
                                       negative=req.negative, resolution=req.resolution, steps=req.steps,
                                       guidance=req.guidance, seed=req.seed, scheduler=req.scheduler,
+                                      beta_schedule=req.beta_schedule,
                                       elevation=req.elevation, window=req.window, control_scale=req.control_scale,
                                       conditioning=req.conditioning, strength=req.strength, relight=req.relight,
                                       anchored_noise=req.anchored_noise, sync=req.sync, sync_until=req.sync_until,

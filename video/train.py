@@ -285,7 +285,7 @@ class MotionTrainer:
             "hardware": f"{platform.processor() or platform.machine()}, {self.cfg.threads} CPU threads, "
                         f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
             "validation_loss": {"temporal": round(summary["val_on"], 5), "image_model": round(summary["val_off"], 5)},
-            **{"steps": summary["steps"]}, "config": asdict(self.cfg)}
+            "steps": summary["steps"], "config": asdict(self.cfg)}
         write_manifest(folder, name=manifest["name"], family=manifest["family"], license=manifest["license"],
                        description=manifest.get("description", ""), extra=extra)
         return target
