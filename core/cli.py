@@ -184,7 +184,7 @@ def _asset(args: argparse.Namespace) -> int:
         "seed": args.seed, "guidance": args.guidance, "lr": args.lr, "preview_every": args.preview_every,
         "bundle": args.bundle, "render": args.render, "samples": args.samples, "mesh_resolution": args.mesh_resolution,
         "colours": args.colours, "size": args.size, "device": args.device, "dtype": args.dtype,
-        "negative_weight": args.negative_weight,
+        "negative_weight": args.negative_weight, "background": args.background,
     }
     bar = ProgressBar()
 
@@ -402,7 +402,10 @@ def parser() -> argparse.ArgumentParser:
                      help="latent: render at latent size, linear map to latents (cheaper, coarser)")
     ast.add_argument("--samples", type=int, default=48, help="samples per ray")
     ast.add_argument("--mesh-resolution", type=int, default=64, help="extraction grid cells per axis")
-    ast.add_argument("--colours", default="texture", choices=["texture", "vertex"])
+    ast.add_argument("--colours", default="vertex", choices=["vertex", "texture"],
+                     help="vertex colours, or a UV texture baked after unwrapping the mesh (slower: minutes)")
+    ast.add_argument("--background", default="random", choices=["random", "learned"],
+                     help="random: a new solid colour each iteration, so only the object can match the prompt")
     ast.add_argument("--size", type=float, default=1.0, help="metres: the asset's largest side")
     ast.add_argument("--bundle", default=None)
     ast.add_argument("--negative", default="")

@@ -156,6 +156,7 @@ def test_asset_job_events_and_outputs(tmp_path):
     progress = [f for e, f in events if e == "progress" and f["stage"] == "asset"]
     assert [f["step"] for f in progress] == [1, 2, 3, 4] and all(f["total"] == 4 for f in progress)
     assert all(isinstance(f["loss"], float) and f["image"] == 0 and f["images"] == 1 for f in progress)
+    assert [f["stage"] for e, f in events if e == "progress"][-1] == "extracting"  # after the iterations
     previews = [f["preview"] for f in progress if f["preview"]]
     assert len(previews) == 2 and all(Path(p).is_file() for p in previews)
     assert result["files"] == [result["glb"], result["preview"]] and Path(result["sidecar"]).is_file()

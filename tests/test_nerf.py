@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -175,3 +176,30 @@ def test_no_surface_is_a_clear_error():
 
     with pytest.raises(SfumatoError, match="no surface at density 2.0"):
         extract(lambda x: torch.zeros(x.shape[0]), None, 1.0, ExtractConfig(resolution=8))
+
+
+def test_a_faint_field_is_extracted_at_half_its_peak_with_a_warning():
+    """A run whose density never reached the level still gives its object (not an error after all that work)."""
+    from sfumato.threed.extract import ExtractConfig, extract
+
+    def faint(x):  # 0.8 at the centre, 0 at radius 1: never the default level 2; half its peak at radius 0.5
+        return 0.8 * (1 - x.norm(dim=-1)).clamp_min(0)
+
+    out = extract(faint, None, 1.0, ExtractConfig(resolution=32, size=1.0))
+    assert out.stats["level"] == pytest.approx(0.4, rel=0.05) and "half its peak" in out.stats["warnings"][0]
+    assert out.stats["faces"] > 100
+
+
+def test_hollows_inside_the_object_are_filled_so_only_its_shell_is_extracted():
+    from sfumato.threed.extract import ExtractConfig, extract
+
+    def shell_with_bubbles(x):  # a solid ball of radius 0.6 with two empty bubbles inside it
+        d = 10 * (1 - x.norm(dim=-1) / 0.6)
+        for c in (torch.tensor([0.2, 0.0, 0.0]), torch.tensor([-0.2, 0.1, 0.0])):
+            d = torch.where((x - c).norm(dim=-1) < 0.12, torch.zeros(()), d)
+        return d
+
+    out = extract(shell_with_bubbles, None, 1.0, ExtractConfig(resolution=40, min_component=0.0))
+    mesh = trimesh.Trimesh(out.mesh.vertices.numpy(), out.mesh.faces.numpy())
+    assert len(mesh.split(only_watertight=False)) == 1 and mesh.is_watertight  # the bubbles' walls are gone
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.5**3, rel=0.05)  # the 0.6 ball, scaled to 1 m

@@ -61,7 +61,10 @@ class AssetRequest:
     samples: int = 48  # stratified samples per ray
     mesh_resolution: int = 64  # extraction grid cells per axis
     mesh_level: float = 2.0  # density on the extracted surface
-    colours: Literal["texture", "vertex"] = "texture"  # baked UV texture, or vertex colours
+    colours: Literal["texture", "vertex"] = "vertex"  # vertex colours, or a baked UV texture (xatlas unwraps
+    # the dense extracted mesh first: minutes at mesh_resolution 64)
+    background: Literal["random", "learned"] = "random"  # random: a new solid colour each iteration, so the
+    # background cannot take the prompt's look and the object must; learned: a colour per ray direction
     texture_size: int = 512  # px, colours="texture"
     size: float = 1.0  # metres: the largest side of the asset
     state: str | None = None  # where a cancelled run saves its state, and resumes from
@@ -98,6 +101,7 @@ class AssetRequest:
               "an integer 16..256 (grid cells per axis)")
         check("mesh_level", number(self.mesh_level) and self.mesh_level > 0, "a positive density")
         check("colours", self.colours in COLOURS, " or ".join(COLOURS))
+        check("background", self.background in ("random", "learned"), "random or learned")
         check("texture_size", integer(self.texture_size) and 64 <= self.texture_size <= 4096, "an integer 64..4096")
         check("size", number(self.size) and 0 < self.size <= 1000, "a positive number of metres (at most 1000)")
         check("state", self.state is None or (isinstance(self.state, str) and self.state.endswith(".safetensors")),
@@ -273,7 +277,7 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
     state_path = Path(req.state) if req.state else None
     expect = {"resolution": req.resolution, "render": req.render, "samples": req.samples, "seed": seed,
               "iters": req.iters, "lr": req.lr, "guidance": float(req.guidance), "prompt": req.prompt,
-              "field": asdict(st.field)}
+              "background": req.background, "field": asdict(st.field)}
     expect["field"] = json.loads(json.dumps(expect["field"]))  # tuples → lists, as they come back from JSON
     start, info = 0, {}
     if state_path is not None and state_path.is_file():
@@ -303,7 +307,8 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
             shading = "albedo" if progress < st.albedo_warmup else \
                 shadings[0 if pick < st.shading_probs[0] else 1 if pick < sum(st.shading_probs[:2]) else 2]
             # 2. render, to latents
-            out = render(field, cams, size, shading=shading, light=light, normals=True, generator=g)
+            backdrop = torch.rand((1, 3), generator=g) if req.background == "random" else None
+            out = render(field, cams, size, shading=shading, light=light, normals=True, generator=g, background=backdrop)
             z = to_latents(models, out.image, req.render)
             # 3. SDS gradient of the view's prompt, plus the regularisers
             text = view_prompt(req.prompt, cams.azimuth[0], cams.elevation[0]) if req.view_prompts else req.prompt
@@ -343,8 +348,9 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
 
 
 def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetStep], None] | None = None,
-               settings: Settings | None = None) -> AssetResult:
-    """Validate, optimise the field, extract the mesh; the caller saves (``save_result``)."""
+               settings: Settings | None = None, on_stage: Callable[[str], None] | None = None) -> AssetResult:
+    """Validate, optimise the field, extract the mesh; the caller saves (``save_result``). ``on_stage`` hears
+    when the stage after the iterations starts ("extracting")."""
     from ..core.provenance import version
 
     req = req.validate()
@@ -353,6 +359,8 @@ def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetSte
     with torch.enable_grad():
         field, stats = optimise(req, models, seed=seed, settings=st, on_step=on_step)
     field.eval()
+    if on_stage is not None:
+        on_stage("extracting")
     with torch.no_grad():
         extracted = extract(field.density, lambda x: field.query(x)[1], st.field.bound,
                             ExtractConfig(resolution=req.mesh_resolution, level=req.mesh_level, colours=req.colours,
@@ -362,7 +370,8 @@ def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetSte
             "bundle_hash": models.bundle.identity(), "guidance": req.guidance, "iters": req.iters,
             "resolution": req.resolution, "lr": req.lr, "render": req.render, "view_prompts": req.view_prompts,
             "samples": req.samples, "mesh_resolution": req.mesh_resolution, "mesh_level": req.mesh_level,
-            "colours": req.colours, "size_m": req.size, "t_range": [st.sds.t_min, st.sds.t_max, st.sds.t_max_end],
+            "colours": req.colours, "background": req.background, "size_m": req.size,
+            "t_range": [st.sds.t_min, st.sds.t_max, st.sds.t_max_end],
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
             "sfumato_version": version(), "head": "asset"}
     metrics = {k: v for k, v in stats.items() if k != "losses"}

@@ -177,6 +177,25 @@ def sample_grid(density: Callable[[torch.Tensor], torch.Tensor], bound: float, r
     return values, torch.full((3,), -bound), step
 
 
+def fill_cavities(values: torch.Tensor, level: float) -> torch.Tensor:
+    """``values`` with every empty cell that cannot be reached from the grid's border raised above
+    ``level``: hollows sealed inside the object become solid, so only its outer shell is extracted (a field
+    full of small bubbles would otherwise give a mesh of hundreds of thousands of hidden faces)."""
+    empty = values <= level
+    outside = torch.zeros_like(empty)
+    outside[[0, -1]], outside[:, [0, -1]], outside[:, :, [0, -1]] = True, True, True
+    outside &= empty
+    while True:  # flood fill through empty cells, 6-connected, from the border (rolls wrap onto the border,
+        grown = outside.clone()  # which is a seed already)
+        for axis in range(3):
+            grown |= outside.roll(1, axis) | outside.roll(-1, axis)
+        grown &= empty
+        if bool((grown == outside).all()):
+            break
+        outside = grown
+    return torch.where(empty & ~outside, torch.full_like(values, level * 1.5 + 1e-3), values)
+
+
 @dataclass
 class Extracted:
     mesh: Mesh  # positions in metres (+Y up), with UVs when colours="texture"
@@ -191,7 +210,13 @@ def extract(density: Callable[[torch.Tensor], torch.Tensor], albedo: Callable[[t
     (P, 3) in field units to (P,) and (P, 3)."""
     cfg = cfg or ExtractConfig()
     values, origin, step = sample_grid(density, bound, cfg.resolution)
-    vertices, faces = marching_tetrahedra(values, cfg.level, origin, step)
+    level, warnings = cfg.level, []
+    peak = float(values.max())
+    if peak <= level and peak > 1e-2:  # a faint field: take its own half-peak surface instead
+        level = 0.5 * peak
+        warnings.append(f"the field never reaches density {cfg.level} (its peak is {peak:.3g}): extracted the "
+                        f"surface at half its peak, {level:.3g}; the object is faint, train longer or lower lr")
+    vertices, faces = marching_tetrahedra(fill_cavities(values, level), level, origin, step)
     if faces.shape[0] == 0:
         raise SfumatoError(f"the field has no surface at density {cfg.level} (its density ranges "
                            f"{float(values.min()):.3g}..{float(values.max()):.3g}); lower the level, or train longer")
@@ -199,7 +224,7 @@ def extract(density: Callable[[torch.Tensor], torch.Tensor], albedo: Callable[[t
     field_vertices = vertices
     scale_mesh = Mesh(to_metres(vertices, cfg.size), faces, source="field")
     stats = {"vertices": int(vertices.shape[0]), "faces": int(faces.shape[0]), "grid": cfg.resolution,
-             "level": cfg.level}
+             "level": level, **({"warnings": warnings} if warnings else {})}
     texture = colours = None
     if albedo is not None and cfg.colours == "vertex":
         with torch.no_grad():

@@ -90,7 +90,9 @@ def asset_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str
         ctx.check_cancel()  # after the step's event: a cancel saves the state including this step
 
     with out_of_memory_as_error(f"optimising the asset on {device}"):
-        result = make_asset(req, models, on_step=on_step)
+        result = make_asset(req, models, on_step=on_step, on_stage=lambda stage: ctx.emit(
+            "progress", id=ctx.job_id, stage=stage, step=req.iters, total=req.iters, loss=None, preview=None,
+            image=0, images=1))
     paths = save_result(result, output)
     ctx.saved += [paths["glb"], paths["preview"], paths["sidecar"]]
     metrics = {k: v for k, v in result.metrics.items() if k != "loss_curve"}
