@@ -134,6 +134,8 @@ def _print_progress(state: engine.JobState, event: dict) -> None:
         print(f"sfumato: {title}{event.get('frames', '')} frames denoised", flush=True)
     elif event.get("stage") == "asset":
         print(f"sfumato: {title}{event['total']} iterations done", flush=True)
+    elif event.get("stage") == "extracting":
+        print(f"sfumato: {title}extracting the mesh", flush=True)
 
 
 class SFUMATO_OT_texture(bpy.types.Operator):

@@ -61,7 +61,7 @@ def cpu(args) -> None:
     from sfumato.core.bundle import resolve
     from sfumato.core.loading import load_models
     from sfumato.video.adapter import load_motion_adapter
-    from sfumato.video.consistency import orbit_flow, seam_ratio, warping_errors
+    from sfumato.video.consistency import detail, orbit_flow, seam_ratio, warping_errors
     from sfumato.video.generate import generate_video
     from sfumato.video.turntable import orbit_cameras
 
@@ -70,43 +70,53 @@ def cpu(args) -> None:
     if "motion_adapter" not in bundle.components:
         sys.exit(f"bundle {bundle.name} has no motion module: run `sfumato train motion` first")
     models = load_models(bundle, torch.device("cpu"), torch.float32)
-    rows: dict[str, list] = {"floor (exact render)": [], "temporal off": [], "temporal on": []}
-    times: dict[str, list] = {"temporal off": [], "temporal on": []}
+    variants = {  # label: (frame attention, generate_video settings)
+        "temporal off, plain loop noise": (False, {"anchored_noise": False}),
+        "temporal off": (False, {}),
+        "temporal on": (True, {}),
+        "temporal on + sync 0.5": (True, {"sync": 0.5}),
+    }
+    if not args.all_variants:
+        variants = {k: v for k, v in variants.items() if k in ("temporal off", "temporal on")}
+    rows: dict[str, list] = {"floor (exact render)": [], **{label: [] for label in variants}}
+    times: dict[str, list] = {label: [] for label in variants}
+    details: dict[str, list] = {label: [] for label in rows}
     kw = dict(frames=args.frames, resolution=args.resolution, steps=args.steps, relight=False)
     for name, mesh in meshes().items():
         cams = orbit_cameras(mesh, args.frames)
         flow = orbit_flow(mesh, cams, args.resolution)
         e = warping_errors(floor(mesh, cams, args.resolution), flow)
         rows["floor (exact render)"].append(e)
+        details["floor (exact render)"].append(detail(floor(mesh, cams, args.resolution), flow))
         for k, prompt in enumerate(PROMPTS[:args.prompts]):
-            for temporal in ("off", "on"):
-                motion = load_motion_adapter(bundle.component_dir("motion_adapter"), models.unet) \
-                    if temporal == "on" else None
+            for label, (temporal, extra) in variants.items():
+                motion = load_motion_adapter(bundle.component_dir("motion_adapter"), models.unet) if temporal else None
                 try:
                     t0 = time.perf_counter()
-                    frames, _ = generate_video(models, prompt, mesh=mesh, motion=motion, seed=100 + k, **kw)
-                    times[f"temporal {temporal}"].append((time.perf_counter() - t0) / args.frames)
+                    frames, _ = generate_video(models, prompt, mesh=mesh, motion=motion, seed=100 + k, **kw, **extra)
+                    times[label].append((time.perf_counter() - t0) / args.frames)
                 finally:
                     if motion is not None:
                         motion.remove()
                 e = warping_errors(frames, flow)
-                rows[f"temporal {temporal}"].append(e)
-                print(f"{name:6s} {prompt[:28]:28s} temporal {temporal:3s}: warping error {e.mean():6.2f}, "
-                      f"seam ratio {seam_ratio(e):5.2f}", flush=True)
+                rows[label].append(e)
+                details[label].append(detail(frames, flow))
+                print(f"{name:6s} {prompt[:28]:28s} {label:30s}: warping error {e.mean():6.2f}, "
+                      f"seam ratio {seam_ratio(e):5.2f}, detail {details[label][-1]:5.2f}", flush=True)
                 if args.save:
                     out = Path(args.save)
                     out.mkdir(parents=True, exist_ok=True)
-                    frames[0].save(out / f"{name}_{k}_{temporal}.gif", save_all=True, append_images=frames[1:],
-                                   loop=0, duration=83)
+                    frames[0].save(out / f"{name}_{k}_{label.replace(' ', '_')}.gif", save_all=True,
+                                   append_images=frames[1:], loop=0, duration=83)
     print(f"\n{bundle.name} bundle · {len(meshes())} meshes × {args.prompts} prompts · {args.frames} frames at "
           f"{args.resolution}² · {args.steps} steps · {args.threads} CPU threads · torch {torch.__version__}\n")
-    print("| frames | warping error (0..255) | seam ratio (median) | s/frame |")
-    print("|---|---:|---:|---:|")
+    print("| frames | warping error (0..255) | seam ratio (median) | detail (mean gradient) | s/frame |")
+    print("|---|---:|---:|---:|---:|")
     for label, errs in rows.items():
         mean = float(np.mean([e.mean() for e in errs]))
         seam = statistics.median(seam_ratio(e) for e in errs)
         t = f"{statistics.median(times[label]):.2f}" if label in times else "–"
-        print(f"| {label} | {mean:.2f} | {seam:.2f} | {t} |")
+        print(f"| {label} | {mean:.2f} | {seam:.2f} | {np.mean(details[label]):.2f} | {t} |")
     off = np.mean([e.mean() for e in rows["temporal off"]])
     on = np.mean([e.mean() for e in rows["temporal on"]])
     pairs = [(a.mean(), b.mean()) for a, b in zip(rows["temporal off"], rows["temporal on"])]
@@ -219,6 +229,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save", default=None, help="folder for the GIFs")
     ap.add_argument("--gif", default=None, help="also write a side-by-side GIF (off | on) of the house here")
+    ap.add_argument("--all-variants", action="store_true",
+                    help="also per-frame without surface-anchored noise, and frame attention with surface sync")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="--gpu at 4 frames, 64², 2 steps (checks the script on a CPU)")

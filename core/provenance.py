@@ -28,7 +28,7 @@ def parameters_line(meta: dict[str, Any]) -> str:
     if meta.get("negative"):
         lines.append(f"Negative prompt: {meta['negative']}")
     fields = [("Steps", meta.get("steps")), ("Sampler", meta.get("scheduler")), ("CFG scale", meta.get("guidance")),
-              ("Seed", meta.get("seed")), ("Size", f"{meta.get('width')}x{meta.get('height')}"),
+              ("Seed", meta.get("seed")), ("Size", f"{meta['width']}x{meta['height']}" if meta.get("width") and meta.get("height") else None),
               ("Model hash", meta.get("bundle_hash")), ("Model", meta.get("bundle")),
               ("Denoising strength", meta.get("strength") if meta.get("mode") == "img2img" else None),
               ("Tiling", meta.get("seamless") if meta.get("seamless") not in (None, "none") else None),

@@ -234,7 +234,7 @@ def test_asset_operator_imports_the_engines_glb_at_the_cursor():
     centre = (corners.min(0) + corners.max(0)) / 2
     assert centre[:2] == pytest.approx((1.0, -2.0), abs=1e-3)
     state = runtime().CURRENT
-    assert (state.status, state.stage, state.step, state.total) == ("done", "asset", 2, 2)
+    assert (state.status, state.stage, state.step, state.total) == ("done", "extracting", 2, 2)  # the last event: the mesh being extracted
     # interactively the timer imports it; the cursor as it was at the start counts
     assert bpy.ops.sfumato.asset(iters=1, resolution=32, seed=4, blocking="OFF") == {"FINISHED"}
     state = runtime().CURRENT

@@ -64,3 +64,19 @@ def test_train_motion_quick_run_writes_a_loadable_module(tmp_path, capsys):
     motion.remove()
     # the log is resumable state: a second run continues from the checkpoint, not from zero
     assert (tmp_path / "work" / "motion.safetensors").is_file()
+
+
+def test_embedded_bundle_ships_a_motion_module_used_by_default(tmp_path, capsys):
+    """`sfumato video` on the embedded bundle runs its frame attention unless told --temporal off."""
+    from sfumato.core.bundle import resolve
+    from sfumato.core.cli import main
+
+    bundle = resolve(None)
+    assert "motion_adapter" in bundle.components
+    training = bundle.manifest["motion_training"]
+    assert training["validation_loss"]["temporal"] < 0.9 * training["validation_loss"]["image_model"]
+    assert main(["video", "red brick wall", "-o", str(tmp_path / "v.gif"), "--frames", "4", "--resolution", "64",
+                 "--steps", "2", "--seed", "1"]) == 0
+    assert "temporal on" in capsys.readouterr().out
+    side = json.loads((tmp_path / "v.gif.json").read_text())
+    assert side["temporal"] and side["motion"] == "materials/motion_adapter" and side["window"] == 8

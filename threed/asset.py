@@ -61,6 +61,7 @@ class AssetRequest:
     samples: int = 48  # stratified samples per ray
     mesh_resolution: int = 64  # extraction grid cells per axis
     mesh_level: float = 2.0  # density on the extracted surface
+    mesh_smooth: int = 1  # passes of a 3³ box filter over the density before extraction (0: none)
     colours: Literal["texture", "vertex"] = "vertex"  # vertex colours, or a baked UV texture (xatlas unwraps
     # the dense extracted mesh first: minutes at mesh_resolution 64)
     background: Literal["random", "learned"] = "random"  # random: a new solid colour each iteration, so the
@@ -101,6 +102,7 @@ class AssetRequest:
               "an integer 16..256 (grid cells per axis)")
         check("mesh_level", number(self.mesh_level) and self.mesh_level > 0, "a positive density")
         check("colours", self.colours in COLOURS, " or ".join(COLOURS))
+        check("mesh_smooth", integer(self.mesh_smooth) and 0 <= self.mesh_smooth <= 8, "an integer 0..8")
         check("background", self.background in ("random", "learned"), "random or learned")
         check("texture_size", integer(self.texture_size) and 64 <= self.texture_size <= 4096, "an integer 64..4096")
         check("size", number(self.size) and 0 < self.size <= 1000, "a positive number of metres (at most 1000)")
@@ -364,12 +366,14 @@ def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetSte
     with torch.no_grad():
         extracted = extract(field.density, lambda x: field.query(x)[1], st.field.bound,
                             ExtractConfig(resolution=req.mesh_resolution, level=req.mesh_level, colours=req.colours,
+                                          smooth=req.mesh_smooth,
                                           texture_size=req.texture_size, size=req.size))
         preview = preview_views(field, max(req.resolution, 128))
     meta = {"prompt": req.prompt, "negative": req.negative, "negative_weight": req.negative_weight, "seed": seed, "bundle": models.bundle.name,
             "bundle_hash": models.bundle.identity(), "guidance": req.guidance, "iters": req.iters,
             "resolution": req.resolution, "lr": req.lr, "render": req.render, "view_prompts": req.view_prompts,
             "samples": req.samples, "mesh_resolution": req.mesh_resolution, "mesh_level": req.mesh_level,
+            "mesh_smooth": req.mesh_smooth,
             "colours": req.colours, "background": req.background, "size_m": req.size,
             "t_range": [st.sds.t_min, st.sds.t_max, st.sds.t_max_end],
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),

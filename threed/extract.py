@@ -39,6 +39,8 @@ class ExtractConfig:
     resolution: int = 64  # grid cells per axis
     level: float = 2.0  # the density σ on the surface
     min_component: float = 0.05  # drop connected pieces with less than this share of the faces
+    smooth: int = 1  # passes of a 3×3×3 box filter over the density grid first: an SDS field's noise would
+    # otherwise make a porous surface of hundreds of thousands of faces
     colours: Literal["texture", "vertex"] = "texture"
     texture_size: int = 512  # px, colours="texture"
     size: float = 1.0  # metres: the largest side of the result
@@ -216,6 +218,9 @@ def extract(density: Callable[[torch.Tensor], torch.Tensor], albedo: Callable[[t
         level = 0.5 * peak
         warnings.append(f"the field never reaches density {cfg.level} (its peak is {peak:.3g}): extracted the "
                         f"surface at half its peak, {level:.3g}; the object is faint, train longer or lower lr")
+    for _ in range(cfg.smooth):
+        values = torch.nn.functional.avg_pool3d(values[None, None], 3, stride=1, padding=1,
+                                                count_include_pad=False)[0, 0]
     vertices, faces = marching_tetrahedra(fill_cavities(values, level), level, origin, step)
     if faces.shape[0] == 0:
         raise SfumatoError(f"the field has no surface at density {cfg.level} (its density ranges "
