@@ -56,22 +56,12 @@ def prepare(context, s: request.AssetSettings, *, seed: int | None = None, folde
 def run(config: engine.EngineConfig, job: Prepared, *, on_event=None) -> Asset:
     """Blocking (background mode, scripts): run the job and import the asset. Raises ``engine.EngineError``
     when the job fails, ``scene_io.SceneProblem`` when the GLB cannot be imported."""
-    state = engine.JobState(tag="asset", context={**job.context, "params": job.params},
-                            title=job.context["settings"]["prompt"][:40])
-    if not runtime.busy():  # the panel keeps showing a job it started itself
-        runtime.CURRENT = state
-    state.result = runtime.SESSION.run(config, state, "asset", job.params, job.output, on_event=on_event)
-    return finish(state)
+    return finish(runtime.run_job(config, "asset", job, job.context["settings"]["prompt"][:40], on_event=on_event))
 
 
 def start(config: engine.EngineConfig, job: Prepared) -> engine.JobState:
     """Interactive: start the job; ``runtime`` calls ``finish`` when its result arrives."""
-    state = engine.JobState(tag="asset", context={**job.context, "params": job.params},
-                            title=job.context["settings"]["prompt"][:40])
-    runtime.CURRENT, runtime.LAST_MESSAGE = state, None
-    runtime.track(state)
-    runtime.SESSION.start(config, state, "asset", job.params, job.output, preview_every=1)
-    return state
+    return runtime.start_job(config, "asset", job, job.context["settings"]["prompt"][:40])
 
 
 # ---- 4. the result in the scene -----------------------------------------------------------------------------

@@ -124,6 +124,15 @@ def _asset_reason(s: request.AssetSettings) -> str:
     return str(found[0]) if found else ""
 
 
+def _overlay(op, s, names: tuple[str, ...]):
+    """The panel's settings ``s`` with the operator properties among ``names`` that this call set; a seed
+    set here is used as given (not randomised)."""
+    changes = {name: getattr(op, name) for name in names if op.properties.is_property_set(name)}
+    if "seed" in changes:
+        changes["random_seed"] = False
+    return s.replace(**changes)
+
+
 def _print_progress(state: engine.JobState, event: dict) -> None:
     if event.get("event") != "progress" or event.get("step") != event.get("total") or not event.get("total"):
         return
@@ -171,13 +180,8 @@ class SFUMATO_OT_texture(bpy.types.Operator):
 
     def settings(self, context) -> request.TextureSettings:
         """The panel's settings with the properties this call set."""
-        s = props.texture_settings_from(context.scene.sfumato)
-        changes = {name: getattr(self, name) for name in ("prompt", "mode", "views", "resolution", "texture_size",
-                                                          "tile_size", "seed", "steps")
-                   if self.properties.is_property_set(name)}
-        if "seed" in changes:
-            changes["random_seed"] = False
-        return s.replace(**changes)
+        return _overlay(self, props.texture_settings_from(context.scene.sfumato),
+                        ("prompt", "mode", "views", "resolution", "texture_size", "tile_size", "seed", "steps"))
 
     def execute(self, context):
         objects = texturing.selected_meshes(context)
@@ -264,13 +268,9 @@ class SFUMATO_OT_turntable(bpy.types.Operator):
 
     def settings(self, context) -> request.TurntableSettings:
         """The panel's settings with the properties this call set."""
-        s = props.turntable_settings_from(context.scene.sfumato)
-        changes = {name: getattr(self, name) for name in ("prompt", "frames", "fps", "resolution", "elevation",
-                                                          "temporal", "conditioning", "format", "seed", "steps")
-                   if self.properties.is_property_set(name)}
-        if "seed" in changes:
-            changes["random_seed"] = False
-        return s.replace(**changes)
+        return _overlay(self, props.turntable_settings_from(context.scene.sfumato),
+                        ("prompt", "frames", "fps", "resolution", "elevation", "temporal", "conditioning",
+                         "format", "seed", "steps"))
 
     def execute(self, context):
         obj = turntable.target(context)
@@ -329,12 +329,8 @@ class SFUMATO_OT_asset(bpy.types.Operator):
 
     def settings(self, context) -> request.AssetSettings:
         """The panel's settings with the properties this call set."""
-        s = props.asset_settings_from(context.scene.sfumato)
-        changes = {name: getattr(self, name) for name in ("prompt", "iters", "resolution", "guidance", "seed")
-                   if self.properties.is_property_set(name)}
-        if "seed" in changes:
-            changes["random_seed"] = False
-        return s.replace(**changes)
+        return _overlay(self, props.asset_settings_from(context.scene.sfumato),
+                        ("prompt", "iters", "resolution", "guidance", "seed"))
 
     def execute(self, context):
         try:

@@ -106,10 +106,22 @@ def problems(s: ImageSettings) -> list[BadSetting]:
 
 
 def validate(s: ImageSettings) -> ImageSettings:
-    found = problems(s)
+    return _first_problem(problems(s), s)
+
+
+def _first_problem(found: list[BadSetting], s):
+    """``s`` when ``found`` is empty, else raise its first problem (the one the UI shows)."""
     if found:
-        raise BadSetting(found[0].field, found[0].value, found[0].allowed)
+        raise found[0]
     return s
+
+
+def _with_bundle(params: dict[str, Any], s: _Settings, default_bundle: str) -> dict[str, Any]:
+    """``params`` plus the job's bundle (the settings', else the preference's default; none: the engine's)."""
+    bundle = s.bundle or default_bundle
+    if bundle:
+        params["bundle"] = bundle
+    return params
 
 
 def pick_seed(s: ImageSettings, rng: random.Random | None = None) -> int:
@@ -129,9 +141,7 @@ def image_params(s: ImageSettings, *, seed: int, default_bundle: str = DEFAULT_B
         "guidance": float(s.guidance), "scheduler": s.scheduler, "width": s.width, "height": s.height,
         "seamless": s.seamless, "n": n,
     }
-    bundle = s.bundle or default_bundle
-    if bundle:
-        params["bundle"] = bundle
+    _with_bundle(params, s, default_bundle)
     if s.mode == "depth":
         params.update(depth_image=depth_image, control_scale=float(s.control_scale))
     elif s.mode == "restyle":
@@ -197,10 +207,7 @@ def texture_problems(s: TextureSettings) -> list[BadSetting]:
 
 
 def validate_texture(s: TextureSettings) -> TextureSettings:
-    found = texture_problems(s)
-    if found:
-        raise BadSetting(found[0].field, found[0].value, found[0].allowed)
-    return s
+    return _first_problem(texture_problems(s), s)
 
 
 def texture_params(s: TextureSettings, *, mesh: str, seed: int, default_bundle: str = DEFAULT_BUNDLE
@@ -216,10 +223,7 @@ def texture_params(s: TextureSettings, *, mesh: str, seed: int, default_bundle: 
     }
     if s.resolution:
         params["resolution"] = s.resolution
-    bundle = s.bundle or default_bundle
-    if bundle:
-        params["bundle"] = bundle
-    return params
+    return _with_bundle(params, s, default_bundle)
 
 
 def _named(head: str, name: str) -> str:
@@ -319,10 +323,7 @@ def turntable_problems(s: TurntableSettings) -> list[BadSetting]:
 
 
 def validate_turntable(s: TurntableSettings) -> TurntableSettings:
-    found = turntable_problems(s)
-    if found:
-        raise BadSetting(found[0].field, found[0].value, found[0].allowed)
-    return s
+    return _first_problem(turntable_problems(s), s)
 
 
 def turntable_params(s: TurntableSettings, *, mesh: str, seed: int, default_bundle: str = DEFAULT_BUNDLE
@@ -345,10 +346,7 @@ def turntable_params(s: TurntableSettings, *, mesh: str, seed: int, default_bund
         params["window"] = s.window
     if s.motion:
         params["motion"] = s.motion
-    bundle = s.bundle or default_bundle
-    if bundle:
-        params["bundle"] = bundle
-    return params
+    return _with_bundle(params, s, default_bundle)
 
 
 def clip_name(object_name: str) -> str:
@@ -400,10 +398,7 @@ def asset_problems(s: AssetSettings) -> list[BadSetting]:
 
 
 def validate_asset(s: AssetSettings) -> AssetSettings:
-    found = asset_problems(s)
-    if found:
-        raise BadSetting(found[0].field, found[0].value, found[0].allowed)
-    return s
+    return _first_problem(asset_problems(s), s)
 
 
 def asset_params(s: AssetSettings, *, seed: int, default_bundle: str = DEFAULT_BUNDLE) -> dict[str, Any]:
@@ -411,10 +406,7 @@ def asset_params(s: AssetSettings, *, seed: int, default_bundle: str = DEFAULT_B
     validate_asset(s)
     params: dict[str, Any] = {"prompt": s.prompt, "negative": s.negative, "iters": s.iters,
                               "resolution": s.resolution, "seed": int(seed), "guidance": float(s.guidance)}
-    bundle = s.bundle or default_bundle
-    if bundle:
-        params["bundle"] = bundle
-    return params
+    return _with_bundle(params, s, default_bundle)
 
 
 # ---- names and files -------------------------------------------------------------------------------

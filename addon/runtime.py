@@ -160,6 +160,27 @@ def track(state: engine.JobState) -> engine.JobState:
     return state
 
 
+def run_job(config: engine.EngineConfig, kind: str, job: Any, title: str, on_event=None) -> engine.JobState:
+    """Blocking: run one head's ``job`` (``imaging.Prepared``) to its result; the panel shows it unless
+    it is already following a job it started itself."""
+    global CURRENT
+    state = engine.JobState(tag=kind, context={**job.context, "params": job.params}, title=title)
+    if not busy():
+        CURRENT = state
+    state.result = SESSION.run(config, state, kind, job.params, job.output, on_event=on_event)
+    return state
+
+
+def start_job(config: engine.EngineConfig, kind: str, job: Any, title: str) -> engine.JobState:
+    """Interactive: start one head's ``job``, shown in the panel; ``tick`` applies its result."""
+    global CURRENT, LAST_MESSAGE
+    state = engine.JobState(tag=kind, context={**job.context, "params": job.params}, title=title)
+    CURRENT, LAST_MESSAGE = state, None
+    track(state)
+    SESSION.start(config, state, kind, job.params, job.output, preview_every=1)
+    return state
+
+
 def ensure_timer() -> None:
     if not bpy.app.timers.is_registered(tick):
         bpy.app.timers.register(tick, first_interval=INTERVAL, persistent=True)

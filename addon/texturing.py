@@ -174,12 +174,7 @@ def run(config: engine.EngineConfig, job: Prepared, *, index: int = 0, count: in
         on_event=None) -> Textured:
     """Blocking (background mode, scripts): run one object's job and apply it. Raises ``engine.EngineError``
     when the job fails, ``scene_io.SceneProblem`` when its object went away."""
-    state = engine.JobState(tag="texture", context={**job.context, "params": job.params},
-                            title=_title(job, index + 1, count))
-    if not runtime.busy():  # the panel keeps showing a job it started itself
-        runtime.CURRENT = state
-    state.result = runtime.SESSION.run(config, state, "texture", job.params, job.output, on_event=on_event)
-    return finish(state)
+    return finish(runtime.run_job(config, "texture", job, _title(job, index + 1, count), on_event=on_event))
 
 
 def start(config: engine.EngineConfig, jobs: list[Prepared]) -> engine.JobState:

@@ -92,22 +92,12 @@ def prepare(context, obj: bpy.types.Object, s: request.TurntableSettings, *, see
 def run(config: engine.EngineConfig, job: Prepared, *, on_event=None) -> Turntable:
     """Blocking (background mode, scripts): run the job and load the video. Raises ``engine.EngineError``
     when the job fails."""
-    state = engine.JobState(tag="turntable", context={**job.context, "params": job.params},
-                            title=job.context["object"])
-    if not runtime.busy():  # the panel keeps showing a job it started itself
-        runtime.CURRENT = state
-    state.result = runtime.SESSION.run(config, state, "turntable", job.params, job.output, on_event=on_event)
-    return finish(state)
+    return finish(runtime.run_job(config, "turntable", job, job.context["object"], on_event=on_event))
 
 
 def start(config: engine.EngineConfig, job: Prepared) -> engine.JobState:
     """Interactive: start the job; ``runtime`` calls ``finish`` when its result arrives."""
-    state = engine.JobState(tag="turntable", context={**job.context, "params": job.params},
-                            title=job.context["object"])
-    runtime.CURRENT, runtime.LAST_MESSAGE = state, None
-    runtime.track(state)
-    runtime.SESSION.start(config, state, "turntable", job.params, job.output, preview_every=1)
-    return state
+    return runtime.start_job(config, "turntable", job, job.context["object"])
 
 
 # ---- 5. the result as a movie clip ------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def _run_job(kind: str, params: dict[str, Any], output: Path, ctx: Any, resumabl
 
 
 def _texture(args: argparse.Namespace) -> int:
-    from .jobs import JOB_KINDS, JobContext
+    from .jobs import JobContext
     from .loading import ModelCache
 
     params = {
@@ -176,7 +176,7 @@ def _texture(args: argparse.Namespace) -> int:
 
 
 def _asset(args: argparse.Namespace) -> int:
-    from .jobs import JOB_KINDS, JobContext
+    from .jobs import JobContext
     from .loading import ModelCache
 
     params = {

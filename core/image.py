@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,9 +72,7 @@ class ImageRequest:
         return cls(**checked_fields(cls, data, {"prompt": "a text prompt is required"}))
 
     def validate(self) -> "ImageRequest":
-        def check(name: str, ok: bool, allowed: str) -> None:
-            if not ok:
-                raise BadParameter(name, getattr(self, name), allowed)
+        check = field_check(self)
 
         check("prompt", isinstance(self.prompt, str), "a string")
         check("bundle", self.bundle is None or isinstance(self.bundle, str), "a bundle name or folder, or none")
@@ -131,6 +130,26 @@ def checked_fields(cls, data: dict[str, Any], required: dict[str, str]) -> dict[
         if name not in data:
             raise BadParameter(name, None, allowed)
     return dict(data)
+
+
+def field_check(request: Any) -> Callable[[str, bool, str], None]:
+    """``check(name, ok, allowed)``: unless ``ok``, a ``BadParameter`` naming ``request``'s field ``name``,
+    its value and what is allowed. Every head's ``validate`` uses it."""
+    def check(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            raise BadParameter(name, getattr(request, name), allowed)
+
+    return check
+
+
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_integer(v: Any) -> bool:
+    """An int (not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass

@@ -101,7 +101,7 @@ def test_img2img_turntable_keeps_the_background_and_paints_the_mesh(sd15_models)
 
 def test_surface_noise_follows_the_surface():
     """The same surface cell gets the same noise in every frame; cells are about one pixel wide."""
-    from sfumato.video.turntable import orbit_cameras, surface_cells, surface_noise, surface_sync
+    from sfumato.video.turntable import orbit_cameras, surface_cells, surface_groups, surface_noise, surface_sync
 
     mesh = _box().normalised()
     cams = orbit_cameras(mesh, 8)
@@ -121,8 +121,9 @@ def test_surface_noise_follows_the_surface():
     assert abs(float(values.mean())) < 0.1 and 0.8 < float(values.std()) < 1.2
     # sync: amount 1 gives every pixel of a cell the cell's mean, amount 0 changes nothing
     x = torch.randn(8, 4, 32, 32)
-    assert torch.equal(surface_sync(x, cells, 0.0), x)
-    y = surface_sync(x, cells, 1.0)
+    groups = surface_groups(cells)
+    assert torch.equal(surface_sync(x, groups, 0.0), x)
+    y = surface_sync(x, groups, 1.0)
     ya, yb = y[0].permute(1, 2, 0)[cells[0] == key], y[1].permute(1, 2, 0)[cells[1] == key]
     assert torch.allclose(ya[0], yb[0]) and torch.equal(y[(cells < 0)[:, None].expand_as(y)], x[(cells < 0)[:, None].expand_as(x)])
 

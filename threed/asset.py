@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..core.errors import BadParameter, Cancelled, SfumatoError
-from ..core.image import MAX_SEED, checked_fields
+from ..core.image import MAX_SEED, checked_fields, field_check, is_integer, is_number
 from ..core.loading import Models
 from .cameras import orbit, view_prompt
 from .extract import ExtractConfig, Extracted, extract
@@ -77,12 +77,7 @@ class AssetRequest:
         return cls(**checked_fields(cls, data, {"prompt": "a text prompt is required"}))
 
     def validate(self) -> "AssetRequest":
-        def check(name: str, ok: bool, allowed: str) -> None:
-            if not ok:
-                raise BadParameter(name, getattr(self, name), allowed)
-
-        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-        integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        check, number, integer = field_check(self), is_number, is_integer
         check("prompt", isinstance(self.prompt, str) and bool(self.prompt.strip()), "a non-empty text prompt")
         check("negative", isinstance(self.negative, str), "a string")
         check("iters", integer(self.iters) and 1 <= self.iters <= 100_000, "an integer 1..100000")

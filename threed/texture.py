@@ -46,7 +46,7 @@ from ..core import latents as latent_space
 from ..core import text
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
 from ..core.errors import BadParameter
-from ..core.image import MAX_SEED, ImageRequest, checked_fields, generate, native_size
+from ..core.image import MAX_SEED, ImageRequest, checked_fields, field_check, generate, native_size
 from ..core.loading import Models
 from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
@@ -100,9 +100,7 @@ class TextureRequest:
         return cls(**data)
 
     def validate(self) -> "TextureRequest":
-        def check_(name: str, ok: bool, allowed: str) -> None:
-            if not ok:
-                raise BadParameter(name, getattr(self, name), allowed)
+        check_ = field_check(self)
 
         check_("mesh", isinstance(self.mesh, str) and bool(self.mesh), "a path to a .glb, .gltf, .obj or .ply file")
         check_("prompt", isinstance(self.prompt, str) and bool(self.prompt.strip()), "a non-empty text prompt")

@@ -38,8 +38,8 @@ from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
 from ..core.schedulers import make_scheduler, takes_generator
 from ..threed.mesh import Mesh
-from .turntable import (circular_windows, loop_noise, orbit_cameras, orbit_views, surface_cells, surface_noise,
-                        surface_sync, windowed)
+from .turntable import (circular_windows, loop_noise, orbit_cameras, orbit_views, surface_cells, surface_groups,
+                        surface_noise, surface_sync, windowed)
 
 
 def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None = None, motion=None,
@@ -95,9 +95,10 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
     sched = make_scheduler(scheduler, models.scheduler_config, beta_schedule=beta_schedule)
     channels = models.unet.config.in_channels
     noise = loop_noise(frames, (channels, size // f, size // f), g)
-    cells = surface_cells(norm, cameras, size // f).to(models.device) if mesh is not None else None
+    cells = surface_cells(norm, cameras, size // f) if mesh is not None and (anchored_noise or sync > 0) else None
     if anchored_noise and cells is not None:  # the mesh's pixels start from noise fixed on its surface
-        noise = torch.where((cells >= 0)[:, None].cpu(), surface_noise(cells.cpu(), channels, g), noise)
+        noise = torch.where((cells >= 0)[:, None], surface_noise(cells, channels, g), noise)
+    groups = surface_groups(cells.to(models.device)) if cells is not None and sync > 0 else None
     img2img = shading is not None and depth is None
     keep = encoded = None
     if img2img:  # image-to-image from each frame's shading
@@ -112,8 +113,8 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
         x = (noise * sched.init_noise_sigma).to(models.device, models.dtype)
 
     def post_step(i: int, x: torch.Tensor) -> torch.Tensor:
-        if cells is not None and sync > 0 and i + 1 < sync_until * len(timesteps):
-            x = surface_sync(x, cells, sync)  # frames agree on the latents of the surface they share
+        if groups is not None and i + 1 < sync_until * len(timesteps):
+            x = surface_sync(x, groups, sync)  # frames agree on the latents of the surface they share
         if keep is not None:
             # the background stays the shading's grey: after every step it is put back, noised to the
             # next step's level (inpainting's rule), so only the mesh's pixels are generated

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import BadParameter
-from ..core.image import MAX_SEED, checked_fields
+from ..core.image import MAX_SEED, checked_fields, field_check, is_integer, is_number
 from ..core.jobs import JobContext, check_writable
 from ..core.schedulers import DEFAULT_SCHEDULER, names
 from .turntable import MAX_FRAMES
@@ -55,15 +55,7 @@ class VideoRequest:
         return cls(**checked_fields(cls, data, {"prompt": "a text prompt is required"}))
 
     def validate(self) -> "VideoRequest":
-        def check(name: str, ok: bool, allowed: str) -> None:
-            if not ok:
-                raise BadParameter(name, getattr(self, name), allowed)
-
-        def number(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        def integer(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
+        check, number, integer = field_check(self), is_number, is_integer
 
         check("prompt", isinstance(self.prompt, str) and bool(self.prompt.strip()), "a non-empty text prompt")
         check("mesh", self.mesh is None or (isinstance(self.mesh, str) and bool(self.mesh)),

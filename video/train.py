@@ -191,7 +191,7 @@ class MotionTrainer:
     def run(self) -> dict[str, Any]:
         from diffusers import DDPMScheduler
 
-        from ..core.train.bundle_train import _load_state, _save_state
+        from ..core.train.bundle_train import _load_state, _save_state, ema_update
 
         cfg = self.cfg
         self.sched = DDPMScheduler.from_config(self.models.scheduler_config)
@@ -235,10 +235,7 @@ class MotionTrainer:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
             step += 1
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pl in zip(self.ema.parameters(), params):
-                    pe.lerp_(pl, 1 - decay)
+            ema_update(list(self.ema.parameters()), params, step, cfg.ema_decay)
             if step % 25 == 0:
                 rate = (time.time() - t0) / 25
                 t0 = time.time()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -128,8 +129,6 @@ def surface_cells(mesh: Mesh, cameras: Cameras, size: int) -> torch.Tensor:
 
     Space is cut into cubes about one pixel wide at the orbit's distance; a cube is named by a hash of
     its integer coordinates. Pixels of different frames with the same cell see the same bit of surface."""
-    from ..threed.raster import rasterize
-
     frags = rasterize(cameras, mesh.vertices, mesh.faces, size)
     points = frags.interpolate(mesh.vertices, mesh.faces)
     distance = float((cameras.positions - mesh.center).norm(dim=-1).mean())
@@ -152,18 +151,33 @@ def surface_noise(cells: torch.Tensor, channels: int, generator: torch.Generator
     return (noise * (cells >= 0)[:, None]).contiguous()
 
 
-def surface_sync(x: torch.Tensor, cells: torch.Tensor, amount: float) -> torch.Tensor:
+@dataclass(frozen=True)
+class SurfaceGroups:
+    """Which latent pixels see the same surface cell, worked out once per video for ``surface_sync``."""
+
+    mask: torch.Tensor  # (N, h, w) bool: pixels on the mesh
+    inverse: torch.Tensor  # (M,) each masked pixel's group
+    count: torch.Tensor  # (G,) pixels per group, float
+
+
+def surface_groups(cells: torch.Tensor) -> SurfaceGroups:
+    mask = cells >= 0
+    _, inverse = torch.unique(cells[mask], return_inverse=True)
+    count = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, device=cells.device)
+    return SurfaceGroups(mask, inverse, count.index_add_(0, inverse, torch.ones_like(inverse, dtype=torch.float32)))
+
+
+def surface_sync(x: torch.Tensor, groups: SurfaceGroups, amount: float) -> torch.Tensor:
     """Pull the latents of every surface cell toward their mean over all the frames that see it.
 
-    ``x`` (N, C, h, w), ``cells`` from ``surface_cells`` at the latents' size; ``amount`` 0 keeps ``x``,
-    1 gives every pixel its cell's mean (the frames then agree wherever they see the same surface)."""
-    if amount <= 0:
+    ``x`` (N, C, h, w), ``groups`` from ``surface_groups(surface_cells(...))`` at the latents' size;
+    ``amount`` 0 keeps ``x``, 1 gives every pixel its cell's mean (the frames then agree wherever they see
+    the same surface)."""
+    if amount <= 0 or not groups.inverse.numel():
         return x
-    mask = cells >= 0
-    flat = x.permute(0, 2, 3, 1)[mask].float()  # (M, C)
-    _, inverse = torch.unique(cells[mask], return_inverse=True)
-    count = torch.zeros(int(inverse.max()) + 1, device=x.device).index_add_(0, inverse, torch.ones_like(inverse, dtype=torch.float32))
-    mean = torch.zeros(len(count), x.shape[1], device=x.device).index_add_(0, inverse, flat) / count[:, None]
+    flat = x.permute(0, 2, 3, 1)[groups.mask].float()  # (M, C)
+    mean = torch.zeros(len(groups.count), x.shape[1], device=x.device).index_add_(0, groups.inverse, flat)
+    mean /= groups.count[:, None]
     out = x.permute(0, 2, 3, 1).clone()
-    out[mask] = ((1 - amount) * flat + amount * mean[inverse]).to(x.dtype)
+    out[groups.mask] = ((1 - amount) * flat + amount * mean[groups.inverse]).to(x.dtype)
     return out.permute(0, 3, 1, 2).contiguous()

@@ -112,6 +112,14 @@ def _load_state(path: Path, modules: dict[str, torch.nn.Module], optim: torch.op
     return json.loads(path.with_suffix(".json").read_text())
 
 
+@torch.no_grad()
+def ema_update(ema: list[torch.Tensor], live: list[torch.Tensor], step: int, decay: float) -> None:
+    """Move the EMA weights toward the live ones; the decay ramps up over the first steps (warm-up)."""
+    rate = 1 - min(decay, (1 + step) / (10 + step))
+    for pe, pl in zip(ema, live, strict=True):
+        pe.lerp_(pl, rate)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, work: Path, out: Path, log: Log = print):
         self.cfg, self.work, self.out, self.log = cfg, Path(work), Path(out), log
@@ -319,11 +327,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text.parameters()], 1.0)
             optim.step()
             step += 1
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for ema, live in ((ema_unet, unet), (ema_text, text)):
-                    for pe, pl in zip(ema.parameters(), live.parameters()):
-                        pe.lerp_(pl, 1 - decay)
+            ema_update([*ema_unet.parameters(), *ema_text.parameters()], [*unet.parameters(), *text.parameters()],
+                       step, cfg.ema_decay)
             if step % 50 == 0:
                 rate = (time.time() - t0) / 50
                 t0 = time.time()
