@@ -2,6 +2,8 @@
 
     python benchmarks/bundle_quality.py                  # 48 prompts × 4 seeds, both prompt sets
     python benchmarks/bundle_quality.py --quick          # a few prompts, for a smoke run
+    python benchmarks/bundle_quality.py --fast off       # the float32 path (default auto: bfloat16 U-Net
+                                                         # on a CPU that does bfloat16 natively)
 
 For each prompt set — ``train`` (the caption templates the bundle was trained with), ``reworded`` (sentence
 templates never used in training, with the training words) and ``paraphrase`` (held-out templates *and*
@@ -26,13 +28,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def evaluate(models, judge, prompts: list[dict], seeds: int, size: int, steps: int, log=print) -> dict:
+def evaluate(models, judge, prompts: list[dict], seeds: int, size: int, steps: int, log=print,
+             fast: str = "auto") -> dict:
     from sfumato.core.image import ImageRequest, generate
 
     families, colours, wrong = [], [], collections.Counter()
     for k, p in enumerate(prompts):
         images = generate(ImageRequest(prompt=p["prompt"], seed=1000 + 17 * k, n=seeds, batch_size=seeds,
-                                       steps=steps, width=size, height=size, seamless="xy"), models)
+                                       steps=steps, width=size, height=size, seamless="xy", fast=fast), models)
         fam, col = judge.predict(np.stack([np.asarray(g.image) for g in images]))
         families += [f == p["family"] for f in fam]
         colours += [c == p["colour"] for c in col]
@@ -64,6 +67,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--judge", default=None, help="judge weights (fitted and cached here on first use)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--fast", default="auto", choices=["auto", "off"], help="the fast path (see core/fast.py)")
     p.add_argument("--sets", default="train,reworded,paraphrase",
                    help="prompt sets: train (training templates), reworded (held-out templates, training words), "
                    "paraphrase (held-out templates and held-out synonyms)")
@@ -78,14 +82,18 @@ def main() -> None:
     own_material, own_colour = judges.self_check(judge)
     bundle = resolve(args.bundle)
     models = load_models(bundle, torch.device("cpu"), torch.float32)
-    print(f"bundle {bundle.name} ({bundle.identity()}) · judged at {args.size}² · {args.steps} steps · seamless xy")
+    from sfumato.core.denoiser import Denoiser
+
+    precision = "bfloat16 U-Net" if Denoiser(models, fast=args.fast).cpu_bf16 else "float32"
+    print(f"bundle {bundle.name} ({bundle.identity()}) · judged at {args.size}² · {args.steps} steps · seamless xy"
+          f" · fast {args.fast} ({precision})")
     print(f"judges on fresh procedural samples: material {own_material:.1%}, colour {own_colour:.1%}")
 
     rows = []
     for style in args.sets.split(","):
         prompts = materials.prompt_set(style, args.per_family, seed=11)
         print(f"{style}: {len(prompts)} prompts × {args.seeds} seeds, e.g. {prompts[0]['prompt']!r}")
-        rows.append((style, evaluate(models, judge, prompts, args.seeds, args.size, args.steps)))
+        rows.append((style, evaluate(models, judge, prompts, args.seeds, args.size, args.steps, fast=args.fast)))
 
     chance_material = 1 / len(materials.FAMILIES)
     chance_colour = float(np.mean([1 / len(s.colours) for s in materials.FAMILIES.values()]))
@@ -96,7 +104,8 @@ def main() -> None:
     for style, r in rows:
         print(f"most frequent mistakes ({style}): " + "; ".join(f"{k} ×{v}" for k, v in r["wrong"]))
 
-    req = ImageRequest(prompt="red brick wall, running bond", seed=1, width=256, height=256, seamless="xy")
+    req = ImageRequest(prompt="red brick wall, running bond", seed=1, width=256, height=256, seamless="xy",
+                       fast=args.fast)
     generate(req, models)  # warm-up
     start = time.perf_counter()
     generate(req, models)

@@ -4,14 +4,17 @@
     python benchmarks/speed.py --arch sd15          # GPU: random-weight SD1.5 architecture, 512², 20 steps
     python benchmarks/speed.py --arch sdxl          # GPU: random-weight SDXL architecture, 1024², 20 steps
     python benchmarks/speed.py --arch sd15 --profile auto   # where one image's time goes (any device)
+    python benchmarks/speed.py --cpu-knobs          # CPU: plus threads, memory format, bfloat16 (--cpu-compile)
+    python benchmarks/speed.py --arch sd15 --size 256 --unet-only   # CPU: the U-Net call rows for SD1.5
 
 Rows: ``diffusers`` (StableDiffusionPipeline / StableDiffusionXLPipeline on the same modules), ``plain``
-(our loop, ``fast="off"``), ``fast`` (our loop, CUDA graphs; on the CPU the same as plain). Columns:
+(our loop, ``fast="off"``), ``fast`` (our loop, CUDA graphs; on a CPU with native bfloat16 a bfloat16 U-Net
+for U-Nets of 5 M parameters and more, else the same as plain). Columns:
 seconds per image (median of ``--repeat`` after a warm-up), images per second for a batch of 4
 variations, first-image latency of a fresh process-like state (graphs dropped first, so capture is
 included), peak GPU memory, and the largest pixel difference to the plain path. Speed does not depend on
-the weights, so random weights measure real architectures. ``--cpu-knobs`` adds what threads and
-channels-last memory format do on the CPU.
+the weights, so random weights measure real architectures. ``--cpu-knobs`` adds what threads,
+channels-last memory format and bfloat16 do on the CPU (``--cpu-compile``: and torch.compile).
 """
 
 from __future__ import annotations
@@ -178,27 +181,82 @@ def profile(models, size: int, steps: int, guidance: float, fast: str, repeat: i
     print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=48))
 
 
-def cpu_knobs(models, size: int, steps: int, repeat: int) -> None:
-    """Threads and memory format on the CPU, for the bundle's U-Net alone and for a whole image."""
+def cpu_knobs(models, size: int, steps: int, repeat: int, compile: bool = False, unet_only: bool = False) -> None:
+    """What threads, memory format and bfloat16 do on the CPU: for a whole image (plain float32 contiguous,
+    float32 channels-last, and the fast path: bfloat16 U-Net) and for the guided U-Net call alone;
+    ``compile``: also ``torch.compile`` of that call, float32 and under bfloat16 autocast (minutes)."""
+    import copy
+
+    from sfumato.core import fast as fastpath
     from sfumato.core.image import ImageRequest, generate
 
-    def image():
+    def image(fast: str):
         return generate(ImageRequest(prompt="red brick wall", seed=1, steps=steps, width=size, height=size,
-                                     fast="off"), models)
+                                     fast=fast), models)[0].image
 
-    print(f"\nCPU knobs, {size}² image, {steps} steps (median of {repeat})")
+    def formats(mf) -> None:
+        models.unet.to(memory_format=mf)
+        models.vae.to(memory_format=mf)
+
+    print(f"\nCPU knobs, {size}² image, {steps} steps (median of {repeat}); bfloat16 probe: "
+          f"{'on' if fastpath.cpu_bf16_helps() else 'off'} ({fastpath._cpu_bf16['speedup']:.1f}× on a conv + linear)")
     threads0 = torch.get_num_threads()
-    for threads in sorted({1, threads0}):
+    reference = None
+    for threads in sorted({1, threads0}) if not unet_only else []:
         torch.set_num_threads(threads)
-        for fmt in ("contiguous", "channels_last"):
-            mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-            models.unet.to(memory_format=mf)
-            models.vae.to(memory_format=mf)
-            t, _ = timed(image, repeat, models.device)
-            print(f"  threads {threads}  {fmt:14} {t:7.2f} s/image")
-    models.unet.to(memory_format=torch.contiguous_format)
-    models.vae.to(memory_format=torch.contiguous_format)
+        for label, mf, fast in (("float32 contiguous", torch.contiguous_format, "off"),
+                                ("float32 channels-last", torch.channels_last, "off"),
+                                ("fast path (auto)", torch.contiguous_format, "auto")):
+            formats(mf)
+            models.extras.pop("fast_prepared", None)
+            t, out = timed(lambda fast=fast: image(fast), repeat, models.device)
+            out = np.asarray(out, np.float32)
+            reference = out if reference is None else reference
+            diff = np.abs(out - reference)
+            print(f"  threads {threads}  {label:22} {t:7.2f} s/image   px diff vs first row: max {diff.max():3.0f}, "
+                  f"mean {diff.mean():.2f}")
+    formats(torch.contiguous_format)
+    models.extras.pop("fast_prepared", None)
+
+    # the guided U-Net call alone (batch 2: unconditional + conditional), all threads
     torch.set_num_threads(threads0)
+    unet = models.unet
+    f = models.vae_scale_factor
+    x = torch.randn(2, unet.config.in_channels, size // f, size // f)
+    t = torch.tensor(500)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim)
+
+    def call(module, bf16: bool, mf=torch.contiguous_format):
+        xi = x.contiguous(memory_format=mf)
+
+        def run():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return module(xi, t, encoder_hidden_states=text, return_dict=False)[0].float()
+        return run
+
+    cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+
+    def fast_path():  # what Denoiser runs on such a CPU: bfloat16 weight copies, channels-last, autocast
+        xi = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return fastpath.bf16_call(cl, xi, t, encoder_hidden_states=text, return_dict=False)[0].float()
+
+    rows = [("float32", call(unet, False)), ("bfloat16 autocast (weights cast every call)", call(unet, True)),
+            ("bfloat16 autocast, channels-last", call(cl, True, torch.channels_last)),
+            ("bfloat16 weight copies, channels-last (fast path)", fast_path)]
+    if compile:
+        for label, bf16 in (("float32, torch.compile", False), ("bfloat16 autocast, torch.compile", True)):
+            module = torch.compile(copy.deepcopy(unet), dynamic=False)
+            started = time.perf_counter()
+            call(module, bf16)()
+            rows.append((f"{label} (compiled in {time.perf_counter() - started:.0f} s)", call(module, bf16)))
+    print(f"  guided U-Net call alone, batch 2 at {size // f}² latents, {threads0} threads (median of {repeat * 3}):")
+    base, ref = None, None
+    for label, fn in rows:
+        sec, out = timed(fn, repeat * 3, models.device)
+        base, ref = base or sec, ref if ref is not None else out
+        rel = float((out - ref).abs().max() / ref.abs().max())
+        print(f"    {label:48} {sec * 1000:8.1f} ms  {base / sec:5.2f}×   max |diff| / max |out| {rel:.4f}")
 
 
 def main() -> None:
@@ -215,7 +273,10 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--cpu-knobs", action="store_true")
+    p.add_argument("--cpu-knobs", action="store_true", help="threads, memory format, bfloat16 on the CPU")
+    p.add_argument("--cpu-compile", action="store_true", help="with --cpu-knobs: torch.compile rows too (minutes)")
+    p.add_argument("--unet-only", action="store_true", help="CPU: only the guided U-Net call rows of --cpu-knobs "
+                   "(e.g. --arch sd15 --size 256, whose whole images take minutes on a CPU)")
     p.add_argument("--compile", action="store_true", help="add a row with fast='compile' (torch.compile too)")
     p.add_argument("--profile", default=None, choices=["off", "auto", "compile"],
                    help="instead of the table: where one image's time goes with this fast mode")
@@ -234,8 +295,11 @@ def main() -> None:
         if args.profile:
             profile(models, size, args.steps, args.guidance, args.profile, args.repeat)
             return
-        run(models, size, args.steps, args.guidance, args.repeat, f"random-weight {args.arch} at {size}²",
-            compile=args.compile)
+        if not args.unet_only:
+            run(models, size, args.steps, args.guidance, args.repeat, f"random-weight {args.arch} at {size}²",
+                compile=args.compile)
+        if (args.cpu_knobs or args.unet_only) and device.type == "cpu":
+            cpu_knobs(models, size, args.steps, args.repeat, compile=args.cpu_compile, unet_only=args.unet_only)
         return
     for name in ([args.bundle] if args.bundle else ["materials", None]):
         models = bundle_models(name, device, dtype)
@@ -243,9 +307,10 @@ def main() -> None:
         if args.profile:
             profile(models, size, args.steps, args.guidance, args.profile, args.repeat)
             continue
-        run(models, size, args.steps, args.guidance, args.repeat, f"bundle {models.bundle.name} at {size}²")
-        if args.cpu_knobs and device.type == "cpu":
-            cpu_knobs(models, size, args.steps, args.repeat)
+        if not args.unet_only:
+            run(models, size, args.steps, args.guidance, args.repeat, f"bundle {models.bundle.name} at {size}²")
+        if (args.cpu_knobs or args.unet_only) and device.type == "cpu":
+            cpu_knobs(models, size, args.steps, args.repeat, compile=args.cpu_compile, unet_only=args.unet_only)
 
 
 if __name__ == "__main__":

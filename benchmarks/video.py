@@ -59,6 +59,7 @@ def floor(mesh, cams, size: int) -> np.ndarray:
 
 def cpu(args) -> None:
     from sfumato.core.bundle import resolve
+    from sfumato.core.fast import cpu_bf16_helps
     from sfumato.core.loading import load_models
     from sfumato.video.adapter import load_motion_adapter
     from sfumato.video.consistency import detail, orbit_flow, seam_ratio, warping_errors
@@ -78,6 +79,9 @@ def cpu(args) -> None:
     }
     if not args.all_variants:
         variants = {k: v for k, v in variants.items() if k in ("temporal off", "temporal on")}
+    if args.compare_fast:  # the rows above run the default fast path; these the float32 models as loaded
+        variants["temporal off, fast off (float32)"] = (False, {"fast": "off"})
+        variants["temporal on, fast off (float32)"] = (True, {"fast": "off"})
     rows: dict[str, list] = {"floor (exact render)": [], **{label: [] for label in variants}}
     times: dict[str, list] = {label: [] for label in variants}
     details: dict[str, list] = {label: [] for label in rows}
@@ -109,7 +113,8 @@ def cpu(args) -> None:
                     frames[0].save(out / f"{name}_{k}_{label.replace(' ', '_')}.gif", save_all=True,
                                    append_images=frames[1:], loop=0, duration=83)
     print(f"\n{bundle.name} bundle · {len(meshes())} meshes × {args.prompts} prompts · {args.frames} frames at "
-          f"{args.resolution}² · {args.steps} steps · {args.threads} CPU threads · torch {torch.__version__}\n")
+          f"{args.resolution}² · {args.steps} steps · {args.threads} CPU threads · torch {torch.__version__} · fast path: "
+          f"{'bfloat16 U-Net' if cpu_bf16_helps() else 'float32 (this CPU has no fast bfloat16)'}\n")
     print("| frames | warping error (0..255) | seam ratio (median) | detail (mean gradient) | s/frame |")
     print("|---|---:|---:|---:|---:|")
     for label, errs in rows.items():
@@ -120,6 +125,12 @@ def cpu(args) -> None:
     off = np.mean([e.mean() for e in rows["temporal off"]])
     on = np.mean([e.mean() for e in rows["temporal on"]])
     pairs = [(a.mean(), b.mean()) for a, b in zip(rows["temporal off"], rows["temporal on"])]
+    if args.compare_fast:
+        for on_off in ("off", "on"):
+            fast, plain = f"temporal {on_off}", f"temporal {on_off}, fast off (float32)"
+            print(f"fast path, temporal {on_off}: {statistics.median(times[plain]) / statistics.median(times[fast]):.2f}× "
+                  f"per frame; warping error {np.mean([e.mean() for e in rows[fast]]):.2f} vs "
+                  f"{np.mean([e.mean() for e in rows[plain]]):.2f} in float32")
     if args.gif:
         side_by_side(models, bundle, meshes()["house"], PROMPTS[0], kw, Path(args.gif))
     print(f"\nframe attention lowers the warping error by {100 * (1 - on / off):.1f}% "
@@ -229,6 +240,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save", default=None, help="folder for the GIFs")
     ap.add_argument("--gif", default=None, help="also write a side-by-side GIF (off | on) of the house here")
+    ap.add_argument("--compare-fast", action="store_true",
+                    help="also the float32 rows (fast off) next to the default fast path (bfloat16 U-Net on a CPU "
+                    "that does bfloat16 natively)")
     ap.add_argument("--all-variants", action="store_true",
                     help="also per-frame without surface-anchored noise, and frame attention with surface sync")
     ap.add_argument("--gpu", action="store_true")

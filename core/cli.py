@@ -216,7 +216,7 @@ def _video(args: argparse.Namespace) -> int:
 
     fields = ("prompt", "negative", "frames", "fps", "resolution", "steps", "guidance", "seed", "scheduler",
               "elevation", "temporal", "motion", "window", "conditioning", "strength", "sync", "bundle", "device",
-              "dtype", "beta_schedule")
+              "dtype", "beta_schedule", "fast")
     req = VideoRequest.from_dict({**{k: getattr(args, k) for k in fields},
                                   "mesh": getattr(args, "mesh", None)}).validate()
     device = pick_device(req.device)
@@ -356,7 +356,8 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("--device", default="auto")
     img.add_argument("--dtype", default="auto", help="auto, fp16, bf16, fp32")
     img.add_argument("--fast", default="auto", choices=["auto", "on", "off", "compile"],
-                     help="CUDA graphs per shape on a GPU (auto/on); compile: plus torch.compile; off: eager")
+                     help="auto/on: CUDA graphs per shape on a GPU, a bfloat16 U-Net on a CPU that does "
+                     "bfloat16 natively; compile: plus torch.compile on a GPU; off: eager, the models' precision")
     img.set_defaults(run=_image)
 
     tex = sub.add_parser("texture", help="texture a mesh from a prompt into its UV map (GLB + PNG)")
@@ -447,6 +448,8 @@ def parser() -> argparse.ArgumentParser:
                          "surface toward their mean over the frames that see it (the geometry ties frames together)")
         vid.add_argument("--device", default="auto")
         vid.add_argument("--dtype", default="auto")
+        vid.add_argument("--fast", default="auto", choices=["auto", "on", "off"],
+                         help="auto/on: a bfloat16 U-Net on a CPU that does bfloat16 natively; off: the models' precision")
         vid.set_defaults(run=_video)
 
     bun = sub.add_parser("bundle", help="list, inspect, verify, import bundles")

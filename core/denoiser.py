@@ -65,8 +65,9 @@ def make_conditioning(models: Models, positive: TextEmbeddings, negative: TextEm
 class Denoiser:
     """The U-Net (plus an optional ControlNet) behind one call with guidance.
 
-    ``fast`` ("auto" | "on" | "off"): on CUDA, each network call shape is recorded once as a CUDA
-    graph and replayed (``fast.py``); "off" always runs eagerly."""
+    ``fast`` ("auto" | "on" | "compile" | "off"): on CUDA, each network call shape is recorded once as a
+    CUDA graph and replayed; on a CPU with native bfloat16 the network runs under bfloat16 autocast
+    (``fast.py``); "off" always runs eagerly in the models' precision."""
 
     def __init__(self, models: Models, fast: str = "off"):
         from . import fast as fastpath
@@ -74,13 +75,21 @@ class Denoiser:
         self.models = models
         self.prediction_type: str = models.scheduler_config.get("prediction_type", "epsilon")
         self.fast = fastpath.enabled(fast, models.device)
+        # on the CPU the fast path is the network in bfloat16 (float32 models, big enough U-Nets: fast.py)
+        self.cpu_bf16 = self.fast and fastpath.cpu_bf16_for(models)
         if self.fast:
             fastpath.prepare(models, compile=fast == "compile")
 
     def network(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
                 control: torch.Tensor | None, control_scale: float) -> torch.Tensor:
-        """``unet_call``, through a captured graph when the fast path is on."""
-        if not self.fast:
+        """``unet_call``, through a captured graph when the fast path is on (CUDA), or under bfloat16
+        autocast (a CPU that does bfloat16 natively)."""
+        if self.cpu_bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = self.unet_call(x.contiguous(memory_format=torch.channels_last), t, text, added, control,
+                                     control_scale, bf16=True)
+            return out.to(x.dtype)
+        if not self.fast or self.models.device.type != "cuda":
             return self.unet_call(x, t, text, added, control, control_scale)
         from . import fast as fastpath
 
@@ -99,19 +108,23 @@ class Denoiser:
         return fastpath.GraphCache.of(m).call(key, call, args, tolerance=fastpath.tolerance(m.dtype))
 
     def unet_call(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
-                  control: torch.Tensor | None, control_scale: float) -> torch.Tensor:
-        """One network evaluation on an already-batched input (B', C, h, w) -> (B', C, h, w)."""
+                  control: torch.Tensor | None, control_scale: float, bf16: bool = False) -> torch.Tensor:
+        """One network evaluation on an already-batched input (B', C, h, w) -> (B', C, h, w); ``bf16``: with
+        the networks' bfloat16 weight copies (``fast.bf16_call``, the CPU's fast path)."""
+        from .fast import bf16_call
+
         m = self.models
+        run = bf16_call if bf16 else (lambda module, *a, **k: module(*a, **k))
         extra: dict[str, Any] = {}
         if added:
             extra["added_cond_kwargs"] = added
         if control is not None:
             assert m.controlnet is not None, "a control image needs the bundle's ControlNet loaded"
-            down, mid = m.controlnet(x, t, encoder_hidden_states=text, controlnet_cond=control,
-                                     conditioning_scale=control_scale, return_dict=False, **extra)
+            down, mid = run(m.controlnet, x, t, encoder_hidden_states=text, controlnet_cond=control,
+                            conditioning_scale=control_scale, return_dict=False, **extra)
             extra["down_block_additional_residuals"] = down
             extra["mid_block_additional_residual"] = mid
-        return m.unet(x, t, encoder_hidden_states=text, return_dict=False, **extra)[0]
+        return run(m.unet, x, t, encoder_hidden_states=text, return_dict=False, **extra)[0]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:

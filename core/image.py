@@ -65,7 +65,7 @@ class ImageRequest:
     batch_size: int = 4  # images per network batch (memory); does not change results
     device: str = "auto"
     dtype: str = "auto"
-    fast: str = "auto"  # CUDA graphs on CUDA (auto/on); off: always eager (see fast.py)
+    fast: str = "auto"  # CUDA graphs on CUDA, bfloat16 U-Net on a CPU that does it natively; off: eager (fast.py)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImageRequest":
@@ -222,6 +222,8 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     positive, negative = text.encode_pair(models, req.prompt, req.negative)
     denoiser = Denoiser(models, fast=req.fast)
     base = metadata(req, models, width, height)
+    if denoiser.cpu_bf16:  # the fast path on this CPU: the U-Net ran in bfloat16 (fast.py)
+        base["unet_dtype"] = "bfloat16 (autocast)"
     results = []
     with seamless([models.unet, models.vae, models.controlnet], req.seamless):
         for first in range(0, req.n, req.batch_size):
@@ -260,7 +262,7 @@ def metadata(req: ImageRequest, models: Models, width: int, height: int) -> dict
         "prompt": req.prompt, "negative": req.negative, "bundle": models.bundle.name,
         "bundle_hash": models.bundle.identity(), "scheduler": req.scheduler, "steps": req.steps,
         "guidance": req.guidance, "width": width, "height": height, "mode": req.mode, "seamless": req.seamless,
-        "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
+        "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""), "fast": req.fast,
         "sfumato_version": version(),
     }
     if req.init_image:

@@ -191,3 +191,37 @@ def test_motion_adapter_for_another_unet_is_refused(sd15_models, tmp_path):
     folder = save_motion_adapter(stack, tmp_path / "xl_motion")
     with pytest.raises(BadParameter, match="another U-Net|motion_adapter"):
         load_motion_adapter(folder, sd15_models.unet)
+
+
+def test_video_takes_the_cpu_fast_path(sd15_models, monkeypatch):
+    """Video frames go through the same CPU fast path as images (a bfloat16 U-Net, frame attention included)
+    and stay within its rounding of the float32 frames; the provenance says which precision ran."""
+    from sfumato.core import fast
+    from sfumato.video.jobs import VideoRequest
+
+    monkeypatch.setattr(fast, "_cpu_bf16", {"helps": True, "speedup": 3.0})
+    monkeypatch.setattr(fast, "MIN_BF16_PARAMS", 0)  # the tiny test U-Net stands in for a real one
+    motion = inflate(sd15_models.unet, MotionConfig.for_unet(sd15_models.unet.config, num_attention_heads=2,
+                                                             max_frames=8))
+    seen = []
+    handle = sd15_models.unet.conv_in.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    try:
+        with torch.no_grad():
+            for p in motion.motion.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        kw = dict(frames=4, resolution=64, steps=3, seed=5, window=4, motion=motion)
+        plain, meta_plain = generate_video(sd15_models, "a red brick wall", fast="off", **kw)
+        assert set(seen) == {torch.float32}
+        seen.clear()
+        quick, meta_quick = generate_video(sd15_models, "a red brick wall", **kw)
+        assert set(seen) == {torch.bfloat16}
+    finally:
+        handle.remove()
+        motion.remove()
+    diffs = [np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)) for a, b in zip(quick, plain)]
+    assert max(d.mean() for d in diffs) < 1.0 and max(d.max() for d in diffs) <= 8
+    assert meta_quick["unet_dtype"] == "bfloat16 (autocast)" and meta_quick["fast"] == "auto"
+    assert "unet_dtype" not in meta_plain and meta_plain["fast"] == "off"
+    with pytest.raises(BadParameter) as exc:
+        VideoRequest(prompt="x", fast="turbo").validate()
+    assert exc.value.field == "fast"

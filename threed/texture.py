@@ -640,6 +640,8 @@ def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -
             "steps": req.steps, "guidance": req.guidance, "resolution": resolution, "mesh": Path(req.mesh).name,
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
             "sfumato_version": version(), "head": "texture"}
+    if req.mode == "projection" and Denoiser(models, fast="auto").cpu_bf16:  # the CPU's fast path (core/fast.py)
+        meta["unet_dtype"] = "bfloat16 (autocast)"
     if req.mode == "projection":
         meta.update(variant=req.variant, views=req.views, fill_views=req.fill_views, texture_size=req.texture_size,
                     conditioning="depth-controlnet" if use_depth(models, req) else "img2img-shading",

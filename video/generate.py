@@ -47,9 +47,12 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
                    seed: int | None = None, scheduler: str = "dpmpp_2m", elevation: float = 20.0,
                    window: int | None = None, control_scale: float = 1.0, conditioning: str = "auto",
                    strength: float = 0.8, relight: bool = True, anchored_noise: bool = True, sync: float = 0.0,
-                   sync_until: float = 0.5, beta_schedule: str | None = None, on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[Image.Image], dict[str, Any]]:
+                   sync_until: float = 0.5, beta_schedule: str | None = None, fast: str = "auto",
+                   on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[Image.Image], dict[str, Any]]:
     """Frames of a looping video; ``motion`` is a ``MotionUNet`` on ``models.unet`` (None: per-frame).
-    ``beta_schedule`` overrides the bundle's noise schedule (AnimateDiff motion modules expect "linear")."""
+    ``beta_schedule`` overrides the bundle's noise schedule (AnimateDiff motion modules expect "linear").
+    ``fast``: the CPU's fast path (a bfloat16 U-Net where the CPU does bfloat16 natively, ``core/fast.py``);
+    on a GPU video calls run eagerly (no CUDA graphs for video yet)."""
     if not isinstance(frames, int) or not 2 <= frames <= 720:
         raise BadParameter("frames", frames, "an integer from 2 to 720")
     size = resolution or native_size(models)
@@ -81,7 +84,7 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
         inside = depth[:, :1] > 0  # the mesh's silhouette per frame
         depth = depth.to(models.device) if use_depth else None
     positive, neg = text.encode_pair(models, prompt, negative)
-    denoiser = Denoiser(models)
+    denoiser = Denoiser(models, fast=fast if models.device.type != "cuda" else "off")
     conds: dict[int, Any] = {}
 
     def cond_for(idx: torch.Tensor):
@@ -151,7 +154,10 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
     meta = {"prompt": prompt, "negative": negative, "seed": seed, "frames": frames, "steps": steps,
             "guidance": guidance, "scheduler": scheduler, "beta_schedule": sched.config.beta_schedule, "resolution": size, "bundle": models.bundle.name,
             "bundle_hash": models.bundle.identity(), "temporal": motion is not None, "window": length,
-            "mode": "turntable" if mesh is not None else "text-to-video", "sfumato_version": version()}
+            "mode": "turntable" if mesh is not None else "text-to-video", "fast": fast,
+            "sfumato_version": version()}
+    if denoiser.cpu_bf16:
+        meta["unet_dtype"] = "bfloat16 (autocast)"
     if mesh is not None:
         meta.update(elevation=elevation, mesh=Path(mesh.source).name, anchored_noise=anchored_noise, sync=sync, sync_until=sync_until,
                     conditioning="depth-controlnet" if depth is not None else "img2img-shading",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import BadParameter
+from ..core.fast import FAST_MODES
 from ..core.image import MAX_SEED, checked_fields, field_check, is_integer, is_number
 from ..core.jobs import JobContext, check_writable
 from ..core.schedulers import DEFAULT_SCHEDULER, names
@@ -49,6 +50,7 @@ class VideoRequest:
     bundle: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    fast: str = "auto"  # auto/on: a bfloat16 U-Net on a CPU that does bfloat16 natively; off: eager (core/fast.py)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VideoRequest":
@@ -86,6 +88,7 @@ class VideoRequest:
         check("sync_until", number(self.sync_until) and 0 <= self.sync_until <= 1, "a number 0..1")
         check("control_scale", number(self.control_scale) and 0 <= self.control_scale <= 4, "a number 0..4")
         check("max_faces", integer(self.max_faces) and self.max_faces >= 1, "a positive integer")
+        check("fast", self.fast in FAST_MODES, ", ".join(FAST_MODES))
         return self
 
 
@@ -131,7 +134,7 @@ def run_video(req: VideoRequest, output: Path, get_models: Callable[[Any, bool],
                                       elevation=req.elevation, window=req.window, control_scale=req.control_scale,
                                       conditioning=req.conditioning, strength=req.strength, relight=req.relight,
                                       anchored_noise=req.anchored_noise, sync=req.sync, sync_until=req.sync_until,
-                                      on_step=on_step)
+                                      fast=req.fast, on_step=on_step)
     finally:
         if motion is not None:
             motion.remove()  # the U-Net is shared with image jobs in the worker's cache
