@@ -197,6 +197,7 @@ def cpu_knobs(models, size: int, steps: int, repeat: int, compile: bool = False,
     def formats(mf) -> None:
         models.unet.to(memory_format=mf)
         models.vae.to(memory_format=mf)
+        models.unet.__dict__.pop("_sfumato_channels_last", None)  # the fast path converts it again (core/fast.py)
 
     print(f"\nCPU knobs, {size}² image, {steps} steps (median of {repeat}); bfloat16 probe: "
           f"{'on' if fastpath.cpu_bf16_helps() else 'off'} ({fastpath._cpu_bf16['speedup']:.1f}× on a conv + linear)")
@@ -208,7 +209,6 @@ def cpu_knobs(models, size: int, steps: int, repeat: int, compile: bool = False,
                                 ("float32 channels-last", torch.channels_last, "off"),
                                 ("fast path (auto)", torch.contiguous_format, "auto")):
             formats(mf)
-            models.extras.pop("fast_prepared", None)
             t, out = timed(lambda fast=fast: image(fast), repeat, models.device)
             out = np.asarray(out, np.float32)
             reference = out if reference is None else reference
@@ -216,7 +216,6 @@ def cpu_knobs(models, size: int, steps: int, repeat: int, compile: bool = False,
             print(f"  threads {threads}  {label:22} {t:7.2f} s/image   px diff vs first row: max {diff.max():3.0f}, "
                   f"mean {diff.mean():.2f}")
     formats(torch.contiguous_format)
-    models.extras.pop("fast_prepared", None)
 
     # the guided U-Net call alone (batch 2: unconditional + conditional), all threads
     torch.set_num_threads(threads0)

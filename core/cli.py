@@ -146,6 +146,7 @@ def _texture(args: argparse.Namespace) -> int:
         "texture_size": args.texture_size, "tile_size": args.tile_size, "seed": args.seed, "steps": args.steps,
         "guidance": args.guidance, "scheduler": args.scheduler, "bundle": args.bundle,
         "conditioning": args.conditioning, "max_faces": args.max_faces, "device": args.device, "dtype": args.dtype,
+        "fast": args.fast,
     }
     bar = ProgressBar()
 
@@ -387,6 +388,9 @@ def parser() -> argparse.ArgumentParser:
     tex.add_argument("--max-faces", type=int, default=200_000)
     tex.add_argument("--device", default="auto")
     tex.add_argument("--dtype", default="auto")
+    tex.add_argument("--fast", default="auto", choices=["auto", "on", "off", "compile"],
+                     help="auto/on: CUDA graphs on a GPU, a bfloat16 U-Net on a CPU that does bfloat16 natively; "
+                     "off: eager, the models' precision")
     tex.set_defaults(run=_texture)
 
     ast = sub.add_parser("asset", help="a 3-D asset from a prompt: SDS on a radiance field, then a GLB mesh")

@@ -77,7 +77,7 @@ class Denoiser:
         self.fast = fastpath.enabled(fast, models.device)
         # on the CPU the fast path is the network in bfloat16 (float32 models, big enough U-Nets: fast.py)
         self.cpu_bf16 = self.fast and fastpath.cpu_bf16_for(models)
-        if self.fast:
+        if self.fast and (models.device.type == "cuda" or self.cpu_bf16):
             fastpath.prepare(models, compile=fast == "compile")
 
     def network(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],

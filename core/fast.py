@@ -118,20 +118,32 @@ def bf16_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
     the bfloat16 arithmetic saved. The copies are kept on the module (about half its float32 size) and remade
     for any parameter that is new, replaced or changed in place, and the live module runs with them
     (``torch.func.functional_call``), so whatever is patched into it (seamless padding, inserted motion
-    modules) applies as it is. Networks above ``BF16_COPY_LIMIT`` parameters keep no copy."""
+    modules) applies as it is. Networks above ``BF16_COPY_LIMIT`` parameters keep no copy.
+
+    A change written through ``param.data`` is invisible to the version counter: code that edits weights that
+    way (merging a LoRA, say) must call ``forget_bf16(module)`` afterwards."""
     cache: dict[str, tuple] = module.__dict__.setdefault("_sfumato_bf16", {})
     named = list(module.named_parameters())
     if sum(p.numel() for _, p in named) > BF16_COPY_LIMIT:
         return module(*args, **kwargs)
     params = {}
     for name, p in named:
+        try:
+            state = (p._version, p.data_ptr())
+        except RuntimeError:  # inference-mode tensors keep no version counter: cast per call instead
+            return module(*args, **kwargs)
         hit = cache.get(name)
-        if hit is None or hit[0]() is not p or hit[1] != (p._version, p.data_ptr()):
-            hit = cache[name] = (weakref.ref(p), (p._version, p.data_ptr()), p.detach().to(torch.bfloat16))
+        if hit is None or hit[0]() is not p or hit[1] != state:
+            hit = cache[name] = (weakref.ref(p), state, p.detach().to(torch.bfloat16))
         params[name] = hit[2]
     for name in cache.keys() - params.keys():
         del cache[name]
     return torch.func.functional_call(module, params, args, kwargs, strict=False)
+
+
+def forget_bf16(module: torch.nn.Module) -> None:
+    """Drop the bfloat16 copies ``bf16_call`` keeps on ``module`` (after editing weights through ``.data``)."""
+    module.__dict__.pop("_sfumato_bf16", None)
 
 
 class CapturedCall:
@@ -215,11 +227,10 @@ def prepare(models, compile: bool = False) -> None:
     if models.device.type == "cpu":
         # bfloat16 autocast (``Denoiser.network``): channels-last U-Net and ControlNet weights measured
         # faster; the VAE stays as it is (channels-last made the float32 decode slower on the CPU)
-        if not models.extras.get("fast_prepared"):
-            for module in (models.unet, models.controlnet):
-                if module is not None:
-                    module.to(memory_format=torch.channels_last)
-            models.extras["fast_prepared"] = True
+        for module in (models.unet, models.controlnet):  # per module: a ControlNet may be attached later
+            if module is not None and not module.__dict__.get("_sfumato_channels_last"):
+                module.to(memory_format=torch.channels_last)
+                module.__dict__["_sfumato_channels_last"] = True
         return
     if compile and not models.extras.get("fast_compiled"):
         models.unet.forward = torch.compile(models.unet.forward, dynamic=False)

@@ -161,3 +161,36 @@ def test_cpu_fast_path_keeps_seamless_padding(sd15_models, cpu_bf16):
                       np.float32)
     assert np.abs(quick - plain).mean() < 1.0  # measured 0.55
     assert np.abs(quick - flat).mean() > 10 * np.abs(quick - plain).mean()  # measured 19.6
+
+
+def test_fast_path_leaves_models_alone_where_it_does_not_run(sd15_models, cpu_bf16, monkeypatch):
+    """Small U-Nets stay float32 and keep their memory format; a bad mode is a clear error in video too."""
+    from sfumato.core.denoiser import Denoiser
+    from sfumato.video.generate import generate_video
+
+    cpu_bf16(True)
+    monkeypatch.setattr(fast, "MIN_BF16_PARAMS", 10**9)
+    unet = sd15_models.unet
+    flag = unet.__dict__.pop("_sfumato_channels_last", None)
+    weight = unet.conv_in.weight
+    try:
+        unet.to(memory_format=torch.contiguous_format)
+        assert not Denoiser(sd15_models, fast="auto").cpu_bf16
+        assert weight.is_contiguous() and "_sfumato_channels_last" not in unet.__dict__
+    finally:
+        if flag:
+            unet.to(memory_format=torch.channels_last)
+            unet.__dict__["_sfumato_channels_last"] = True
+    with pytest.raises(BadParameter) as exc:
+        generate_video(sd15_models, "x", frames=2, resolution=64, steps=1, fast="turbo")
+    assert exc.value.field == "fast"
+
+
+def test_forget_bf16_after_an_edit_through_data():
+    net = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast.bf16_call(net, x)
+        net.weight.data.mul_(2)  # invisible to the version counter
+        fast.forget_bf16(net)
+        assert torch.allclose(fast.bf16_call(net, x).float(), net(x).float(), atol=0.05, rtol=0.02)

@@ -250,6 +250,11 @@ def test_material_job_with_embedded_bundle(house, tmp_path):
     assert span.max() == pytest.approx(3.2 / 0.5, rel=0.01)  # the roof is 3.2 m across: 6.4 tiles of 0.5 m
     assert result["metadata"]["seamless"] == "xy" and result["metadata"]["bundle"] == "materials"
     assert result["mode"] == "material" and result["tile_size"] == 0.5
+    from sfumato.core import fast
+
+    # the provenance says whether the CPU's bfloat16 fast path ran (it does where this CPU has fast bfloat16)
+    assert result["metadata"]["fast"] == "auto"
+    assert ("unet_dtype" in result["metadata"]) == fast.cpu_bf16_helps()
 
 
 def test_depth_required_but_bundle_has_none(house, tmp_path):
@@ -261,7 +266,7 @@ def test_depth_required_but_bundle_has_none(house, tmp_path):
 @pytest.mark.parametrize("field,value,match", [
     ("views", 0, "1..64"), ("resolution", 100, "multiple of 8"), ("mode", "paint", "projection, material, sds"),
     ("prompt", "  ", "non-empty"), ("tile_size", 0, "positive"), ("texture_size", 4, "16..8192"),
-    ("variant", "all", "sequential or sync"), ("colour", "red", "unknown field"),
+    ("variant", "all", "sequential or sync"), ("colour", "red", "unknown field"), ("fast", "turbo", "auto, on, off"),
 ])
 def test_bad_texture_settings(house, tmp_path, field, value, match):
     params = {"mesh": str(house), "prompt": "brick", field: value}

@@ -46,6 +46,7 @@ from ..core import latents as latent_space
 from ..core import text
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
 from ..core.errors import BadParameter
+from ..core.fast import FAST_MODES
 from ..core.image import MAX_SEED, ImageRequest, checked_fields, field_check, generate, native_size
 from ..core.loading import Models
 from ..core.provenance import version
@@ -90,6 +91,7 @@ class TextureRequest:
     img2img_strength: float = 0.9  # bundles without a depth ControlNet: how far views move from the shading
     device: str = "auto"
     dtype: str = "auto"
+    fast: str = "auto"  # auto/on: CUDA graphs on a GPU, a bfloat16 U-Net on a CPU that has it; off (core/fast.py)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TextureRequest":
@@ -127,6 +129,7 @@ class TextureRequest:
                "a number 0..4")
         check_("fill_views", isinstance(self.fill_views, int) and 0 <= self.fill_views <= 16, "an integer 0..16")
         check_("max_faces", isinstance(self.max_faces, int) and self.max_faces >= 1, "a positive integer")
+        check_("fast", self.fast in FAST_MODES, ", ".join(FAST_MODES))
         check_("keep_threshold", isinstance(self.keep_threshold, (int, float)) and 0 < self.keep_threshold <= 1,
                "a number in (0, 1]")
         check_("refine_until", isinstance(self.refine_until, (int, float)) and 0 <= self.refine_until <= 1,
@@ -405,7 +408,7 @@ def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolu
                        total: int | None = None) -> tuple[Bake, list[torch.Tensor]]:
     """Generate views ``start``.. of ``scene`` in turn into ``bake`` (a new one by default)."""
     f = models.vae_scale_factor
-    denoiser = Denoiser(models, fast="auto")
+    denoiser = Denoiser(models, fast=req.fast)
     bake = bake if bake is not None else Bake(req.texture_size)
     texts: dict[str, Any] = {}
     images: list[torch.Tensor] = []
@@ -518,7 +521,7 @@ def project_sync(models: Models, req: TextureRequest, scene: Scene, resolution: 
         if on_view is not None:
             on_view(ViewInfo(0, 1, info))
 
-    x = sample(Denoiser(models, fast="auto"), scheduler, x, cond, timesteps, generator=None, on_step=on_step,
+    x = sample(Denoiser(models, fast=req.fast), scheduler, x, cond, timesteps, generator=None, on_step=on_step,
                post_step=lambda k, x: sync(x))
     images = [im.cpu() for im in latent_space.decode(models, x)]
     bake = Bake(req.texture_size)
@@ -589,7 +592,7 @@ def texture_material(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
     resolution = req.resolution or native_size(models)
     image_req = ImageRequest(prompt=req.prompt, negative=req.negative, bundle=req.bundle, seed=seed, steps=req.steps,
                              guidance=req.guidance, width=resolution, height=resolution, scheduler=req.scheduler,
-                             seamless="xy")
+                             seamless="xy", fast=req.fast)
 
     def on_step(info: StepInfo) -> None:
         if on_view is not None:
@@ -640,7 +643,8 @@ def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -
             "steps": req.steps, "guidance": req.guidance, "resolution": resolution, "mesh": Path(req.mesh).name,
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
             "sfumato_version": version(), "head": "texture"}
-    if req.mode == "projection" and Denoiser(models, fast="auto").cpu_bf16:  # the CPU's fast path (core/fast.py)
+    meta["fast"] = req.fast
+    if req.mode != "sds" and Denoiser(models, fast=req.fast).cpu_bf16:  # the CPU's fast path (core/fast.py)
         meta["unet_dtype"] = "bfloat16 (autocast)"
     if req.mode == "projection":
         meta.update(variant=req.variant, views=req.views, fill_views=req.fill_views, texture_size=req.texture_size,

@@ -33,6 +33,7 @@ from ..core import latents as latent_space
 from ..core import text
 from ..core.denoiser import Denoiser, make_conditioning
 from ..core.errors import BadParameter
+from ..core.fast import FAST_MODES
 from ..core.image import native_size
 from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
@@ -84,7 +85,11 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
         inside = depth[:, :1] > 0  # the mesh's silhouette per frame
         depth = depth.to(models.device) if use_depth else None
     positive, neg = text.encode_pair(models, prompt, negative)
-    denoiser = Denoiser(models, fast=fast if models.device.type != "cuda" else "off")
+    if fast not in FAST_MODES:
+        raise BadParameter("fast", fast, ", ".join(FAST_MODES))
+    if models.device.type == "cuda":
+        fast = "off"  # no CUDA graphs for video yet: the calls run eagerly (and the provenance says so)
+    denoiser = Denoiser(models, fast=fast)
     conds: dict[int, Any] = {}
 
     def cond_for(idx: torch.Tensor):
