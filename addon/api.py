@@ -147,24 +147,31 @@ def texture_settings(scene=None, **changes: Any) -> request.TextureSettings:
     return props.texture_settings_from(scene.sfumato).replace(**changes)
 
 
+def _mesh_job(mode, settings: Callable[..., Any], obj, prompt: str | None, seed: int | None, scene,
+              folder: str | Path | None, on_event: OnEvent | None, changes: dict[str, Any]):
+    """One job on one mesh object, waited for: ``mode`` is the add-on module with ``check``, ``prepare`` and
+    ``run`` (``texturing`` or ``turntable``), ``settings`` the panel's settings with changes."""
+    ctx = _context(scene)
+    obj = bpy.data.objects.get(obj) if isinstance(obj, str) else obj
+    if obj is None:
+        obj = bpy.context.view_layer.objects.active
+    s = settings(ctx.scene, **changes, **({"prompt": prompt} if prompt is not None else {}))
+    if seed is not None:
+        s = s.replace(seed=int(seed), random_seed=False)
+    texturing.leave_edit_mode()
+    mode.check(obj, s)
+    config = prefs.engine_config(ctx)
+    job = mode.prepare(ctx, obj, s, folder=Path(folder) if folder is not None else None)
+    return mode.run(config, job, on_event=on_event)
+
+
 def texture(obj=None, prompt: str | None = None, *, seed: int | None = None, scene=None,
             folder: str | Path | None = None, on_event: OnEvent | None = None, **changes: Any) -> texturing.Textured:
     """Texture one mesh object (or its name; default: the active object), waited for; the object gets the
     material "Sfumato texture <name>". ``changes``: ``mode`` ("projection" | "material"), ``views``,
     ``resolution``, ``texture_size``, ``tile_size``, ``steps``, ... (``request.TextureSettings`` fields).
     Projection mode adds a UV map (Smart UV Project) to an object that has none."""
-    ctx = _context(scene)
-    obj = bpy.data.objects.get(obj) if isinstance(obj, str) else obj
-    if obj is None:
-        obj = bpy.context.view_layer.objects.active
-    s = texture_settings(ctx.scene, **changes, **({"prompt": prompt} if prompt is not None else {}))
-    if seed is not None:
-        s = s.replace(seed=int(seed), random_seed=False)
-    texturing.leave_edit_mode()
-    texturing.check(obj, s)
-    config = prefs.engine_config(ctx)
-    job = texturing.prepare(ctx, obj, s, folder=Path(folder) if folder is not None else None)
-    return texturing.run(config, job, on_event=on_event)
+    return _mesh_job(texturing, texture_settings, obj, prompt, seed, scene, folder, on_event, changes)
 
 
 def turntable_settings(scene=None, **changes: Any) -> request.TurntableSettings:
@@ -180,18 +187,7 @@ def turntable(obj=None, prompt: str | None = None, *, seed: int | None = None, s
     loaded as the Movie Clip "Sfumato turntable <name>". ``changes``: ``frames``, ``fps``, ``resolution``,
     ``elevation``, ``temporal`` ("auto" | "on" | "off"), ``conditioning``, ``format`` ("mp4" | "gif"),
     ``steps``, ... (``request.TurntableSettings`` fields)."""
-    ctx = _context(scene)
-    obj = bpy.data.objects.get(obj) if isinstance(obj, str) else obj
-    if obj is None:
-        obj = bpy.context.view_layer.objects.active
-    s = turntable_settings(ctx.scene, **changes, **({"prompt": prompt} if prompt is not None else {}))
-    if seed is not None:
-        s = s.replace(seed=int(seed), random_seed=False)
-    texturing.leave_edit_mode()
-    turntable_mode.check(obj, s)
-    config = prefs.engine_config(ctx)
-    job = turntable_mode.prepare(ctx, obj, s, folder=Path(folder) if folder is not None else None)
-    return turntable_mode.run(config, job, on_event=on_event)
+    return _mesh_job(turntable_mode, turntable_settings, obj, prompt, seed, scene, folder, on_event, changes)
 
 
 def asset_settings(scene=None, **changes: Any) -> request.AssetSettings:

@@ -30,6 +30,17 @@ def _blocking(choice: str) -> bool:
     return choice == "ON" or (choice == "AUTO" and bpy.app.background)
 
 
+class _JobOperator:
+    """What the mesh and asset job operators share: available while no job runs; invoked, they just run."""
+
+    @classmethod
+    def poll(cls, context):
+        return _free(cls, context)
+
+    def invoke(self, context, event):
+        return self.execute(context)
+
+
 class SFUMATO_OT_image(bpy.types.Operator):
     """Generate an image from the active camera with the panel's settings"""
 
@@ -147,7 +158,7 @@ def _print_progress(state: engine.JobState, event: dict) -> None:
         print(f"sfumato: {title}extracting the mesh", flush=True)
 
 
-class SFUMATO_OT_texture(bpy.types.Operator):
+class SFUMATO_OT_texture(_JobOperator, bpy.types.Operator):
     """Texture the selected meshes from the prompt (one engine job per object); a property left unset
     takes the panel's value"""
 
@@ -170,13 +181,6 @@ class SFUMATO_OT_texture(bpy.types.Operator):
                       description="Unset = the panel's seed (or a random one when the panel says so)")
     steps: IntProperty(name="Steps", min=1, max=500, default=25, options={'SKIP_SAVE'})
     blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
-
-    @classmethod
-    def poll(cls, context):
-        return _free(cls, context)
-
-    def invoke(self, context, event):
-        return self.execute(context)
 
     def settings(self, context) -> request.TextureSettings:
         """The panel's settings with the properties this call set."""
@@ -229,7 +233,7 @@ def _refused(op: bpy.types.Operator, exc: Exception) -> set[str]:
     return {'CANCELLED'}
 
 
-class SFUMATO_OT_turntable(bpy.types.Operator):
+class SFUMATO_OT_turntable(_JobOperator, bpy.types.Operator):
     """Make a looping video orbiting the active mesh, generated from the prompt; a property left unset takes
     the panel's value"""
 
@@ -258,13 +262,6 @@ class SFUMATO_OT_turntable(bpy.types.Operator):
                       description="Unset = the panel's seed (or a random one when the panel says so)")
     steps: IntProperty(name="Steps", default=25, options={'SKIP_SAVE'})
     blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
-
-    @classmethod
-    def poll(cls, context):
-        return _free(cls, context)
-
-    def invoke(self, context, event):
-        return self.execute(context)
 
     def settings(self, context) -> request.TurntableSettings:
         """The panel's settings with the properties this call set."""
@@ -302,7 +299,7 @@ class SFUMATO_OT_turntable(bpy.types.Operator):
         return {'FINISHED'}
 
 
-class SFUMATO_OT_asset(bpy.types.Operator):
+class SFUMATO_OT_asset(_JobOperator, bpy.types.Operator):
     """Make a 3D asset from the prompt and put it at the 3D cursor; a property left unset takes the
     panel's value"""
 
@@ -319,13 +316,6 @@ class SFUMATO_OT_asset(bpy.types.Operator):
     seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
                       description="Unset = the panel's seed (or a random one when the panel says so)")
     blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
-
-    @classmethod
-    def poll(cls, context):
-        return _free(cls, context)
-
-    def invoke(self, context, event):
-        return self.execute(context)
 
     def settings(self, context) -> request.AssetSettings:
         """The panel's settings with the properties this call set."""

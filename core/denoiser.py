@@ -80,6 +80,10 @@ class Denoiser:
         if self.fast and (models.device.type == "cuda" or self.cpu_bf16):
             fastpath.prepare(models, compile=fast == "compile")
 
+    def provenance(self) -> dict[str, str]:
+        """What an output records of the precision its U-Net ran in, where that is not the models' dtype."""
+        return {"unet_dtype": "bfloat16 (autocast)"} if self.cpu_bf16 else {}
+
     def network(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
                 control: torch.Tensor | None, control_scale: float) -> torch.Tensor:
         """``unet_call``, through a captured graph when the fast path is on (CUDA), or under bfloat16

@@ -221,9 +221,7 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     # 2. encode the prompts once for the whole job
     positive, negative = text.encode_pair(models, req.prompt, req.negative)
     denoiser = Denoiser(models, fast=req.fast)
-    base = metadata(req, models, width, height)
-    if denoiser.cpu_bf16:  # the fast path on this CPU: the U-Net ran in bfloat16 (fast.py)
-        base["unet_dtype"] = "bfloat16 (autocast)"
+    base = {**metadata(req, models, width, height), **denoiser.provenance()}
     results = []
     with seamless([models.unet, models.vae, models.controlnet], req.seamless):
         for first in range(0, req.n, req.batch_size):

@@ -644,8 +644,8 @@ def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
             "sfumato_version": version(), "head": "texture"}
     meta["fast"] = req.fast
-    if req.mode != "sds" and Denoiser(models, fast=req.fast).cpu_bf16:  # the CPU's fast path (core/fast.py)
-        meta["unet_dtype"] = "bfloat16 (autocast)"
+    if req.mode != "sds":  # score distillation runs its own plain denoiser
+        meta.update(Denoiser(models, fast=req.fast).provenance())
     if req.mode == "projection":
         meta.update(variant=req.variant, views=req.views, fill_views=req.fill_views, texture_size=req.texture_size,
                     conditioning="depth-controlnet" if use_depth(models, req) else "img2img-shading",

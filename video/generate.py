@@ -160,9 +160,7 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
             "guidance": guidance, "scheduler": scheduler, "beta_schedule": sched.config.beta_schedule, "resolution": size, "bundle": models.bundle.name,
             "bundle_hash": models.bundle.identity(), "temporal": motion is not None, "window": length,
             "mode": "turntable" if mesh is not None else "text-to-video", "fast": fast,
-            "sfumato_version": version()}
-    if denoiser.cpu_bf16:
-        meta["unet_dtype"] = "bfloat16 (autocast)"
+            "sfumato_version": version(), **denoiser.provenance()}
     if mesh is not None:
         meta.update(elevation=elevation, mesh=Path(mesh.source).name, anchored_noise=anchored_noise, sync=sync, sync_until=sync_until,
                     conditioning="depth-controlnet" if depth is not None else "img2img-shading",
