@@ -179,7 +179,8 @@ class SFUMATO_OT_texture(_JobOperator, bpy.types.Operator):
     tile_size: FloatProperty(name="Tile size", default=1.0, min=0.001, unit='LENGTH', options={'SKIP_SAVE'})
     seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
                       description="Unset = the panel's seed (or a random one when the panel says so)")
-    steps: IntProperty(name="Steps", min=1, max=500, default=25, options={'SKIP_SAVE'})
+    steps: IntProperty(name="Steps", min=0, max=500, default=0, options={'SKIP_SAVE'},
+                       description="Unset = the panel's steps; 0 = the bundle's own default")
     blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.TextureSettings:
@@ -260,7 +261,8 @@ class SFUMATO_OT_turntable(_JobOperator, bpy.types.Operator):
                          options={'SKIP_SAVE'})
     seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
                       description="Unset = the panel's seed (or a random one when the panel says so)")
-    steps: IntProperty(name="Steps", default=25, options={'SKIP_SAVE'})
+    steps: IntProperty(name="Steps", min=0, max=500, default=0, options={'SKIP_SAVE'},
+                       description="Unset = the panel's steps; 0 = the bundle's own default")
     blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.TurntableSettings:

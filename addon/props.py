@@ -23,7 +23,9 @@ class SfumatoSettings(bpy.types.PropertyGroup):
     seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0)
     random_seed: BoolProperty(name="Random", description="Draw a fresh seed for every job (the seed used is "
                               "recorded with the result)", default=False)
-    steps: IntProperty(name="Steps", min=1, max=500, default=25)
+    steps: IntProperty(name="Steps", min=0, max=500, default=0,
+                       description="Sampling steps; 0 = the bundle's own default (its manifest's default_steps, "
+                       "else 25)")
     guidance: FloatProperty(name="Guidance", description="Classifier-free guidance scale", min=0.0, max=50.0,
                             default=7.5)
     scheduler: EnumProperty(name="Scheduler", items=[(s, s, "") for s in request.SCHEDULERS],

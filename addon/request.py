@@ -24,6 +24,7 @@ DEFAULT_SCHEDULER = "dpmpp_2m"
 DEFAULT_BUNDLE = "materials"
 IMAGE_MODES = ("text", "depth", "restyle")  # text-to-image, depth-guided, restyle the render (img2img)
 MAX_SEED = 2**31 - 1  # Blender's IntProperty is 32-bit
+STEPS_ALLOWED = "an integer 1..500, or 0 (or none) for the bundle's default"
 HISTORY_LIMIT = 50
 
 ImageMode = Literal["text", "depth", "restyle"]
@@ -60,7 +61,7 @@ class ImageSettings(_Settings):
     bundle: str = ""  # "" = the preference's default bundle
     seed: int = 0
     random_seed: bool = False  # draw a fresh seed per job; the drawn seed is recorded
-    steps: int = 25
+    steps: int = 0  # 0 = the bundle's default (its manifest's default_steps, else 25); not sent
     guidance: float = 7.5  # classifier-free guidance scale
     scheduler: str = DEFAULT_SCHEDULER
     width: int = 512  # pixels, multiple of 8
@@ -89,7 +90,7 @@ def problems(s: ImageSettings) -> list[BadSetting]:
     check("prompt", isinstance(s.prompt, str) and (bool(s.prompt.strip()) or s.mode == "restyle"),
           f"a text prompt ({s.mode} mode needs one)")
     check("seed", isinstance(s.seed, int) and 0 <= s.seed <= MAX_SEED, f"an integer 0..{MAX_SEED}")
-    check("steps", isinstance(s.steps, int) and 1 <= s.steps <= 500, "an integer 1..500")
+    check("steps", s.steps is None or (_integer(s.steps) and 0 <= s.steps <= 500), STEPS_ALLOWED)
     check("guidance", isinstance(s.guidance, (int, float)) and 0 <= s.guidance <= 50, "a number 0..50")
     check("scheduler", s.scheduler in SCHEDULERS, ", ".join(SCHEDULERS))
     for dim in ("width", "height"):
@@ -117,10 +118,13 @@ def _first_problem(found: list[BadSetting], s):
 
 
 def _with_bundle(params: dict[str, Any], s: _Settings, default_bundle: str) -> dict[str, Any]:
-    """``params`` plus the job's bundle (the settings', else the preference's default; none: the engine's)."""
+    """``params`` plus the job's bundle (the settings', else the preference's default; none: the engine's)
+    and its step count where one is set (0: the engine takes the bundle's own default)."""
     bundle = s.bundle or default_bundle
     if bundle:
         params["bundle"] = bundle
+    if getattr(s, "steps", 0):
+        params["steps"] = s.steps
     return params
 
 
@@ -137,7 +141,7 @@ def image_params(s: ImageSettings, *, seed: int, default_bundle: str = DEFAULT_B
     if s.mode == "restyle" and not init_image:
         raise BadSetting("init_image", init_image, "a rendered image file (restyle mode)")
     params: dict[str, Any] = {
-        "prompt": s.prompt, "negative": s.negative, "seed": int(seed), "steps": s.steps,
+        "prompt": s.prompt, "negative": s.negative, "seed": int(seed),
         "guidance": float(s.guidance), "scheduler": s.scheduler, "width": s.width, "height": s.height,
         "seamless": s.seamless, "n": n,
     }
@@ -165,7 +169,7 @@ class TextureSettings(_Settings):
     bundle: str = ""  # "" = the preference's default bundle
     seed: int = 0
     random_seed: bool = False
-    steps: int = 25
+    steps: int = 0  # 0 = the bundle's default (its manifest's default_steps, else 25); not sent
     guidance: float = 7.5
     scheduler: str = DEFAULT_SCHEDULER
     mode: TextureMode = "projection"
@@ -190,7 +194,7 @@ def texture_problems(s: TextureSettings) -> list[BadSetting]:
 
     check("prompt", isinstance(s.prompt, str) and bool(s.prompt.strip()), "a text prompt (texture mode needs one)")
     check("seed", isinstance(s.seed, int) and 0 <= s.seed <= MAX_SEED, f"an integer 0..{MAX_SEED}")
-    check("steps", isinstance(s.steps, int) and 1 <= s.steps <= 500, "an integer 1..500")
+    check("steps", s.steps is None or (_integer(s.steps) and 0 <= s.steps <= 500), STEPS_ALLOWED)
     check("guidance", number(s.guidance) and 0 <= s.guidance <= 50, "a number 0..50")
     check("scheduler", s.scheduler in SCHEDULERS, ", ".join(SCHEDULERS))
     check("mode", s.mode in TEXTURE_MODES, ", ".join(TEXTURE_MODES))
@@ -218,7 +222,7 @@ def texture_params(s: TextureSettings, *, mesh: str, seed: int, default_bundle: 
         raise BadSetting("mesh", mesh, "the path of the mesh exported as GLB")
     params: dict[str, Any] = {
         "mesh": mesh, "prompt": s.prompt, "negative": s.negative, "mode": s.mode, "views": s.views,
-        "texture_size": s.texture_size, "tile_size": float(s.tile_size), "seed": int(seed), "steps": s.steps,
+        "texture_size": s.texture_size, "tile_size": float(s.tile_size), "seed": int(seed),
         "guidance": float(s.guidance), "scheduler": s.scheduler, "max_faces": s.max_faces,
     }
     if s.resolution:
@@ -263,7 +267,7 @@ class TurntableSettings(_Settings):
     bundle: str = ""  # "" = the preference's default bundle
     seed: int = 0
     random_seed: bool = False
-    steps: int = 25
+    steps: int = 0  # 0 = the bundle's default (its manifest's default_steps, else 25); not sent
     guidance: float = 7.5
     scheduler: str = DEFAULT_SCHEDULER
     frames: int = 24  # one full orbit; the video loops
@@ -300,7 +304,7 @@ def turntable_problems(s: TurntableSettings) -> list[BadSetting]:
 
     check("prompt", isinstance(s.prompt, str) and bool(s.prompt.strip()), "a text prompt (a turntable needs one)")
     check("seed", _integer(s.seed) and 0 <= s.seed <= MAX_SEED, f"an integer 0..{MAX_SEED}")
-    check("steps", _integer(s.steps) and 1 <= s.steps <= 500, "an integer 1..500")
+    check("steps", s.steps is None or (_integer(s.steps) and 0 <= s.steps <= 500), STEPS_ALLOWED)
     check("guidance", _number(s.guidance) and 0 <= s.guidance <= 50, "a number 0..50")
     check("scheduler", s.scheduler in SCHEDULERS, ", ".join(SCHEDULERS))
     check("frames", _integer(s.frames) and 2 <= s.frames <= MAX_FRAMES, f"an integer from 2 to {MAX_FRAMES}")
@@ -335,7 +339,7 @@ def turntable_params(s: TurntableSettings, *, mesh: str, seed: int, default_bund
         raise BadSetting("mesh", mesh, "the path of the mesh exported as GLB")
     params: dict[str, Any] = {
         "prompt": s.prompt, "mesh": mesh, "negative": s.negative, "frames": s.frames, "fps": s.fps,
-        "steps": s.steps, "guidance": float(s.guidance), "seed": int(seed), "scheduler": s.scheduler,
+        "guidance": float(s.guidance), "seed": int(seed), "scheduler": s.scheduler,
         "elevation": float(s.elevation), "temporal": s.temporal, "conditioning": s.conditioning,
         "strength": float(s.strength), "relight": bool(s.relight), "control_scale": float(s.control_scale),
         "max_faces": s.max_faces,

@@ -109,7 +109,8 @@ def main() -> None:
     generate(req, models)  # warm-up
     start = time.perf_counter()
     generate(req, models)
-    print(f"\none 256×256 texture, {req.steps} steps ({req.scheduler}), guidance {req.guidance}: "
+    print(f"\none 256×256 texture, {models.bundle.default_steps} steps (the bundle's default, {req.scheduler}), "
+          f"guidance {req.guidance}: "
           f"{time.perf_counter() - start:.1f} s on the CPU ({torch.get_num_threads()} threads)")
 
 

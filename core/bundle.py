@@ -18,6 +18,7 @@ A bundle is named by its folder name, or given as a path.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,6 +32,8 @@ from .safetensors_check import is_pickle, read_header, sha256
 MANIFEST = "sfumato.json"
 MANIFEST_FORMAT = 1
 DEFAULT_BUNDLE = "materials"
+DEFAULT_STEPS = 25  # sampling steps of a job that names none, unless the bundle's manifest says otherwise
+MAX_STEPS = 500
 FAMILIES = ("sd15", "sd21", "sdxl", "mini")
 
 # component name -> (library, class) as diffusers' model_index.json spells them
@@ -87,6 +90,12 @@ class Bundle:
                                 f"{', '.join(sorted(self.components))}")
         return self.path / self.components[component]
 
+    @property
+    def default_steps(self) -> int:
+        """Sampling steps for a job that names none: the manifest's ``default_steps`` (what the bundle was
+        measured to need, e.g. 4 for a distilled model), else ``DEFAULT_STEPS``."""
+        return int(self.manifest.get("default_steps") or DEFAULT_STEPS)
+
     def identity(self) -> str:
         """A short hash naming these exact weights, for provenance."""
         files = self.manifest.get("files")
@@ -112,6 +121,7 @@ class Bundle:
             "hash": self.identity(),
             "manifest": self.has_manifest,
             "training": self.manifest.get("training"),
+            "default_steps": self.default_steps,
         }
 
 
@@ -157,6 +167,9 @@ def open_bundle(path: Path) -> Bundle:
                                 'e.g. {"unet": "unet"}')
         family = manifest.get("family") or infer_family(path, components)
         name = manifest.get("name") or path.name
+        steps = manifest.get("default_steps")
+        if steps is not None and not (type(steps) is int and 1 <= steps <= MAX_STEPS):
+            raise BundleCorrupt(path / MANIFEST, f"default_steps={steps!r}; allowed: an integer 1..{MAX_STEPS}")
         if not isinstance(name, str) or not isinstance(family, str):
             raise BundleCorrupt(path / MANIFEST, "name and family must be strings")
     elif (path / "model_index.json").is_file():
@@ -182,6 +195,14 @@ def open_bundle(path: Path) -> Bundle:
                 not (path / sub / "config.json").is_file() and not (path / sub / "scheduler_config.json").is_file():
             raise BundleCorrupt(path / sub, "has no config.json")
     return Bundle(path=path, name=name, family=family, components=components, manifest=manifest)
+
+
+def fill_steps(request, bundle: Bundle):
+    """``request`` (a job's dataclass with ``steps`` and ``validate``) with ``steps`` taken from ``bundle``
+    when it names none, validated again: checks such as the img2img strength need the step count."""
+    if request.steps is not None:
+        return request
+    return dataclasses.replace(request, steps=bundle.default_steps).validate()
 
 
 def find_bundles() -> list[Bundle]:

@@ -330,6 +330,9 @@ def _worker(args: argparse.Namespace) -> int:
     return main(args.device, args.dtype, args.threads)
 
 
+STEPS_HELP = "sampling steps (default: the bundle's default_steps, else 25; see `sfumato bundle info NAME`)"
+
+
 def parser() -> argparse.ArgumentParser:
     from .schedulers import DEFAULT_SCHEDULER, names
 
@@ -341,7 +344,7 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("-o", "--output", required=True, help="output .png (several images: NAME_s<seed>.png)")
     img.add_argument("--bundle", default=None, help="bundle name or folder (default: the embedded bundle)")
     img.add_argument("--negative", default="")
-    img.add_argument("--steps", type=int, default=25)
+    img.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
     img.add_argument("--guidance", type=float, default=7.5)
     img.add_argument("--seed", type=int, default=None, help="default: random (printed and stored)")
     img.add_argument("--width", type=int, default=None)
@@ -381,7 +384,7 @@ def parser() -> argparse.ArgumentParser:
                      help="auto: the bundle's depth ControlNet when it has one, else image-to-image")
     tex.add_argument("--bundle", default=None)
     tex.add_argument("--negative", default="")
-    tex.add_argument("--steps", type=int, default=25)
+    tex.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
     tex.add_argument("--guidance", type=float, default=7.5)
     tex.add_argument("--seed", type=int, default=None)
     tex.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=", ".join(names()))
@@ -436,7 +439,7 @@ def parser() -> argparse.ArgumentParser:
         vid.add_argument("--motion", default=None, help="AnimateDiff motion adapter: diffusers folder or .safetensors")
         vid.add_argument("--bundle", default=None)
         vid.add_argument("--negative", default="")
-        vid.add_argument("--steps", type=int, default=25)
+        vid.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
         vid.add_argument("--guidance", type=float, default=7.5)
         vid.add_argument("--seed", type=int, default=None)
         vid.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=", ".join(names()))

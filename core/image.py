@@ -31,11 +31,12 @@ from PIL import Image
 
 from . import latents as latent_space
 from . import text
+from .bundle import MAX_STEPS, fill_steps
 from .denoiser import Denoiser, make_conditioning
 from .errors import BadParameter
 from .loading import Models
 from .provenance import version
-from .sampling import OnStep, sample, timesteps_for
+from .sampling import OnStep, sample, strength_allowed, timesteps_for
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler, names, takes_generator
 from .seamless import seamless
 
@@ -51,7 +52,7 @@ class ImageRequest:
     negative: str = ""
     bundle: str | None = None  # name on the search path or a folder; None = the default bundle
     seed: int | None = None  # None = random (the chosen seed is recorded)
-    steps: int = 25
+    steps: int | None = None  # None = the bundle's default_steps (25 unless its manifest says otherwise)
     guidance: float = 7.5  # classifier-free guidance scale w; ≤ 1 turns guidance off
     width: int | None = None  # pixels, multiple of 8; None = the bundle's native size
     height: int | None = None
@@ -82,7 +83,8 @@ class ImageRequest:
         check("fast", self.fast in ("auto", "on", "off", "compile"), "auto, on, off or compile")
         check("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
-        check("steps", isinstance(self.steps, int) and 1 <= self.steps <= 500, "an integer 1..500")
+        check("steps", self.steps is None or (is_integer(self.steps) and 1 <= self.steps <= MAX_STEPS),
+              f"an integer 1..{MAX_STEPS}, or none for the bundle's default")
         check("guidance", isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50, "a number 0..50")
         for dim in ("width", "height"):
             v = getattr(self, dim)
@@ -92,8 +94,7 @@ class ImageRequest:
         check("scheduler", self.scheduler in names(), ", ".join(names()))
         check("strength", isinstance(self.strength, (int, float)) and 0 < self.strength <= 1, "a number in (0, 1]")
         if self.init_image is not None and isinstance(self.steps, int) and isinstance(self.strength, (int, float)):
-            check("strength", int(self.steps * self.strength) >= 1,
-                  f"at least 1/steps = {1 / max(self.steps, 1):.3g} with steps={self.steps}, so that one step runs")
+            check("strength", int(self.steps * self.strength) >= 1, strength_allowed(self.steps))
         check("control_scale", isinstance(self.control_scale, (int, float)) and 0 <= self.control_scale <= 4,
               "a number 0..4")
         check("seamless", self.seamless in ("none", "x", "y", "xy"), "none, x, y or xy")
@@ -101,7 +102,7 @@ class ImageRequest:
         if self.seed is not None:
             check("seed", self.seed + self.n - 1 <= MAX_SEED, f"at most {MAX_SEED} - (n - 1) = "
                   f"{MAX_SEED - self.n + 1} with n={self.n}, so every variation's seed can be replayed")
-        if self.scheduler == "lcm":
+        if self.scheduler == "lcm" and self.steps is not None:
             check("steps", self.steps <= 50, "1..50 with the lcm scheduler (its original_inference_steps)")
         check("batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "an integer 1..64")
         for name in ("init_image", "depth_image"):
@@ -212,7 +213,7 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     ``on_images`` receives each batch as soon as it is decoded, so a caller can save finished work
     before a later batch is cancelled or fails."""
     # 1. validate
-    req = request.validate()
+    req = fill_steps(request.validate(), models.bundle)
     seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)
     width, height = req.width or native_size(models), req.height or native_size(models)
     control = load_depth(req.depth_image, width, height) if req.depth_image else None

@@ -66,6 +66,7 @@ def image_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str
     device = pick_device(req.device if req.device != "auto" else ctx.device)
     dtype = pick_dtype(device, req.dtype if req.dtype != "auto" else ctx.dtype)
     bundle = bundles.resolve(req.bundle)
+    req = bundles.fill_steps(req, bundle)
     if req.seed is None:
         req.seed = random.randint(0, 2**31 - 1)
     paths = output_paths(output, list(range(req.seed, req.seed + req.n)))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .denoiser import Conditioning
+from .errors import BadParameter
 
 
 @dataclass
@@ -30,18 +31,27 @@ class StepInfo:
 OnStep = Callable[[StepInfo], None]
 
 
-def timesteps_for(scheduler, steps: int, device: torch.device, strength: float = 1.0) -> tuple[torch.Tensor, int]:
+def timesteps_for(scheduler, steps: int, device: torch.device, strength: float = 1.0,
+                  field: str = "strength") -> tuple[torch.Tensor, int]:
     """Set ``steps`` on the scheduler and return (timesteps to run, start step).
 
     ``strength`` < 1 skips the first ``steps − int(steps · strength)`` steps (diffusers' img2img
-    convention), so the loop starts on an input noised to the first remaining timestep.
+    convention), so the loop starts on an input noised to the first remaining timestep. A strength that
+    leaves no step at all is a ``BadParameter`` on ``field`` (requests check it earlier; this is the backstop).
     """
+    if int(steps * strength) < 1:
+        raise BadParameter(field, strength, strength_allowed(steps))
     scheduler.set_timesteps(steps, device=device)
     start = max(steps - min(int(steps * strength), steps), 0)
     begin = start * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
     return scheduler.timesteps[begin:], start
+
+
+def strength_allowed(steps: int) -> str:
+    """What an image-to-image strength may be with ``steps``: at least one step must run."""
+    return f"at least 1/steps = {1 / max(steps, 1):.3g} with steps={steps}, so that one step runs"
 
 
 def sample(denoiser: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor], scheduler,

@@ -94,8 +94,8 @@ def test_validation_names_field_value_and_what_is_allowed():
     assert request.problems(request.ImageSettings(prompt="", mode="restyle")) == []  # restyle may go without
     few = request.problems(request.ImageSettings(prompt="x", mode="restyle", steps=2, strength=0.2))
     assert [p.field for p in few] == ["strength"] and "1/steps = 0.5" in str(few[0])
-    bad = request.problems(request.ImageSettings(prompt="x", scheduler="magic", steps=0, guidance=-1))
-    assert [p.field for p in bad] == ["steps", "guidance", "scheduler"]
+    bad = request.problems(request.ImageSettings(prompt="x", scheduler="magic", steps=-1, guidance=-1))
+    assert [p.field for p in bad] == ["steps", "guidance", "scheduler"] and "for the bundle's default" in str(bad[0])
     with pytest.raises(request.BadSetting, match="colour"):
         request.ImageSettings().replace(colour="red")
 
@@ -109,6 +109,13 @@ def test_params_are_an_image_request_the_engine_accepts(tmp_path):
     base = request.ImageSettings(prompt="red brick", negative="blurry", seed=7, steps=4, width=64, height=72)
     text = request.image_params(base, seed=7, default_bundle="tiny-sd15")
     assert text["bundle"] == "tiny-sd15" and "depth_image" not in text and "init_image" not in text
+    assert text["steps"] == 4
+    # steps 0 (the default) is not sent: the engine runs the bundle's own default_steps
+    assert "steps" not in request.image_params(base.replace(steps=0), seed=7)
+    assert "steps" not in request.image_params(base.replace(steps=None), seed=7)  # from scripts, as the engine
+    assert request.ImageSettings().steps == request.TextureSettings().steps == request.TurntableSettings().steps == 0
+    assert "steps" not in request.texture_params(request.TextureSettings(prompt="x"), mesh="m.glb", seed=1)
+    assert "steps" not in request.turntable_params(request.TurntableSettings(prompt="x"), mesh="m.glb", seed=1)
     depth_p = request.image_params(base.replace(mode="depth", control_scale=0.5), seed=9, n=3, depth_image=str(npy))
     assert depth_p["depth_image"] == str(npy) and depth_p["control_scale"] == 0.5 and depth_p["n"] == 3
     restyle = request.image_params(base.replace(mode="restyle", bundle="mine"), seed=1, init_image=str(png))
@@ -360,7 +367,7 @@ def test_turntable_params_are_a_video_request_the_engine_accepts(tmp_path):
     # the add-on refuses what the engine would refuse, with the same limits
     for field, value in (("frames", 1), ("frames", 721), ("fps", 121), ("resolution", 2056), ("resolution", 60),
                          ("elevation", -90.0), ("window", 65), ("strength", 0.0), ("control_scale", 4.5),
-                         ("guidance", 51.0), ("steps", 0), ("temporal", "yes"), ("conditioning", "normal")):
+                         ("guidance", 51.0), ("steps", 501), ("temporal", "yes"), ("conditioning", "normal")):
         assert [p.field for p in request.turntable_problems(s.replace(**{field: value}))] == [field], field
         with pytest.raises(BadParameter, match=field):
             jobs.VideoRequest.from_dict({**params, field: value}).validate()

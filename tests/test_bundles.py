@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -181,3 +182,53 @@ def test_manifest_with_wrong_types_is_named(tmp_path, sd15):
     with pytest.raises(BundleCorrupt, match="components must map"):
         bundles.open_bundle(b)
     assert "types" not in [x.name for x in bundles.find_bundles()]  # skipped, not a crash
+
+
+def test_default_steps_come_from_the_manifest_and_bad_values_are_named(tmp_path, sd15):
+    assert bundles.open_bundle(sd15).default_steps == bundles.DEFAULT_STEPS == 25  # its manifest names none
+    assert bundles.resolve("materials").default_steps == 16  # measured: benchmarks/steps.py, RESULTS.md
+    b = _copy(sd15, tmp_path / "steps")
+    manifest = json.loads((b / "sfumato.json").read_text())
+    (b / "sfumato.json").write_text(json.dumps({**manifest, "default_steps": 3}))
+    opened = bundles.open_bundle(b)
+    assert opened.default_steps == 3 and opened.summary()["default_steps"] == 3
+    for bad in (0, 501, 2.5, "16", True):
+        (b / "sfumato.json").write_text(json.dumps({**manifest, "default_steps": bad}))
+        with pytest.raises(BundleCorrupt, match=re.escape(f"default_steps={bad!r}; allowed: an integer 1..500")):
+            bundles.open_bundle(b)
+
+
+def test_jobs_without_steps_take_the_bundles_default(tmp_path, sd15):
+    """Image, texture and turntable jobs that name no step count run the bundle's ``default_steps``: the
+    progress counts them and the provenance records them; a step count given wins."""
+    import threading
+
+    import trimesh
+
+    from sfumato.core.jobs import JOB_KINDS, JobContext
+    from sfumato.core.loading import ModelCache
+
+    b = _copy(sd15, tmp_path / "three-steps")
+    manifest = json.loads((b / "sfumato.json").read_text())
+    (b / "sfumato.json").write_text(json.dumps({**manifest, "default_steps": 3}))
+    mesh = tmp_path / "box.obj"
+    trimesh.creation.box((2.0, 1.0, 1.0)).export(mesh)
+    cache = ModelCache()
+
+    def run(kind: str, params: dict, output: str) -> tuple[dict, list[int]]:
+        events: list[dict] = []
+        ctx = JobContext("s", cache, "cpu", "fp32", threading.Event(), lambda e, **f: events.append(f),
+                         preview_every=0)
+        result = JOB_KINDS[kind]({"bundle": str(b), "seed": 1, **params}, tmp_path / output, ctx)
+        return result, sorted({f["total"] for f in events if "total" in f})
+
+    image, totals = run("image", {"prompt": "brick", "width": 64, "height": 64}, "i.png")
+    assert image["metadata"][0]["steps"] == 3 and totals == [3]
+    image, totals = run("image", {"prompt": "brick", "width": 64, "height": 64, "steps": 2}, "j.png")
+    assert image["metadata"][0]["steps"] == 2 and totals == [2]
+    texture, totals = run("texture", {"mesh": str(mesh), "prompt": "brick", "views": 1, "fill_views": 0,
+                                      "resolution": 64, "texture_size": 32}, "t.glb")
+    assert texture["metadata"]["steps"] == 3 and totals == [3]
+    video, totals = run("turntable", {"mesh": str(mesh), "prompt": "brick", "frames": 2, "resolution": 64,
+                                      "conditioning": "depth"}, "v.gif")
+    assert video["metadata"]["steps"] == 3 and video["metadata"]["settings"]["steps"] == 3 and totals == [3]

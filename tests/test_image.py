@@ -166,3 +166,16 @@ def test_batches_are_handed_over_as_they_finish(sd15_models):
     out = generate(ImageRequest(prompt="x", seed=1, steps=2, n=5, batch_size=2), sd15_models,
                    on_images=lambda batch: seen.append([g.seed for g in batch]))
     assert seen == [[1, 2], [3, 4], [5]] and [g.seed for g in out] == [1, 2, 3, 4, 5]
+
+
+def test_library_calls_without_steps_take_the_bundles_default(sd15_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sd15_models.bundle.manifest, "default_steps", 4)
+    totals = []
+    out = generate(ImageRequest(prompt="marble", seed=2, width=64, height=64), sd15_models,
+                   on_step=lambda info: totals.append(info.total))[0]
+    assert out.metadata["steps"] == 4 and totals == [4] * 4
+    # checks that need the step count run once it is known: 0.2 of 4 steps is no step at all
+    Image.new("RGB", (64, 64), "grey").save(tmp_path / "init.png")
+    with pytest.raises(BadParameter, match="strength.*with steps=4") as err:
+        generate(ImageRequest(prompt="marble", init_image=str(tmp_path / "init.png"), strength=0.2), sd15_models)
+    assert err.value.field == "strength"

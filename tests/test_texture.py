@@ -267,6 +267,8 @@ def test_depth_required_but_bundle_has_none(house, tmp_path):
     ("views", 0, "1..64"), ("resolution", 100, "multiple of 8"), ("mode", "paint", "projection, material, sds"),
     ("prompt", "  ", "non-empty"), ("tile_size", 0, "positive"), ("texture_size", 4, "16..8192"),
     ("variant", "all", "sequential or sync"), ("colour", "red", "unknown field"), ("fast", "turbo", "auto, on, off"),
+    ("img2img_strength", 0.01, r"1/steps = 0\.0625 with steps=16"),  # no step would run (embedded: 16, no
+                                                                    # depth ControlNet: auto is img2img)
 ])
 def test_bad_texture_settings(house, tmp_path, field, value, match):
     params = {"mesh": str(house), "prompt": "brick", field: value}

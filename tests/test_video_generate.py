@@ -67,6 +67,16 @@ def test_video_bad_input(sd15_models, tmp_path):
         generate_video(embedded, "x", frames=4, mesh=_box(), sync=2.0)
     with pytest.raises(BadParameter, match=r"\.mp4 or \.gif"):
         write_video([], tmp_path / "x.avi", 8, {})
+    # an image-to-image turntable whose strength leaves no step is refused by name, not a tensor error
+    with pytest.raises(BadParameter, match=r"strength=0\.03 .*with steps=16") as err:
+        generate_video(embedded, "x", frames=2, mesh=_box(), resolution=64, conditioning="img2img", strength=0.03)
+    assert err.value.field == "strength"
+    from sfumato.video.jobs import VideoRequest
+
+    with pytest.raises(BadParameter, match="strength.*with steps=20"):  # the request knows before any model loads
+        VideoRequest(prompt="x", mesh="m.glb", steps=20, strength=0.03, conditioning="img2img").validate()
+    # unused with depth; with auto it depends on the bundle, and generate_video refuses it as above
+    VideoRequest(prompt="x", mesh="m.glb", steps=20, strength=0.03).validate()
 
 
 def test_cli_video_and_turntable(sd15, tmp_path, capsys):

@@ -30,6 +30,7 @@ def texture_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[s
     device = pick_device(req.device if req.device != "auto" else ctx.device)
     dtype = pick_dtype(device, req.dtype if req.dtype != "auto" else ctx.dtype)
     bundle = bundles.resolve(req.bundle)
+    req = bundles.fill_steps(req, bundle)
     views = req.views if req.mode == "projection" and req.variant == "sequential" else 1
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, view=0, views=views,
              image=0, images=1, preview=None)

@@ -44,13 +44,15 @@ from PIL import Image
 
 from ..core import latents as latent_space
 from ..core import text
+from ..core.bundle import MAX_STEPS, fill_steps
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
 from ..core.errors import BadParameter
 from ..core.fast import FAST_MODES
-from ..core.image import MAX_SEED, ImageRequest, checked_fields, field_check, generate, native_size
+from ..core.image import (MAX_SEED, ImageRequest, checked_fields, field_check, generate, is_integer,
+                          native_size)
 from ..core.loading import Models
 from ..core.provenance import version
-from ..core.sampling import StepInfo, sample, timesteps_for
+from ..core.sampling import StepInfo, sample, strength_allowed, timesteps_for
 from ..core.schedulers import DEFAULT_SCHEDULER, make_scheduler, names, takes_generator
 from .cameras import Cameras, rig, sphere, view_prompt
 from .mesh import DEFAULT_MAX_FACES, Mesh, check, ensure_uv, load_mesh
@@ -72,7 +74,7 @@ class TextureRequest:
     texture_size: int = 1024  # UV texture, px (projection)
     tile_size: float = 1.0  # metres one tile covers (material)
     seed: int | None = None
-    steps: int = 25
+    steps: int | None = None  # None = the bundle's default_steps
     guidance: float = 7.5
     scheduler: str = DEFAULT_SCHEDULER
     bundle: str | None = None
@@ -121,7 +123,8 @@ class TextureRequest:
                "a positive number of metres (at most 1000)")
         check_("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
                f"an integer 0..{MAX_SEED}, or none for random")
-        check_("steps", isinstance(self.steps, int) and 1 <= self.steps <= 500, "an integer 1..500")
+        check_("steps", self.steps is None or (is_integer(self.steps) and 1 <= self.steps <= MAX_STEPS),
+               f"an integer 1..{MAX_STEPS}, or none for the bundle's default")
         check_("guidance", isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50, "a number 0..50")
         check_("scheduler", self.scheduler in names(), ", ".join(names()))
         check_("conditioning", self.conditioning in ("auto", "depth", "img2img"), "auto, depth or img2img")
@@ -136,6 +139,9 @@ class TextureRequest:
                "a number 0..1")
         check_("img2img_strength", isinstance(self.img2img_strength, (int, float)) and
                0 < self.img2img_strength <= 1, "a number in (0, 1]")
+        if self.mode == "projection" and self.conditioning == "img2img" and isinstance(self.steps, int) and \
+                isinstance(self.img2img_strength, (int, float)):  # (auto: checked once the bundle is known)
+            check_("img2img_strength", int(self.steps * self.img2img_strength) >= 1, strength_allowed(self.steps))
         check_("elevations", isinstance(self.elevations, tuple) and len(self.elevations) >= 1 and
                all(isinstance(e, (int, float)) and -89 <= e <= 89 for e in self.elevations),
                "a list of angles from -89 to 89 degrees")
@@ -428,7 +434,8 @@ def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolu
         # starting image: the partial texture where painted, the grey shading elsewhere
         base = torch.where(painted[None], rendered, scene.shading[i])
         strength = 1.0 if use_control else req.img2img_strength
-        timesteps, _ = timesteps_for(scheduler, req.steps, models.device, strength=strength)
+        timesteps, _ = timesteps_for(scheduler, req.steps, models.device, strength=strength,
+                                     field="img2img_strength")
         shape = (1, models.unet.config.in_channels, resolution // f, resolution // f)
         noise = torch.randn(shape, generator=g).to(models.device, models.dtype)
         z_known = latent_space.encode(models, base[None].to(models.device), [g]) if (painted.any() or not use_control) \
@@ -512,7 +519,8 @@ def project_sync(models: Models, req: TextureRequest, scene: Scene, resolution: 
     use_control = use_depth(models, req)
     if not use_control:  # no depth conditioning: start every view from its shading, noised
         strength = req.img2img_strength
-        timesteps, _ = timesteps_for(scheduler, req.steps, models.device, strength=strength)
+        timesteps, _ = timesteps_for(scheduler, req.steps, models.device, strength=strength,
+                                     field="img2img_strength")
         z = latent_space.encode(models, scene.shading.to(models.device), [g] * n)
         x = sync(scheduler.add_noise(z, x / scheduler.init_noise_sigma, timesteps[:1].repeat(n)))
     cond = _stack([_conditioning(models, req, scene, i, resolution, texts) for i in range(n)])
@@ -658,7 +666,7 @@ def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -
 def texture(req: TextureRequest, models: Models, *, on_view: OnView | None = None,
             mesh: Mesh | None = None) -> TextureResult:
     """Run a validated request on loaded models (load the ControlNet too when the bundle has one)."""
-    req = req.validate()
+    req = fill_steps(req.validate(), models.bundle)
     seed = req.seed if req.seed is not None else random.randint(0, MAX_SEED)
     mesh = mesh if mesh is not None else load_mesh(req.mesh, max_faces=req.max_faces)
     mesh = check(mesh, req.mesh)

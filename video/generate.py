@@ -31,10 +31,11 @@ from PIL import Image
 
 from ..core import latents as latent_space
 from ..core import text
+from ..core.bundle import MAX_STEPS
 from ..core.denoiser import Denoiser, make_conditioning
 from ..core.errors import BadParameter
 from ..core.fast import FAST_MODES
-from ..core.image import native_size
+from ..core.image import is_integer, native_size
 from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
 from ..core.schedulers import make_scheduler, takes_generator
@@ -44,7 +45,7 @@ from .turntable import (circular_windows, loop_noise, orbit_cameras, orbit_views
 
 
 def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None = None, motion=None,
-                   negative: str = "", resolution: int | None = None, steps: int = 25, guidance: float = 7.5,
+                   negative: str = "", resolution: int | None = None, steps: int | None = None, guidance: float = 7.5,
                    seed: int | None = None, scheduler: str = "dpmpp_2m", elevation: float = 20.0,
                    window: int | None = None, control_scale: float = 1.0, conditioning: str = "auto",
                    strength: float = 0.8, relight: bool = True, anchored_noise: bool = True, sync: float = 0.0,
@@ -54,6 +55,9 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
     ``beta_schedule`` overrides the bundle's noise schedule (AnimateDiff motion modules expect "linear").
     ``fast``: the CPU's fast path (a bfloat16 U-Net where the CPU does bfloat16 natively, ``core/fast.py``);
     on a GPU video calls run eagerly (no CUDA graphs for video yet)."""
+    steps = models.bundle.default_steps if steps is None else steps
+    if not is_integer(steps) or not 1 <= steps <= MAX_STEPS:
+        raise BadParameter("steps", steps, f"an integer 1..{MAX_STEPS}, or none for the bundle's default")
     if not isinstance(frames, int) or not 2 <= frames <= 720:
         raise BadParameter("frames", frames, "an integer from 2 to 720")
     size = resolution or native_size(models)

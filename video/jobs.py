@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.bundle import MAX_STEPS, fill_steps, resolve
 from ..core.errors import BadParameter
 from ..core.fast import FAST_MODES
 from ..core.image import MAX_SEED, checked_fields, field_check, is_integer, is_number
 from ..core.jobs import JobContext, check_writable
+from ..core.sampling import strength_allowed
 from ..core.schedulers import DEFAULT_SCHEDULER, names
 from .turntable import MAX_FRAMES
 
@@ -30,7 +32,7 @@ class VideoRequest:
     frames: int = 24
     fps: int = 12
     resolution: int | None = None  # default: the bundle's native size
-    steps: int = 25
+    steps: int | None = None  # None = the bundle's default_steps
     guidance: float = 7.5
     seed: int | None = None
     scheduler: str = DEFAULT_SCHEDULER
@@ -68,7 +70,8 @@ class VideoRequest:
         check("resolution", self.resolution is None or (integer(self.resolution) and self.resolution % 8 == 0
                                                         and 64 <= self.resolution <= 2048),
               "a multiple of 8 from 64 to 2048, or none for the bundle's size")
-        check("steps", integer(self.steps) and 1 <= self.steps <= 500, "an integer 1..500")
+        check("steps", self.steps is None or (integer(self.steps) and 1 <= self.steps <= MAX_STEPS),
+              f"an integer 1..{MAX_STEPS}, or none for the bundle's default")
         check("guidance", number(self.guidance) and 0 <= self.guidance <= 50, "a number 0..50")
         check("seed", self.seed is None or (integer(self.seed) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
@@ -82,6 +85,8 @@ class VideoRequest:
               "an integer 1..64, or none for the motion module's length")
         check("conditioning", self.conditioning in ("auto", "depth", "img2img"), "auto, depth or img2img")
         check("strength", number(self.strength) and 0 < self.strength <= 1, "a number in (0, 1]")
+        if self.mesh is not None and self.conditioning == "img2img" and integer(self.steps) and number(self.strength):
+            check("strength", int(self.steps * self.strength) >= 1, strength_allowed(self.steps))
         check("relight", isinstance(self.relight, bool), "true or false")
         check("anchored_noise", isinstance(self.anchored_noise, bool), "true or false")
         check("sync", number(self.sync) and 0 <= self.sync <= 1, "a number 0..1")
@@ -105,7 +110,6 @@ def run_video(req: VideoRequest, output: Path, get_models: Callable[[Any, bool],
     """Generate ``req`` and write ``output`` (+ ``output.json``); ``get_models(bundle, need_controlnet)``.
 
     Bad meshes, outputs and motion adapters fail before the denoiser runs its first step."""
-    from ..core import bundle as bundles
     from .generate import generate_video, write_video
 
     output = check_output(output)
@@ -114,7 +118,8 @@ def run_video(req: VideoRequest, output: Path, get_models: Callable[[Any, bool],
         from ..threed.mesh import load_mesh
 
         mesh = load_mesh(req.mesh, max_faces=req.max_faces)
-    b = bundles.resolve(req.bundle)
+    b = resolve(req.bundle)
+    req = fill_steps(req, b)
     has_depth = "controlnet_depth" in b.components
     models = get_models(b, mesh is not None and req.conditioning != "img2img" and has_depth)
     source = req.motion or (str(b.component_dir("motion_adapter")) if "motion_adapter" in b.components else None)
@@ -151,6 +156,7 @@ def video_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str
     from ..core.device import out_of_memory_as_error, pick_device, pick_dtype
 
     req = VideoRequest.from_dict(params).validate()
+    req = fill_steps(req, resolve(req.bundle))  # the step count the progress reports
     device = pick_device(req.device if req.device != "auto" else ctx.device)
     dtype = pick_dtype(device, req.dtype if req.dtype != "auto" else ctx.dtype)
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, image=0, images=1, preview=None)

@@ -1,0 +1,117 @@
+"""How many sampling steps does the embedded bundle need? Judged quality and time per step count, one run.
+
+    python benchmarks/steps.py                          # 8, 12, 16, 20, 25 steps against a 50-step reference
+    python benchmarks/steps.py --steps 10,15,25 --scheduler dpmpp_2m_karras
+    python benchmarks/steps.py --quick                  # a few prompts, for a smoke run
+
+Every step count generates the same prompts with the same seeds (``train`` and ``reworded`` prompt sets of
+``bundle_quality.py``, judged at the bundle's training scale by the same material and colour judges), so the
+rows differ only in the step count. ``vs ref`` is the mean absolute pixel difference (0-255) of each image to
+the same prompt and seed at ``--reference`` steps: how far from converged an image still is. ``s / 256²``
+is one 256×256 image at that step count (median of ``--repeat``), the time a CPU user waits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def images_for(models, prompts: list[dict], seeds: int, size: int, steps: int, scheduler: str,
+               fast: str) -> np.ndarray:
+    from sfumato.core.image import ImageRequest, generate
+
+    out = []
+    for k, p in enumerate(prompts):
+        images = generate(ImageRequest(prompt=p["prompt"], seed=1000 + 17 * k, n=seeds, batch_size=seeds,
+                                       steps=steps, width=size, height=size, seamless="xy", fast=fast,
+                                       scheduler=scheduler), models)
+        out += [np.asarray(g.image) for g in images]
+    return np.stack(out)
+
+
+def judged(judge, images: np.ndarray, prompts: list[dict], seeds: int) -> tuple[float, float]:
+    fam, col = judge.predict(images)
+    want = [p for p in prompts for _ in range(seeds)]
+    return (float(np.mean([f == p["family"] for f, p in zip(fam, want)])),
+            float(np.mean([c == p["colour"] for c, p in zip(col, want)])))
+
+
+def main() -> None:
+    from sfumato.core.bundle import resolve, user_dir
+    from sfumato.core.cli import quiet_libraries
+    from sfumato.core.image import ImageRequest, generate
+    from sfumato.core.loading import load_models
+    from sfumato.core.schedulers import names
+    from sfumato.core.train import judge as judges
+    from sfumato.core.train import materials
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default="materials")
+    p.add_argument("--steps", default="8,12,16,20,25", help="comma-separated step counts")
+    p.add_argument("--reference", type=int, default=50, help="step count of the converged reference")
+    p.add_argument("--scheduler", default="bundle", choices=names())
+    p.add_argument("--per-family", type=int, default=2, help="prompts per material family (16 families)")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--size", type=int, default=128, help="judged image size (the bundle's training scale)")
+    p.add_argument("--sets", default="train,reworded")
+    p.add_argument("--repeat", type=int, default=3, help="timed 256² images per step count")
+    p.add_argument("--fast", default="auto", choices=["auto", "off"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.per_family, args.seeds, args.repeat = 1, 2, 1
+    counts = sorted({int(s) for s in args.steps.split(",")} - {args.reference})
+    judge_path = user_dir().parent / "judges" / f"{materials.DATA_VERSION}.safetensors"
+    judge = judges.load_or_fit(judge_path, judges.JudgeConfig(), log=lambda m: None)
+    bundle = resolve(args.bundle)
+    models = load_models(bundle, torch.device("cpu"), torch.float32)
+    sets = {style: materials.prompt_set(style, args.per_family, seed=11) for style in args.sets.split(",")}
+    n_images = sum(len(v) for v in sets.values()) * args.seeds
+    print(f"bundle {bundle.name} ({bundle.identity()}) · scheduler {args.scheduler} · fast {args.fast} · "
+          f"{n_images} images per row at {args.size}² ({', '.join(sets)}) · {torch.get_num_threads()} threads")
+
+    reference = {s: images_for(models, pr, args.seeds, args.size, args.reference, args.scheduler, args.fast)
+                 for s, pr in sets.items()}
+    rows = []
+    for n in [*counts, args.reference]:
+        scores, diffs = {}, []
+        for style, prompts in sets.items():
+            imgs = reference[style] if n == args.reference else \
+                images_for(models, prompts, args.seeds, args.size, n, args.scheduler, args.fast)
+            scores[style] = judged(judge, imgs, prompts, args.seeds)
+            diffs.append(np.abs(imgs.astype(np.float32) - reference[style].astype(np.float32)).mean(axis=(1, 2, 3)))
+        req = ImageRequest(prompt="red brick wall, running bond", seed=1, width=256, height=256, seamless="xy",
+                           steps=n, scheduler=args.scheduler, fast=args.fast)
+        generate(req, models)  # warm-up
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            generate(req, models)
+            times.append(time.perf_counter() - start)
+        d = np.concatenate(diffs)
+        rows.append((n, scores, float(d.mean()), float(np.percentile(d, 90)), statistics.median(times)))
+        print(f"  {n} steps done", flush=True)
+
+    head = " | ".join(f"{s} material / colour" for s in sets)
+    print(f"\n| steps | {head} | vs ref mean (p90) | s / 256² |")
+    print("|---:|" + "---:|" * len(sets) + "---:|---:|")
+    for n, scores, mean, p90, t in rows:
+        cells = " | ".join(f"{m:.1%} / {c:.1%}" for m, c in scores.values())
+        print(f"| {n}{' (ref)' if n == args.reference else ''} | {cells} | {mean:.1f} ({p90:.1f}) | {t:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
