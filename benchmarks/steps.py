@@ -3,6 +3,7 @@
     python benchmarks/steps.py                          # 8, 12, 16, 20, 25 steps against a 50-step reference
     python benchmarks/steps.py --steps 10,15,25 --scheduler dpmpp_2m_karras
     python benchmarks/steps.py --quick                  # a few prompts, for a smoke run
+    python benchmarks/steps.py --gain                   # only: a default job now against the old defaults
 
 Every step count generates the same prompts with the same seeds (``train`` and ``reworded`` prompt sets of
 ``bundle_quality.py``, judged at the bundle's training scale by the same material and colour judges), so the
@@ -45,6 +46,36 @@ def judged(judge, images: np.ndarray, prompts: list[dict], seeds: int) -> tuple[
             float(np.mean([c == p["colour"] for c, p in zip(col, want)])))
 
 
+def gain(bundle_name: str, repeat: int) -> None:
+    """What a job that names no step count gains from the bundle's ``default_steps`` and the fast path."""
+    from sfumato.core.bundle import resolve
+    from sfumato.core.image import ImageRequest, generate
+    from sfumato.core.loading import load_models
+
+    bundle = resolve(bundle_name)
+    models = load_models(bundle, torch.device("cpu"), torch.float32)
+    rows = {"25 steps, float32 (--fast off)": {"steps": 25, "fast": "off"},
+            "25 steps, fast path": {"steps": 25, "fast": "auto"},
+            f"the bundle's default ({bundle.default_steps} steps), fast path": {"fast": "auto"}}
+
+    def run(settings: dict) -> float:
+        start = time.perf_counter()
+        generate(ImageRequest(prompt="red brick wall, running bond", seed=1, width=256, height=256, seamless="xy",
+                              **settings), models)
+        return time.perf_counter() - start
+
+    for settings in rows.values():
+        run(settings)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(repeat):
+        for name, settings in rows.items():
+            times[name].append(run(settings))
+    base = statistics.median(next(iter(times.values())))
+    print(f"bundle {bundle.name} · 256² · {torch.get_num_threads()} threads · median of {repeat}, interleaved")
+    for name, t in times.items():
+        print(f"  {name:48} {statistics.median(t):6.2f} s  {base / statistics.median(t):5.2f}×")
+
+
 def main() -> None:
     from sfumato.core.bundle import resolve, user_dir
     from sfumato.core.cli import quiet_libraries
@@ -67,12 +98,16 @@ def main() -> None:
     p.add_argument("--fast", default="auto", choices=["auto", "off"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--gain", action="store_true", help="only time a default 256² job against the old defaults "
+                   "(25 steps, float32) and 25 steps on the fast path, interleaved, median of --repeat")
     args = p.parse_args()
     quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.per_family, args.seeds, args.repeat = 1, 2, 1
+    if args.gain:
+        return gain(args.bundle, args.repeat)
     counts = sorted({int(s) for s in args.steps.split(",")} - {args.reference})
     judge_path = user_dir().parent / "judges" / f"{materials.DATA_VERSION}.safetensors"
     judge = judges.load_or_fit(judge_path, judges.JudgeConfig(), log=lambda m: None)
