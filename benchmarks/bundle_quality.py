@@ -28,15 +28,33 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def evaluate(models, judge, prompts: list[dict], seeds: int, size: int, steps: int, log=print,
-             fast: str = "auto") -> dict:
+def prompt_images(models, k: int, prompt: str, seeds: int, size: int, steps: int, fast: str = "auto",
+                  scheduler: str | None = None) -> np.ndarray:
+    """The images (seeds, size, size, 3) of prompt number ``k`` of a set: seeds 1000 + 17k onwards, tileable;
+    ``scheduler`` None: the default one."""
     from sfumato.core.image import ImageRequest, generate
 
+    request = ImageRequest(prompt=prompt, seed=1000 + 17 * k, n=seeds, batch_size=seeds, steps=steps, width=size,
+                           height=size, seamless="xy", fast=fast, **({"scheduler": scheduler} if scheduler else {}))
+    images = generate(request, models)
+    return np.stack([np.asarray(g.image) for g in images])
+
+
+def load_judge(path: str | None = None):
+    """The material and colour judges, fitted on held-out procedural samples and cached on first use."""
+    from sfumato.core.bundle import user_dir
+    from sfumato.core.train import judge as judges
+    from sfumato.core.train import materials
+
+    path = Path(path) if path else user_dir().parent / "judges" / f"{materials.DATA_VERSION}.safetensors"
+    return judges.load_or_fit(path, judges.JudgeConfig(), log=lambda m: None)
+
+
+def evaluate(models, judge, prompts: list[dict], seeds: int, size: int, steps: int, log=print,
+             fast: str = "auto") -> dict:
     families, colours, wrong = [], [], collections.Counter()
     for k, p in enumerate(prompts):
-        images = generate(ImageRequest(prompt=p["prompt"], seed=1000 + 17 * k, n=seeds, batch_size=seeds,
-                                       steps=steps, width=size, height=size, seamless="xy", fast=fast), models)
-        fam, col = judge.predict(np.stack([np.asarray(g.image) for g in images]))
+        fam, col = judge.predict(prompt_images(models, k, p["prompt"], seeds, size, steps, fast))
         families += [f == p["family"] for f in fam]
         colours += [c == p["colour"] for c in col]
         for f, c in zip(fam, col):
@@ -51,7 +69,7 @@ def evaluate(models, judge, prompts: list[dict], seeds: int, size: int, steps: i
 
 
 def main() -> None:
-    from sfumato.core.bundle import resolve, user_dir
+    from sfumato.core.bundle import resolve
     from sfumato.core.cli import quiet_libraries
     from sfumato.core.image import ImageRequest, generate
     from sfumato.core.loading import load_models
@@ -77,8 +95,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.per_family, args.seeds = 1, 2
-    judge_path = Path(args.judge) if args.judge else user_dir().parent / "judges" / f"{materials.DATA_VERSION}.safetensors"
-    judge = judges.load_or_fit(judge_path, judges.JudgeConfig(), log=lambda m: None)
+    judge = load_judge(args.judge)
     own_material, own_colour = judges.self_check(judge)
     bundle = resolve(args.bundle)
     models = load_models(bundle, torch.device("cpu"), torch.float32)

@@ -24,19 +24,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bundle_quality import load_judge, prompt_images  # noqa: E402  (this folder: run as a script)
 
 
 def images_for(models, prompts: list[dict], seeds: int, size: int, steps: int, scheduler: str,
                fast: str) -> np.ndarray:
-    from sfumato.core.image import ImageRequest, generate
-
-    out = []
-    for k, p in enumerate(prompts):
-        images = generate(ImageRequest(prompt=p["prompt"], seed=1000 + 17 * k, n=seeds, batch_size=seeds,
-                                       steps=steps, width=size, height=size, seamless="xy", fast=fast,
-                                       scheduler=scheduler), models)
-        out += [np.asarray(g.image) for g in images]
-    return np.stack(out)
+    """Every prompt's images, as ``bundle_quality.py`` makes them (same seeds)."""
+    return np.concatenate([prompt_images(models, k, p["prompt"], seeds, size, steps, fast, scheduler)
+                           for k, p in enumerate(prompts)])
 
 
 def judged(judge, images: np.ndarray, prompts: list[dict], seeds: int) -> tuple[float, float]:
@@ -77,12 +72,11 @@ def gain(bundle_name: str, repeat: int) -> None:
 
 
 def main() -> None:
-    from sfumato.core.bundle import resolve, user_dir
+    from sfumato.core.bundle import resolve
     from sfumato.core.cli import quiet_libraries
     from sfumato.core.image import ImageRequest, generate
     from sfumato.core.loading import load_models
     from sfumato.core.schedulers import names
-    from sfumato.core.train import judge as judges
     from sfumato.core.train import materials
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,8 +103,7 @@ def main() -> None:
     if args.gain:
         return gain(args.bundle, args.repeat)
     counts = sorted({int(s) for s in args.steps.split(",")} - {args.reference})
-    judge_path = user_dir().parent / "judges" / f"{materials.DATA_VERSION}.safetensors"
-    judge = judges.load_or_fit(judge_path, judges.JudgeConfig(), log=lambda m: None)
+    judge = load_judge()
     bundle = resolve(args.bundle)
     models = load_models(bundle, torch.device("cpu"), torch.float32)
     sets = {style: materials.prompt_set(style, args.per_family, seed=11) for style in args.sets.split(",")}

@@ -83,8 +83,7 @@ class ImageRequest:
         check("fast", self.fast in ("auto", "on", "off", "compile"), "auto, on, off or compile")
         check("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
-        check("steps", self.steps is None or (is_integer(self.steps) and 1 <= self.steps <= MAX_STEPS),
-              f"an integer 1..{MAX_STEPS}, or none for the bundle's default")
+        check("steps", is_steps(self.steps), STEPS_ALLOWED)
         check("guidance", isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50, "a number 0..50")
         for dim in ("width", "height"):
             v = getattr(self, dim)
@@ -151,6 +150,14 @@ def is_number(v: Any) -> bool:
 def is_integer(v: Any) -> bool:
     """An int (not a bool)."""
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+STEPS_ALLOWED = f"an integer 1..{MAX_STEPS}, or none for the bundle's default"
+
+
+def is_steps(v: Any) -> bool:
+    """A job's ``steps``: an integer 1..MAX_STEPS, or None for the bundle's ``default_steps``."""
+    return v is None or (is_integer(v) and 1 <= v <= MAX_STEPS)
 
 
 @dataclass

@@ -44,11 +44,11 @@ from PIL import Image
 
 from ..core import latents as latent_space
 from ..core import text
-from ..core.bundle import MAX_STEPS, fill_steps
+from ..core.bundle import fill_steps
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
 from ..core.errors import BadParameter
 from ..core.fast import FAST_MODES
-from ..core.image import (MAX_SEED, ImageRequest, checked_fields, field_check, generate, is_integer,
+from ..core.image import (MAX_SEED, STEPS_ALLOWED, ImageRequest, checked_fields, field_check, generate, is_steps,
                           native_size)
 from ..core.loading import Models
 from ..core.provenance import version
@@ -123,8 +123,7 @@ class TextureRequest:
                "a positive number of metres (at most 1000)")
         check_("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
                f"an integer 0..{MAX_SEED}, or none for random")
-        check_("steps", self.steps is None or (is_integer(self.steps) and 1 <= self.steps <= MAX_STEPS),
-               f"an integer 1..{MAX_STEPS}, or none for the bundle's default")
+        check_("steps", is_steps(self.steps), STEPS_ALLOWED)
         check_("guidance", isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50, "a number 0..50")
         check_("scheduler", self.scheduler in names(), ", ".join(names()))
         check_("conditioning", self.conditioning in ("auto", "depth", "img2img"), "auto, depth or img2img")

@@ -31,11 +31,10 @@ from PIL import Image
 
 from ..core import latents as latent_space
 from ..core import text
-from ..core.bundle import MAX_STEPS
 from ..core.denoiser import Denoiser, make_conditioning
 from ..core.errors import BadParameter
 from ..core.fast import FAST_MODES
-from ..core.image import is_integer, native_size
+from ..core.image import STEPS_ALLOWED, is_steps, native_size
 from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
 from ..core.schedulers import make_scheduler, takes_generator
@@ -56,8 +55,8 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
     ``fast``: the CPU's fast path (a bfloat16 U-Net where the CPU does bfloat16 natively, ``core/fast.py``);
     on a GPU video calls run eagerly (no CUDA graphs for video yet)."""
     steps = models.bundle.default_steps if steps is None else steps
-    if not is_integer(steps) or not 1 <= steps <= MAX_STEPS:
-        raise BadParameter("steps", steps, f"an integer 1..{MAX_STEPS}, or none for the bundle's default")
+    if not is_steps(steps):
+        raise BadParameter("steps", steps, STEPS_ALLOWED)
     if not isinstance(frames, int) or not 2 <= frames <= 720:
         raise BadParameter("frames", frames, "an integer from 2 to 720")
     size = resolution or native_size(models)

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.bundle import MAX_STEPS, fill_steps, resolve
+from ..core.bundle import fill_steps, resolve
 from ..core.errors import BadParameter
 from ..core.fast import FAST_MODES
-from ..core.image import MAX_SEED, checked_fields, field_check, is_integer, is_number
+from ..core.image import MAX_SEED, STEPS_ALLOWED, checked_fields, field_check, is_integer, is_number, is_steps
 from ..core.jobs import JobContext, check_writable
 from ..core.sampling import strength_allowed
 from ..core.schedulers import DEFAULT_SCHEDULER, names
@@ -70,8 +70,7 @@ class VideoRequest:
         check("resolution", self.resolution is None or (integer(self.resolution) and self.resolution % 8 == 0
                                                         and 64 <= self.resolution <= 2048),
               "a multiple of 8 from 64 to 2048, or none for the bundle's size")
-        check("steps", self.steps is None or (integer(self.steps) and 1 <= self.steps <= MAX_STEPS),
-              f"an integer 1..{MAX_STEPS}, or none for the bundle's default")
+        check("steps", is_steps(self.steps), STEPS_ALLOWED)
         check("guidance", number(self.guidance) and 0 <= self.guidance <= 50, "a number 0..50")
         check("seed", self.seed is None or (integer(self.seed) and 0 <= self.seed <= MAX_SEED),
               f"an integer 0..{MAX_SEED}, or none for random")
