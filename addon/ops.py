@@ -445,9 +445,11 @@ class SFUMATO_OT_recall(bpy.types.Operator):
         item = scene.sfumato_history[index]
         props.apply_settings(scene.sfumato, request.settings_from_record(json.loads(item.record)))
         scene.sfumato_history_index = index
-        image = bpy.data.images.get(item.image)
+        image = scene_io.history_image(item)  # reloaded from its file if the datablock is gone
         if image is not None:
             scene_io.show_in_image_editors(image)
+        else:
+            self.report({'WARNING'}, f"the image of {item.label!r} is gone, and so is its file")
         return {'FINISHED'}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import engine, request
 
@@ -28,6 +28,10 @@ class SfumatoPreferences(bpy.types.AddonPreferences):
                                   ".blend file, or a temporary folder (results packed) for an unsaved file")
     threads: IntProperty(name="CPU threads", min=0, max=512, default=0,
                          description="Threads for the engine on the CPU; 0 = its default")
+    pack_results: BoolProperty(name="Pack results into the .blend", default=False,
+                               description="Pack every result image into the .blend file, so that it travels "
+                               "without its files (videos cannot be packed; results are always kept in the .blend "
+                               "with a fake user, and packed anyway while their files are in a temporary folder)")
 
     def draw(self, context):
         from . import runtime
@@ -50,6 +54,7 @@ class SfumatoPreferences(bpy.types.AddonPreferences):
         row.prop(self, "threads")
         layout.prop(self, "default_bundle")
         layout.prop(self, "output_folder")
+        layout.prop(self, "pack_results")
         box = layout.box()
         box.operator("sfumato.check_engine", icon='CHECKMARK')
         for text, alert in runtime.engine_check_lines():

@@ -16,7 +16,7 @@ import bpy
 import numpy as np
 
 from . import depth as depth_mod
-from . import sheet
+from . import engine, prefs, request, sheet
 
 
 class SceneProblem(RuntimeError):
@@ -140,18 +140,42 @@ def render_image(scene, width: int, height: int, png_path: Path, source: str = "
 
 
 # ---- results ----------------------------------------------------------------------------------------
+def keep(datablock, *, pack: bool = False):
+    """Keep a result in the .blend: Blender drops datablocks without users when it saves, so every result
+    gets a fake user. An image is also packed into the file when ``pack`` asks, the "Pack results"
+    preference is on, or its file is in Blender's temporary folder (gone at exit); movie clips cannot be
+    packed and stay files. Returns ``datablock``."""
+    datablock.use_fake_user = True
+    if isinstance(datablock, bpy.types.Image) and datablock.packed_file is None and (
+            pack or _pack_preferred() or _temporary(datablock.filepath)):
+        datablock.pack()
+    return datablock
+
+
+def _pack_preferred() -> bool:
+    try:
+        return bool(prefs.get().pack_results)
+    except engine.EngineUnavailable:  # the add-on is not enabled (scripts that import its modules)
+        return False
+
+
+def _temporary(filepath: str) -> bool:
+    temp = bpy.app.tempdir
+    return bool(filepath and temp) and Path(bpy.path.abspath(filepath)).resolve().is_relative_to(
+        Path(temp).resolve())
+
+
 def load_result(path: str, name: str, provenance: dict[str, Any], *, pack: bool) -> bpy.types.Image:
+    """The result file ``path`` as an image datablock named ``name`` with its provenance, kept (``keep``)."""
     image = bpy.data.images.load(path, check_existing=False)
     image.name = name
     image["sfumato"] = provenance
-    if pack:
-        image.pack()
-    elif bpy.data.filepath:
+    if bpy.data.filepath and not pack:
         try:
             image.filepath = bpy.path.relpath(path)
         except ValueError:  # another drive on Windows
             pass
-    return image
+    return keep(image, pack=pack)
 
 
 def show_in_image_editors(image: bpy.types.Image) -> int:
@@ -189,6 +213,25 @@ def add_history(scene, record: dict[str, Any], limit: int) -> None:
     scene.sfumato_history_index = len(history) - 1
 
 
+def history_image(item) -> bpy.types.Image | None:
+    """The image a history entry made: the datablock it names, else the result loaded from the entry's
+    file, else that file loaded again (kept like any result, and the entry updated); None when neither is
+    there any more."""
+    import json
+
+    record = json.loads(item.record)
+    file = record.get("file") or ""
+    image = bpy.data.images.get(item.image)
+    if image is None and file:
+        image = next((i for i in bpy.data.images if "sfumato" in i and i["sfumato"].get("file") == file), None)
+    if image is None and file and Path(bpy.path.abspath(file)).is_file():
+        provenance = request.id_properties(record.get("settings") or {}, {"file": file})
+        image = load_result(bpy.path.abspath(file), item.image, provenance, pack=False)
+    if image is not None and item.image != image.name:
+        item.image = image.name
+    return image
+
+
 def image_pixels(image: bpy.types.Image) -> np.ndarray:
     """(h, w, 4) float RGBA, top row first."""
     w, h = image.size
@@ -211,8 +254,8 @@ def contact_sheet(images: list[bpy.types.Image], path: Path, name: str, columns:
     path.parent.mkdir(parents=True, exist_ok=True)
     out.filepath_raw = str(path)
     out.file_format = 'PNG'
-    out.save()
-    return out
+    out.save()  # from now on the image is that file (a generated image would come back blank)
+    return keep(out)
 
 
 def redraw() -> None:

@@ -1,8 +1,8 @@
 """Texture mode, shared by the operator and the scripting API: a mesh out as GLB, a material back.
 
 1. validate the settings and the object (a mesh whose evaluated geometry has faces);
-2. projection mode: make sure the object has a UV map (Smart UV Project on the object itself when it
-   has none, since the texture must fit the UV map the object keeps);
+2. projection mode: make sure the object has a UV map (Smart UV Project on the object alone when it
+   has none, islands packed to fill the texture, since the texture must fit the UV map the object keeps);
 3. export the object alone as GLB (``export_glb``): a temporary copy with its modifiers applied, only
    its active UV map, and one plain material, so that the engine sees one primitive whose TEXCOORD_0 is
    that UV map;
@@ -20,6 +20,7 @@ coordinates, scaled so that one tile covers ``tile_size`` metres.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from . import engine, prefs, request, runtime, scene_io
 from .imaging import Prepared, output_folder
 
 SMART_UV_ANGLE = 1.15192  # radians (66 degrees), Smart UV Project's own default
+PACK_MARGIN = 0.01  # between UV islands, as a fraction of the packed size (Pack Islands' "Scaled" margin)
 BOX_BLEND = 0.2  # how softly box projection blends where a surface turns from one axis to the next
 
 
@@ -80,28 +82,53 @@ def check(obj: bpy.types.Object, s: request.TextureSettings) -> None:
 # ---- 2. a UV map -----------------------------------------------------------------------------------
 def ensure_uv_map(obj: bpy.types.Object) -> bool:
     """Give ``obj`` a UV map with Smart UV Project when it has none; True when one was added. Blender's
-    operators work on the current view layer, so ``obj`` must be in it."""
+    operators work on the current view layer, so ``obj`` must be in it. Only ``obj`` is unwrapped: other
+    selected meshes are never put in Edit Mode, and the selection comes back as it was."""
     if obj.data.uv_layers:
         return False
     view_layer = bpy.context.view_layer
     if obj.name not in view_layer.objects:
         raise scene_io.SceneProblem(f"{obj.name!r} has no UV map and is not in the view layer "
                                     f"{view_layer.name!r}, so none can be unwrapped: add a UV map to it")
-    previous = view_layer.objects.active
-    view_layer.objects.active = obj
+    leave_edit_mode()
     try:
-        bpy.ops.object.mode_set(mode='EDIT')
-        bpy.ops.mesh.select_all(action='SELECT')
-        bpy.ops.uv.smart_project(angle_limit=SMART_UV_ANGLE, island_margin=0.02)
-        bpy.ops.object.mode_set(mode='OBJECT')
+        with alone(obj):
+            bpy.ops.object.mode_set(mode='EDIT')
+            bpy.ops.mesh.select_all(action='SELECT')
+            bpy.ops.uv.smart_project(angle_limit=SMART_UV_ANGLE, island_margin=0.02)
+            bpy.ops.uv.select_all(action='SELECT')
+            bpy.ops.uv.pack_islands(rotate=True, margin=PACK_MARGIN)  # the islands fill the texture
     except RuntimeError as exc:
         raise scene_io.SceneProblem(f"could not unwrap {obj.name!r} (Smart UV Project): {exc}; "
                                     "add a UV map to it yourself") from None
+    return True
+
+
+@contextmanager
+def alone(obj: bpy.types.Object):
+    """``obj`` the only selected object and the active one while the block runs (shown, if it was hidden),
+    so that operators (Edit Mode above all) touch nothing else; then Object Mode, and the selection, the
+    active object and ``obj``'s visibility exactly as they were, also when the block fails."""
+    view_layer = bpy.context.view_layer
+    selected, active = [o for o in view_layer.objects if o.select_get()], view_layer.objects.active
+    hidden = obj.hide_get(), obj.hide_viewport
+    try:
+        for other in selected:
+            other.select_set(False)
+        obj.hide_viewport = False
+        obj.hide_set(False)
+        obj.select_set(True)
+        view_layer.objects.active = obj
+        yield obj
     finally:
         if obj.mode != 'OBJECT':
             bpy.ops.object.mode_set(mode='OBJECT')
-        view_layer.objects.active = previous
-    return True
+        obj.select_set(False)
+        obj.hide_set(hidden[0])
+        obj.hide_viewport = hidden[1]
+        for other in selected:
+            other.select_set(True)
+        view_layer.objects.active = active
 
 
 # ---- 3. the mesh as GLB -----------------------------------------------------------------------------
@@ -242,6 +269,7 @@ def finish(state: engine.JobState) -> Textured:
     else:
         material = uv_material(name, image, jc["uv_map"])
     material["sfumato"] = provenance
+    scene_io.keep(material)  # an earlier result stays in the .blend when a later one replaces it
     assign(obj, material)
     scene_io.show_in_image_editors(image)
     return Textured(obj, material, image, str(result.get("glb", "")), result["texture"], meta,

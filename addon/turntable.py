@@ -114,6 +114,7 @@ def finish(state: engine.JobState) -> Turntable:
     except RuntimeError as exc:
         raise scene_io.SceneProblem(f"Blender could not open the video {video}: {exc}") from None
     clip.name = request.clip_name(jc["object"])
+    scene_io.keep(clip)  # no user: the saved .blend would drop it
     meta = dict(result.get("metadata") or {})
     frames, fps = int(result.get("frames") or 0), int(result.get("fps") or s.fps)
     extra = {"object": jc["object"], "file": video, "sidecar": result.get("sidecar"), "mesh_file": jc["mesh"],
