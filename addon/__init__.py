@@ -1,7 +1,7 @@
 """Sfumato for Blender: offline diffusion images, textures, turntable videos and 3D assets.
 
 A Blender 4.2+ extension (``blender_manifest.toml``) that also works as a legacy add-on. It never
-imports torch or the engine: it starts ``python -m sfumato.core.worker`` with the engine's Python and
+imports torch or the engine: it starts ``python -m sfumato.worker`` with the engine's Python and
 talks to it through ``client.py`` (standard library only). Importing this package does not import
 ``bpy``; ``register`` does, so the Blender-free modules (engine, request, depth, sheet) can be tested
 anywhere.

@@ -1,7 +1,7 @@
 """Asset mode, shared by the operator and the scripting API: a prompt out, a GLB asset back at the 3D cursor.
 
 1. validate the settings (a prompt, iterations, render size, guidance);
-2. build the engine's params (``request.asset_params``) and the output path (``.glb``), and note where
+2. build the engine's params (``request.params``) and the output path (``.glb``), and note where
    the 3D cursor is: the asset lands there, even when the cursor moves while the job runs;
 3. the caller runs the job (interactive: queue + timer; background: blocking); the engine optimises a
    radiance field by score distillation and extracts a mesh from it;
@@ -42,12 +42,12 @@ class Asset:
 # ---- 1-2. the job ---------------------------------------------------------------------------------------
 def prepare(context, s: request.AssetSettings, *, seed: int | None = None, folder: Path | None = None) -> Prepared:
     """Steps 1-2."""
-    request.validate_asset(s)
+    request.first_problem(s)
     folder = Path(folder) if folder is not None else output_folder(context)[0]
     folder.mkdir(parents=True, exist_ok=True)
     stem = request.output_stem(folder, s.prompt)
     seed = request.pick_seed(s) if seed is None else seed
-    params = request.asset_params(s, seed=seed, default_bundle=prefs.get(context).default_bundle)
+    params = request.params(s, seed=seed, default_bundle=prefs.get(context).default_bundle)
     job_context = {"settings": dataclasses.asdict(s), "cursor": list(context.scene.cursor.location),
                    "scene": context.scene.name}
     return Prepared(params, f"{stem}_s{seed}.glb", job_context)
@@ -61,7 +61,8 @@ def run(config: engine.EngineConfig, job: Prepared, *, on_event=None) -> Asset:
 
 def start(config: engine.EngineConfig, job: Prepared) -> engine.JobState:
     """Interactive: start the job; ``runtime`` calls ``finish`` when its result arrives."""
-    return runtime.start_job(config, "asset", job, job.context["settings"]["prompt"][:40])
+    return runtime.start_job(config, "asset", job, job.context["settings"]["prompt"][:40], on_final=runtime.applying(
+        finish, "asset", lambda done: f"{', '.join(o.name for o in done.roots)} at the 3D cursor"))
 
 
 # ---- 4. the result in the scene -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@
     for event in client.events(job):          # progress ... then result / error / cancelled
         print(event)
 
-The worker is started on first use as ``python -m sfumato.core.worker``. A reader thread files its
+The worker is started on first use as ``python -m sfumato.worker``. A reader thread files its
 stdout lines as events under their job id (``None`` for events of no job: ready, info, released,
 errors about a malformed request); a second thread drains stderr (kept as a tail for error
 messages) so the worker never blocks on a full pipe. Every waiter sees a dead worker: once it has
@@ -95,7 +95,7 @@ class WorkerClient:
     def __init__(self, python: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  env: dict[str, str] | None = None, start_timeout: float = 120.0, threads: int | None = None):
         self.python = python or sys.executable
-        self.args = ["-m", "sfumato.core.worker"]
+        self.args = ["-m", "sfumato.worker"]
         self.device, self.dtype, self.threads = device, dtype, threads
         self.env = env
         self.start_timeout = start_timeout

@@ -1,7 +1,7 @@
 """The engine seen from Blender: finding its Python, one worker session, jobs and their state.
 
 Blender-free (standard library only), so tests import it without ``bpy``. The add-on never imports
-torch or the engine: it starts ``python -m sfumato.core.worker`` with the engine's interpreter and
+torch or the engine: it starts ``python -m sfumato.worker`` with the engine's interpreter and
 talks JSON lines through ``client.WorkerClient``.
 
 Two ways to run a job, one state machine:
@@ -168,6 +168,9 @@ class JobState:
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
     started: float = field(default_factory=time.monotonic)
+    # called on the main thread with the state and the final event's kind (result, error, cancelled, ...), so
+    # the add-on's runtime applies any job's result without knowing the module that started it
+    on_final: Callable[[JobState, str], None] | None = None
 
     @property
     def active(self) -> bool:

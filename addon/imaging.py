@@ -2,7 +2,7 @@
 
 1. validate the settings and the scene (active camera);
 2. render what the mode needs from the camera: Blender's depth (depth) or the picture (restyle);
-3. build the engine's params (``request.image_params``) and the output path;
+3. build the engine's params (``request.params``) and the output path;
 4. the caller runs the job (interactive: queue + timer; background: blocking);
 5. ``finish``: each result file becomes an image datablock named after prompt and seed, with its
    provenance, a history entry, the Image Editor and optionally the camera background.
@@ -41,7 +41,7 @@ def output_folder(context) -> tuple[Path, bool]:
 
 def check(context, s: request.ImageSettings) -> None:
     """Raise ``request.BadSetting`` / ``scene_io.SceneProblem`` with the reason a job cannot run."""
-    request.validate(s)
+    request.first_problem(s)
     scene_io.active_camera(context.scene)
 
 
@@ -69,8 +69,8 @@ def prepare(context, s: request.ImageSettings, *, seed: int | None = None, n: in
     if inputs is None:
         inputs = render_inputs(context, s, stem, restyle_source)
     seed = request.pick_seed(s) if seed is None else seed
-    params = request.image_params(s, seed=seed, default_bundle=prefs.get(context).default_bundle, n=n,
-                                  depth_image=inputs.get("depth_image"), init_image=inputs.get("init_image"))
+    files = {name: inputs[name] for name in ("depth_image", "init_image") if inputs.get(name)}
+    params = request.params(s, seed=seed, default_bundle=prefs.get(context).default_bundle, inputs=files, n=n)
     output = f"{stem}_s{seed}.png" if n == 1 else f"{stem}.png"
     job_context = {"settings": dataclasses.asdict(s), "scene": context.scene.name,
                    "camera": context.scene.camera.name, "set_background": set_background, "pack": pack,

@@ -14,6 +14,11 @@ BLOCKING = [("AUTO", "Auto", "Wait for the result in background mode (timers nev
             ("ON", "Wait", "Wait for the result"),
             ("OFF", "Queue", "Return at once; a timer applies the result (in background mode something must "
              "call the add-on's runtime.tick)")]
+I, T, V, A = request.I, request.T, request.V, request.A  # the engine's request schema per kind
+SEED = request.property_args(I, "seed", unset=0, description="Unset = the panel's seed (or a random one when the "
+                             "panel says so)")
+STEPS = request.property_args(I, "steps", unset=0, description="Unset = the panel's steps; 0 = the bundle's own "
+                              "default")
 
 
 def _free(cls, context, need_scene: bool = True) -> bool:
@@ -85,7 +90,7 @@ class SFUMATO_OT_image(bpy.types.Operator):
             runtime.LAST_MESSAGE = (str(exc), True)  # the panel shows it too
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
-        state = engine.JobState(tag="image", context=job.context)
+        state = engine.JobState(tag="image", context=job.context, on_final=runtime.applying(imaging.finish, "result"))
         runtime.CURRENT, runtime.LAST_MESSAGE = state, None
         if not _blocking(self.blocking):
             runtime.track(state)
@@ -115,7 +120,7 @@ def _reason(context, s: request.ImageSettings) -> str:
 
 def _texture_reason(context, s: request.TextureSettings) -> str:
     """Why the Texture button would do nothing or fail, for the panel ("" = ready)."""
-    found = request.texture_problems(s)
+    found = request.problems(s)
     if found:
         return str(found[0])
     if not texturing.selected_meshes(context):
@@ -125,13 +130,13 @@ def _texture_reason(context, s: request.TextureSettings) -> str:
 
 def _turntable_reason(context, s: request.TurntableSettings) -> str:
     """Why the Turntable button would do nothing or fail, for the panel ("" = ready)."""
-    found = request.turntable_problems(s)
+    found = request.problems(s)
     return str(found[0]) if found else turntable.why_no_target(context)
 
 
 def _asset_reason(s: request.AssetSettings) -> str:
     """Why the Asset button would fail, for the panel ("" = ready)."""
-    found = request.asset_problems(s)
+    found = request.problems(s)
     return str(found[0]) if found else ""
 
 
@@ -172,15 +177,15 @@ class SFUMATO_OT_texture(_JobOperator, bpy.types.Operator):
         ("projection", "Projection", "Paint the object's own UV map from views around it"),
         ("material", "Material", "A seamless tile laid with box projection at real-world scale")],
         options={'SKIP_SAVE'})
-    views: IntProperty(name="Views", min=1, max=64, default=8, options={'SKIP_SAVE'})
-    resolution: IntProperty(name="View size", default=0, options={'SKIP_SAVE'},
-                            description="Pixels per view, a multiple of 8; 0 = the bundle's native size")
-    texture_size: IntProperty(name="Texture size", default=1024, options={'SKIP_SAVE'})
-    tile_size: FloatProperty(name="Tile size", default=1.0, min=0.001, unit='LENGTH', options={'SKIP_SAVE'})
-    seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
-                      description="Unset = the panel's seed (or a random one when the panel says so)")
-    steps: IntProperty(name="Steps", min=0, max=500, default=0, options={'SKIP_SAVE'},
-                       description="Unset = the panel's steps; 0 = the bundle's own default")
+    views: IntProperty(name="Views", **request.property_args(T, "views"), options={'SKIP_SAVE'})
+    resolution: IntProperty(name="View size", **request.property_args(T, "resolution", unset=0, hard=False),
+                            options={'SKIP_SAVE'})
+    texture_size: IntProperty(name="Texture size", **request.property_args(T, "texture_size", hard=False),
+                              options={'SKIP_SAVE'})
+    tile_size: FloatProperty(name="Tile size", **request.property_args(T, "tile_size", hard=False), unit='LENGTH',
+                             options={'SKIP_SAVE'})
+    seed: IntProperty(name="Seed", **SEED, options={'SKIP_SAVE'})
+    steps: IntProperty(name="Steps", **STEPS, options={'SKIP_SAVE'})
     blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.TextureSettings:
@@ -245,13 +250,13 @@ class SFUMATO_OT_turntable(_JobOperator, bpy.types.Operator):
     prompt: StringProperty(name="Prompt", description="What the video shows; unset = the panel's prompt",
                            options={'SKIP_SAVE'})
     # no hard limits: a bad value must reach the check, which names what is allowed
-    frames: IntProperty(name="Frames", default=24, soft_min=2, soft_max=request.MAX_FRAMES, options={'SKIP_SAVE'})
-    fps: IntProperty(name="FPS", default=12, soft_min=1, soft_max=120, options={'SKIP_SAVE'})
-    resolution: IntProperty(name="Frame size", default=0, options={'SKIP_SAVE'},
-                            description="Pixels per side, a multiple of 8; 0 = the bundle's native size")
-    elevation: FloatProperty(name="Elevation", default=20.0, options={'SKIP_SAVE'},
-                             description="Degrees the camera looks down on the object, -89 to 89")
-    temporal: EnumProperty(name="Temporal", items=[(t, t.title(), "") for t in request.TEMPORAL],
+    frames: IntProperty(name="Frames", **request.property_args(V, "frames", hard=False), options={'SKIP_SAVE'})
+    fps: IntProperty(name="FPS", **request.property_args(V, "fps", hard=False), options={'SKIP_SAVE'})
+    resolution: IntProperty(name="Frame size", **request.property_args(V, "resolution", unset=0, hard=False),
+                            options={'SKIP_SAVE'})
+    elevation: FloatProperty(name="Elevation", **request.property_args(V, "elevation", hard=False),
+                             options={'SKIP_SAVE'})
+    temporal: EnumProperty(name="Temporal", items=[(t, t.title(), "") for t in request.choices(V, "temporal")],
                            options={'SKIP_SAVE'})
     conditioning: EnumProperty(name="Conditioning", items=[
         ("auto", "Auto", "The depth ControlNet when the bundle has one, else image-to-image from the shaded orbit"),
@@ -259,10 +264,8 @@ class SFUMATO_OT_turntable(_JobOperator, bpy.types.Operator):
         ("img2img", "Image to image", "Each frame re-imagined from the orbit's shading")], options={'SKIP_SAVE'})
     format: EnumProperty(name="Format", items=[(f, f.upper(), "") for f in request.VIDEO_FORMATS],
                          options={'SKIP_SAVE'})
-    seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
-                      description="Unset = the panel's seed (or a random one when the panel says so)")
-    steps: IntProperty(name="Steps", min=0, max=500, default=0, options={'SKIP_SAVE'},
-                       description="Unset = the panel's steps; 0 = the bundle's own default")
+    seed: IntProperty(name="Seed", **SEED, options={'SKIP_SAVE'})
+    steps: IntProperty(name="Steps", **STEPS, options={'SKIP_SAVE'})
     blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.TurntableSettings:
@@ -311,12 +314,12 @@ class SFUMATO_OT_asset(_JobOperator, bpy.types.Operator):
 
     prompt: StringProperty(name="Prompt", description="What to make; unset = the panel's prompt",
                            options={'SKIP_SAVE'})
-    iters: IntProperty(name="Iterations", default=600, options={'SKIP_SAVE'})
-    resolution: IntProperty(name="Render size", default=64, options={'SKIP_SAVE'},
-                            description="Pixels per side of the view scored each iteration, a multiple of 16")
-    guidance: FloatProperty(name="Guidance", default=50.0, options={'SKIP_SAVE'})
-    seed: IntProperty(name="Seed", min=0, max=request.MAX_SEED, default=0, options={'SKIP_SAVE'},
-                      description="Unset = the panel's seed (or a random one when the panel says so)")
+    iters: IntProperty(name="Iterations", **request.property_args(A, "iters", hard=False), options={'SKIP_SAVE'})
+    resolution: IntProperty(name="Render size", **request.property_args(A, "resolution", hard=False),
+                            options={'SKIP_SAVE'})
+    guidance: FloatProperty(name="Guidance", **request.property_args(A, "guidance", hard=False),
+                            options={'SKIP_SAVE'})
+    seed: IntProperty(name="Seed", **SEED, options={'SKIP_SAVE'})
     blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.AssetSettings:
@@ -376,7 +379,7 @@ class SFUMATO_OT_release(bpy.types.Operator):
             runtime.LAST_MESSAGE = ("The engine is not running: nothing to release", False)
             return {'FINISHED'}
         if not _blocking(self.blocking):
-            state = runtime.track(engine.JobState(tag="release"))
+            state = runtime.track(engine.JobState(tag="release", on_final=runtime.release_done))
             config = runtime.SESSION.config or prefs.engine_config(context)
             runtime.SESSION.call(state, _release, config)
             return {'FINISHED'}
@@ -414,7 +417,8 @@ class SFUMATO_OT_check_engine(bpy.types.Operator):
             return {'FINISHED'}
         if not _blocking(self.blocking):
             runtime.CHECK["running"] = True
-            runtime.SESSION.call(runtime.track(engine.JobState(tag="check")), lambda c: c.info(120), config)
+            runtime.SESSION.call(runtime.track(engine.JobState(tag="check", on_final=runtime.check_done)),
+                                 lambda c: c.info(120), config)
             return {'FINISHED'}
         try:
             runtime.CHECK["info"] = runtime.SESSION.info(config)

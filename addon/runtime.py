@@ -10,6 +10,7 @@ interactive path headless.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import bpy
@@ -62,77 +63,52 @@ def preview_icon(path: str | None) -> int:
 
 # ---- the timer --------------------------------------------------------------------------------------
 def apply_events() -> list[tuple[engine.JobState, dict[str, Any]]]:
-    """Drain the session's queue and apply what arrived; returns the events (for tests)."""
-    from . import imaging
-
-    global LAST_MESSAGE
+    """Drain the session's queue and hand each job's final event to the finisher it carries; returns the
+    events (for tests)."""
     events = SESSION.drain()
     TASKS[:] = [t for t in TASKS if t.active]
     for state, event in events:
         kind = event.get("event")
-        if state.tag == "image" and kind == "result":
-            try:
-                imaging.finish(state)
-            except Exception as exc:  # the result files are there; say what went wrong applying them
-                log.exception("applying the result failed")
-                state.status, state.message = "error", f"could not load the result: {exc}"
-            else:
-                _undo_push("Sfumato result")
-        elif state.tag == "texture" and kind in FINAL_EVENTS:
-            _texture_done(state, kind)
-        elif state.tag in ("turntable", "asset") and kind == "result":
-            _head_done(state)
-        elif state.tag == "check" and kind in ("result", "failed"):
-            CHECK.clear()
-            CHECK.update({"info": state.result} if kind == "result" else {"error": state.message})
-        elif state.tag == "release" and kind in ("result", "failed"):
-            LAST_MESSAGE = ("GPU memory released", False) if kind == "result" else (state.message, True)
+        if kind in FINAL_EVENTS and state.on_final is not None:
+            state.on_final(state, kind)
     return events
 
 
 FINAL_EVENTS = ("result", "error", "cancelled", "failed", "worker_exited")
 
 
-def _texture_done(state: engine.JobState, kind: str) -> None:
-    """A texture job ended: apply its material, then start the next selected object's job."""
-    from . import texturing
+def applying(finish: Callable[[engine.JobState], Any], what: str,
+             note: Callable[[Any], str | None] = lambda done: None) -> Callable[[engine.JobState, str], None]:
+    """A finisher that applies a job's result with ``finish`` (an undo step of its own; ``note`` says what was
+    made, for the panel); when applying fails, the files are there and the panel says what went wrong."""
+    def on_final(state: engine.JobState, kind: str) -> None:
+        global LAST_MESSAGE
+        if kind != "result":
+            return
+        try:
+            done = finish(state)
+        except Exception as exc:  # the result files are there; say what went wrong applying them
+            log.exception("applying the %s result failed", what)
+            state.status, state.message = "error", f"could not apply the {what}: {exc}"
+            return
+        _undo_push(f"Sfumato {what}")
+        message = note(done)
+        if message:
+            LAST_MESSAGE = (message, False)
 
+    return on_final
+
+
+def check_done(state: engine.JobState, kind: str) -> None:
+    """The finisher of "Check engine"."""
+    CHECK.clear()
+    CHECK.update({"info": state.result} if kind == "result" else {"error": state.message})
+
+
+def release_done(state: engine.JobState, kind: str) -> None:
+    """The finisher of "Release memory"."""
     global LAST_MESSAGE
-    if kind != "result":
-        left = texturing.not_done(state)
-        if left:
-            state.message += f"; not textured: {', '.join(left)}"
-        return
-    try:
-        done = texturing.finish(state)
-    except Exception as exc:  # the files are there; say what went wrong applying them
-        log.exception("applying the texture failed")
-        state.status, state.message = "error", f"could not apply the texture: {exc}"
-        return
-    _undo_push("Sfumato texture")
-    if done.warnings:
-        LAST_MESSAGE = (f"{done.object.name}: " + "; ".join(done.warnings), False)
-    texturing.start_next(state)
-
-
-def _head_done(state: engine.JobState) -> None:
-    """A turntable or asset job's result: load the clip, or import the asset at the cursor."""
-    from . import asset, turntable
-
-    global LAST_MESSAGE
-    try:
-        if state.tag == "turntable":
-            done = turntable.finish(state)
-            notes = [f"{done.object} -> movie clip {done.clip.name!r}", *done.warnings]
-        else:
-            done = asset.finish(state)
-            notes = [f"{', '.join(o.name for o in done.roots)} at the 3D cursor"]
-    except Exception as exc:  # the files are there; say what went wrong applying them
-        log.exception("applying the %s result failed", state.tag)
-        state.status, state.message = "error", f"could not apply the {state.tag}: {exc}"
-        return
-    _undo_push(f"Sfumato {state.tag}")
-    LAST_MESSAGE = ("; ".join(notes), False)
+    LAST_MESSAGE = ("GPU memory released", False) if kind == "result" else (state.message, True)
 
 
 def _undo_push(message: str) -> None:
@@ -171,10 +147,11 @@ def run_job(config: engine.EngineConfig, kind: str, job: Any, title: str, on_eve
     return state
 
 
-def start_job(config: engine.EngineConfig, kind: str, job: Any, title: str) -> engine.JobState:
-    """Interactive: start one head's ``job``, shown in the panel; ``tick`` applies its result."""
+def start_job(config: engine.EngineConfig, kind: str, job: Any, title: str,
+              on_final: Callable[[engine.JobState, str], None]) -> engine.JobState:
+    """Interactive: start one head's ``job``, shown in the panel; ``tick`` hands its final event to ``on_final``."""
     global CURRENT, LAST_MESSAGE
-    state = engine.JobState(tag=kind, context={**job.context, "params": job.params}, title=title)
+    state = engine.JobState(tag=kind, context={**job.context, "params": job.params}, title=title, on_final=on_final)
     CURRENT, LAST_MESSAGE = state, None
     track(state)
     SESSION.start(config, state, kind, job.params, job.output, preview_every=1)

@@ -6,7 +6,7 @@
 3. export the object alone as GLB (``export_glb``): a temporary copy with its modifiers applied, only
    its active UV map, and one plain material, so that the engine sees one primitive whose TEXCOORD_0 is
    that UV map;
-4. build the engine's params (``request.texture_params``) and the output path;
+4. build the engine's params (``request.params``) and the output path;
 5. the caller runs the job (interactive: queue + timer, one object after the other; background: blocking);
 6. ``finish``: the texture PNG becomes an image datablock and a material "Sfumato texture <object>"
    replaces the object's materials, with the provenance on both.
@@ -71,7 +71,7 @@ def face_count(obj: bpy.types.Object) -> int:
 
 def check(obj: bpy.types.Object, s: request.TextureSettings) -> None:
     """Raise ``request.BadSetting`` / ``scene_io.SceneProblem`` with the reason ``obj`` cannot be textured."""
-    request.validate_texture(s)
+    request.first_problem(s)
     if obj is None or obj.type != 'MESH':
         what = "nothing" if obj is None else f"{obj.name!r}, a {obj.type.lower()}"
         raise scene_io.SceneProblem(f"texture mode needs a mesh object, got {what}")
@@ -191,7 +191,7 @@ def prepare(context, obj: bpy.types.Object, s: request.TextureSettings, *, seed:
     mesh = stem.with_name(stem.name + ".mesh.glb")
     uv_map = export_glb(obj, mesh)
     seed = request.pick_seed(s) if seed is None else seed
-    params = request.texture_params(s, mesh=str(mesh), seed=seed, default_bundle=prefs.get(context).default_bundle)
+    params = request.params(s, seed=seed, default_bundle=prefs.get(context).default_bundle, inputs={"mesh": str(mesh)})
     job_context = {"settings": dataclasses.asdict(s), "object": obj.name, "uv_map": uv_map, "uv_added": uv_added,
                    "mesh": str(mesh), "pack": pack, "scene": context.scene.name}
     return Prepared(params, f"{stem}_s{seed}.glb", job_context)
@@ -223,7 +223,7 @@ def _launch(config: dict[str, Any], jobs: list[dict[str, Any]], index: int, coun
     job = Prepared(**jobs[0])
     state = engine.JobState(tag="texture", context={**job.context, "params": job.params, "config": config,
                                                     "pending": jobs[1:], "index": index, "count": count},
-                            title=_title(job, index, count))
+                            title=_title(job, index, count), on_final=on_final)
     runtime.CURRENT = state
     runtime.track(state)
     runtime.SESSION.start(engine.EngineConfig(**config), state, "texture", job.params, job.output, preview_every=1)
@@ -232,6 +232,20 @@ def _launch(config: dict[str, Any], jobs: list[dict[str, Any]], index: int, coun
 
 def _title(job: Prepared, index: int, count: int) -> str:
     return job.context["object"] + (f" ({index}/{count})" if count > 1 else "")
+
+
+def on_final(state: engine.JobState, kind: str) -> None:
+    """An interactive texture job ended: apply its material, then start the next selected object's job; when it
+    failed, say which objects were never started."""
+    if kind != "result":
+        left = not_done(state)
+        if left:
+            state.message += f"; not textured: {', '.join(left)}"
+        return
+    runtime.applying(finish, "texture", lambda done: f"{done.object.name}: " + "; ".join(done.warnings)
+                     if done.warnings else None)(state, kind)
+    if state.status != "error":
+        start_next(state)
 
 
 def not_done(state: engine.JobState) -> list[str]:

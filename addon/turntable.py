@@ -2,7 +2,7 @@
 
 1. find the mesh to orbit (the active object, or the only selected mesh) and validate the settings;
 2. export it alone as GLB, modifiers applied (``texturing.export_glb``, the texture head's export);
-3. build the engine's params (``request.turntable_params``) and the output path (``.mp4`` or ``.gif``);
+3. build the engine's params (``request.params``) and the output path (``.mp4`` or ``.gif``);
 4. the caller runs the job (interactive: queue + timer; background: blocking);
 5. ``finish``: the video becomes a Movie Clip "Sfumato turntable <object>" with the provenance on it,
    shown in any open Movie Clip Editor.
@@ -61,7 +61,7 @@ def why_no_target(context) -> str:
 
 def check(obj: bpy.types.Object, s: request.TurntableSettings) -> None:
     """Raise ``request.BadSetting`` / ``scene_io.SceneProblem`` with the reason ``obj`` cannot be orbited."""
-    request.validate_turntable(s)
+    request.first_problem(s)
     if obj is None or obj.type != 'MESH':
         what = "nothing" if obj is None else f"{obj.name!r}, a {obj.type.lower()}"
         raise scene_io.SceneProblem(f"a turntable needs a mesh object, got {what}")
@@ -82,8 +82,8 @@ def prepare(context, obj: bpy.types.Object, s: request.TurntableSettings, *, see
     mesh = stem.with_name(stem.name + ".mesh.glb")
     texturing.export_glb(obj, mesh)
     seed = request.pick_seed(s) if seed is None else seed
-    params = request.turntable_params(s, mesh=str(mesh), seed=seed,
-                                      default_bundle=prefs.get(context).default_bundle)
+    params = request.params(s, seed=seed, default_bundle=prefs.get(context).default_bundle,
+                            inputs={"mesh": str(mesh)})
     job_context = {"settings": dataclasses.asdict(s), "object": obj.name, "mesh": str(mesh), "temporary": pack,
                    "scene": context.scene.name}
     return Prepared(params, f"{stem}_s{seed}.{s.format}", job_context)
@@ -97,7 +97,8 @@ def run(config: engine.EngineConfig, job: Prepared, *, on_event=None) -> Turntab
 
 def start(config: engine.EngineConfig, job: Prepared) -> engine.JobState:
     """Interactive: start the job; ``runtime`` calls ``finish`` when its result arrives."""
-    return runtime.start_job(config, "turntable", job, job.context["object"])
+    return runtime.start_job(config, "turntable", job, job.context["object"], on_final=runtime.applying(
+        finish, "turntable", lambda done: "; ".join([f"{done.object} -> movie clip {done.clip.name!r}", *done.warnings])))
 
 
 # ---- 5. the result as a movie clip ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ PROMPTS = {
 
 def main() -> None:
     from sfumato.core.bundle import resolve
-    from sfumato.core.cli import quiet_libraries
+    from sfumato.core.quiet import quiet_libraries
     from sfumato.core.image import ImageRequest, generate
     from sfumato.core.loading import load_models
     from sfumato.core.train import materials

@@ -84,7 +84,7 @@ def timed(fns: dict, repeat: int, device: torch.device) -> dict[str, tuple[float
 def main() -> None:
     from diffusers import StableDiffusionPipeline
 
-    from sfumato.core.cli import quiet_libraries
+    from sfumato.core.quiet import quiet_libraries
     from sfumato.core.device import pick_device, pick_dtype
     from sfumato.core.image import ImageRequest, generate
     from sfumato.core.schedulers import make_scheduler

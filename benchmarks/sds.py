@@ -114,10 +114,11 @@ def sds_naive(models, size: int, guidance: float):
 
 
 def asset_rate(models, size: int, render: str, iters: int) -> float:
+    from sfumato.core.checks import checked
     from sfumato.threed.asset import AssetRequest, optimise
 
-    req = AssetRequest(prompt="red brick wall", iters=iters, resolution=size, seed=0, render=render,
-                       preview_every=0).validate()
+    req = checked(AssetRequest(prompt="red brick wall", iters=iters, resolution=size, seed=0, render=render,
+                               preview_every=0))
     optimise(AssetRequest(**{**req.__dict__, "iters": 2}), models, seed=0)  # warm-up
     sync(models.device)
     start = time.perf_counter()

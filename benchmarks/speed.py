@@ -259,7 +259,7 @@ def cpu_knobs(models, size: int, steps: int, repeat: int, compile: bool = False,
 
 
 def main() -> None:
-    from sfumato.core.cli import quiet_libraries
+    from sfumato.core.quiet import quiet_libraries
     from sfumato.core.device import pick_device, pick_dtype
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

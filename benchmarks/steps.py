@@ -73,7 +73,7 @@ def gain(bundle_name: str, repeat: int) -> None:
 
 def main() -> None:
     from sfumato.core.bundle import resolve
-    from sfumato.core.cli import quiet_libraries
+    from sfumato.core.quiet import quiet_libraries
     from sfumato.core.image import ImageRequest, generate
     from sfumato.core.loading import load_models
     from sfumato.core.schedulers import names

@@ -73,7 +73,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from sfumato.core import bundle as bundles
-    from sfumato.core.cli import quiet_libraries
+    from sfumato.core.quiet import quiet_libraries
     from sfumato.core.device import pick_device, pick_dtype
     from sfumato.core.loading import load_models
     from sfumato.threed.cameras import rig

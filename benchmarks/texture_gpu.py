@@ -17,7 +17,7 @@ from diffusers import ControlNetModel  # noqa: E402
 from image import random_models  # noqa: E402
 from texture import house  # noqa: E402
 
-from sfumato.core.cli import quiet_libraries  # noqa: E402
+from sfumato.core.quiet import quiet_libraries  # noqa: E402
 from sfumato.threed.mesh import load_mesh  # noqa: E402
 from sfumato.threed.texture import TextureRequest, texture  # noqa: E402
 

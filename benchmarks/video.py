@@ -63,6 +63,7 @@ def cpu(args) -> None:
     from sfumato.core.loading import load_models
     from sfumato.video.adapter import load_motion_adapter
     from sfumato.video.consistency import detail, orbit_flow, seam_ratio, warping_errors
+    from sfumato.core.schema import VideoRequest
     from sfumato.video.generate import generate_video
     from sfumato.video.turntable import orbit_cameras
 
@@ -97,7 +98,8 @@ def cpu(args) -> None:
                 motion = load_motion_adapter(bundle.component_dir("motion_adapter"), models.unet) if temporal else None
                 try:
                     t0 = time.perf_counter()
-                    frames, _ = generate_video(models, prompt, mesh=mesh, motion=motion, seed=100 + k, **kw, **extra)
+                    req = VideoRequest(prompt=prompt, seed=100 + k, **kw, **extra)
+                    frames, _ = generate_video(models, req, mesh=mesh, motion=motion)
                     times[label].append((time.perf_counter() - t0) / args.frames)
                 finally:
                     if motion is not None:
@@ -142,13 +144,15 @@ def side_by_side(models, bundle, mesh, prompt: str, kw: dict, path: Path) -> Non
     from PIL import Image, ImageDraw
 
     from sfumato.video.adapter import load_motion_adapter
+    from sfumato.core.schema import VideoRequest
     from sfumato.video.generate import generate_video
 
     runs = []
     for temporal in ("off", "on"):
         motion = load_motion_adapter(bundle.component_dir("motion_adapter"), models.unet) if temporal == "on" else None
         try:
-            frames, _ = generate_video(models, prompt, mesh=mesh, motion=motion, seed=7, **{**kw, "relight": True})
+            req = VideoRequest(prompt=prompt, seed=7, **{**kw, "relight": True})
+            frames, _ = generate_video(models, req, mesh=mesh, motion=motion)
         finally:
             if motion is not None:
                 motion.remove()
@@ -175,6 +179,7 @@ def gpu(args) -> None:
     from image import random_models
 
     from sfumato.video.adapter import load_motion_adapter
+    from sfumato.core.schema import VideoRequest
     from sfumato.video.generate import generate_video
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,8 +211,9 @@ def gpu(args) -> None:
     motion = load_motion_adapter(folder, models.unet)
 
     def ours():
-        return generate_video(models, "a glass pavilion at dusk", frames=frames, motion=motion, resolution=size,
-                              steps=steps, seed=0, scheduler="ddim", window=16, beta_schedule="linear")
+        req = VideoRequest(prompt="a glass pavilion at dusk", frames=frames, resolution=size, steps=steps, seed=0,
+                           scheduler="ddim", window=16, beta_schedule="linear")
+        return generate_video(models, req, motion=motion)
 
     results = {}
     for label, fn in (("diffusers AnimateDiffPipeline", theirs), ("ours (shared denoiser + frame attention hooks)", ours)):

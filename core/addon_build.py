@@ -12,8 +12,10 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 from .errors import SfumatoError
 
 ADDON_DIR = Path(__file__).resolve().parent.parent / "addon"
+SCHEMA = Path(__file__).resolve().parent / "schema.py"  # standard library only: the add-on loads it in Blender
 MANIFEST = "blender_manifest.toml"
 REQUIRED = ("schema_version", "id", "version", "name", "tagline", "maintainer", "type", "blender_version_min",
             "license")
@@ -66,14 +69,23 @@ def _output_path(output: Path, manifest: dict) -> Path:
 
 
 def build_addon(output: Path, source: Path = ADDON_DIR, *, use_blender: bool = True) -> Path:
-    """Build the extension zip from ``source`` (the add-on folder) at ``output`` (a .zip path, or a
-    folder to put ``<id>-<version>.zip`` in); returns the zip's path."""
+    """Build the extension zip from ``source`` (the add-on folder) and the engine's request schema (as
+    ``schema.py``, which the add-on reads its limits and defaults from) at ``output`` (a .zip path, or a folder
+    to put ``<id>-<version>.zip`` in); returns the zip's path."""
     source = Path(source).resolve()
     manifest = read_manifest(source)
     target = _output_path(output, manifest).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()
+    with tempfile.TemporaryDirectory(prefix="sfumato-addon-") as staging:
+        staged = Path(staging) / source.name
+        shutil.copytree(source, staged, ignore=shutil.ignore_patterns(*ALWAYS_EXCLUDED))
+        shutil.copyfile(SCHEMA, staged / "schema.py")
+        return _build(staged, target, manifest, use_blender)
+
+
+def _build(source: Path, target: Path, manifest: dict, use_blender: bool) -> Path:
     builder = blender_builder() if use_blender else None
     if builder is not None:
         script, tags = builder

@@ -18,7 +18,6 @@ A bundle is named by its folder name, or given as a path.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -28,12 +27,11 @@ from typing import Any
 
 from .errors import BundleCorrupt, BundleNotFound, PickleRefused
 from .safetensors_check import is_pickle, read_header, sha256
+from .schema import DEFAULT_STEPS, MAX_STEPS
 
 MANIFEST = "sfumato.json"
 MANIFEST_FORMAT = 1
 DEFAULT_BUNDLE = "materials"
-DEFAULT_STEPS = 25  # sampling steps of a job that names none, unless the bundle's manifest says otherwise
-MAX_STEPS = 500
 FAMILIES = ("sd15", "sd21", "sdxl", "mini")
 
 # component name -> (library, class) as diffusers' model_index.json spells them
@@ -195,14 +193,6 @@ def open_bundle(path: Path) -> Bundle:
                 not (path / sub / "config.json").is_file() and not (path / sub / "scheduler_config.json").is_file():
             raise BundleCorrupt(path / sub, "has no config.json")
     return Bundle(path=path, name=name, family=family, components=components, manifest=manifest)
-
-
-def fill_steps(request, bundle: Bundle):
-    """``request`` (a job's dataclass with ``steps`` and ``validate``) with ``steps`` taken from ``bundle``
-    when it names none, validated again: checks such as the img2img strength need the step count."""
-    if request.steps is not None:
-        return request
-    return dataclasses.replace(request, steps=bundle.default_steps).validate()
 
 
 def find_bundles() -> list[Bundle]:

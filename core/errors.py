@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .schema import message
+
 
 class SfumatoError(Exception):
     """Base of every error the engine reports to a user.
@@ -38,7 +40,7 @@ class BadParameter(SfumatoError):
     code = "bad_parameter"
 
     def __init__(self, field: str, value: Any, allowed: str, *, hint: str = ""):
-        super().__init__(f"{field}={value!r} is not allowed: {allowed}", hint=hint)
+        super().__init__(message(field, value, allowed), hint=hint)
         self.field = field
         self.value = value
         self.allowed = allowed

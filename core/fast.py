@@ -37,15 +37,18 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from .schema import Fast
+
 log = logging.getLogger("sfumato.fast")
 
-FAST_MODES = ("auto", "on", "off", "compile")
+FAST_MODES = typing.get_args(Fast)  # the schema's choices
 
 
 def enabled(mode: str, device: torch.device) -> bool:

@@ -2,7 +2,7 @@
 
 The main path, ``generate``, is a short story:
 
-1. validate the request;
+1. check the request (once: a job's door already did) and fill in its step count and seed;
 2. encode the prompt and the negative prompt;
 3. prepare the starting latents: seeded noise, or the encoded init image noised to the start step;
 4. denoise with the shared loop;
@@ -15,14 +15,11 @@ and the same settings reproduce the same image in diffusers.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,133 +28,17 @@ from PIL import Image
 
 from . import latents as latent_space
 from . import text
-from .bundle import MAX_STEPS, fill_steps
+from .checks import ensure_checked
 from .denoiser import Denoiser, make_conditioning
 from .errors import BadParameter
 from .loading import Models
 from .provenance import version
-from .sampling import OnStep, sample, strength_allowed, timesteps_for
-from .schedulers import DEFAULT_SCHEDULER, make_scheduler, names, takes_generator
+from .sampling import OnStep, sample, timesteps_for
+from .schedulers import make_scheduler, takes_generator
+from .schema import ImageRequest
 from .seamless import seamless
 
 log = logging.getLogger("sfumato")
-MAX_SEED = 2**63 - 1
-
-
-@dataclass
-class ImageRequest:
-    """One image job. Paths are files the job reads; nothing else is read."""
-
-    prompt: str
-    negative: str = ""
-    bundle: str | None = None  # name on the search path or a folder; None = the default bundle
-    seed: int | None = None  # None = random (the chosen seed is recorded)
-    steps: int | None = None  # None = the bundle's default_steps (25 unless its manifest says otherwise)
-    guidance: float = 7.5  # classifier-free guidance scale w; ≤ 1 turns guidance off
-    width: int | None = None  # pixels, multiple of 8; None = the bundle's native size
-    height: int | None = None
-    scheduler: str = DEFAULT_SCHEDULER
-    init_image: str | None = None  # image-to-image source
-    strength: float = 0.75  # img2img: share of the schedule re-run (1 = ignore the init image)
-    depth_image: str | None = None  # depth map, near = bright (greyscale PNG 8/16-bit, or .npy distances)
-    control_scale: float = 1.0  # ControlNet residual scale
-    seamless: Literal["none", "x", "y", "xy"] = "none"
-    n: int = 1  # variations with seeds seed, seed+1, ..., seed+n-1
-    batch_size: int = 4  # images per network batch (memory); does not change results
-    device: str = "auto"
-    dtype: str = "auto"
-    fast: str = "auto"  # CUDA graphs on CUDA, bfloat16 U-Net on a CPU that does it natively; off: eager (fast.py)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageRequest":
-        return cls(**checked_fields(cls, data, {"prompt": "a text prompt is required"}))
-
-    def validate(self) -> "ImageRequest":
-        check = field_check(self)
-
-        check("prompt", isinstance(self.prompt, str), "a string")
-        check("bundle", self.bundle is None or isinstance(self.bundle, str), "a bundle name or folder, or none")
-        check("device", isinstance(self.device, str), "auto, cuda, cuda:N, mps or cpu")
-        check("dtype", self.dtype in ("auto", "fp16", "bf16", "fp32"), "auto, fp16, bf16 or fp32")
-        check("negative", isinstance(self.negative, str), "a string")
-        check("fast", self.fast in ("auto", "on", "off", "compile"), "auto, on, off or compile")
-        check("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
-              f"an integer 0..{MAX_SEED}, or none for random")
-        check("steps", is_steps(self.steps), STEPS_ALLOWED)
-        check("guidance", isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50, "a number 0..50")
-        for dim in ("width", "height"):
-            v = getattr(self, dim)
-            if v is not None and not (isinstance(v, int) and 64 <= v <= 4096 and v % 8 == 0):
-                lo = min(4088, max(64, (v // 8) * 8)) if isinstance(v, int) else 64
-                check(dim, False, f"a multiple of 8 from 64 to 4096 (nearest: {lo} or {lo + 8})")
-        check("scheduler", self.scheduler in names(), ", ".join(names()))
-        check("strength", isinstance(self.strength, (int, float)) and 0 < self.strength <= 1, "a number in (0, 1]")
-        if self.init_image is not None and isinstance(self.steps, int) and isinstance(self.strength, (int, float)):
-            check("strength", int(self.steps * self.strength) >= 1, strength_allowed(self.steps))
-        check("control_scale", isinstance(self.control_scale, (int, float)) and 0 <= self.control_scale <= 4,
-              "a number 0..4")
-        check("seamless", self.seamless in ("none", "x", "y", "xy"), "none, x, y or xy")
-        check("n", isinstance(self.n, int) and 1 <= self.n <= 256, "an integer 1..256")
-        if self.seed is not None:
-            check("seed", self.seed + self.n - 1 <= MAX_SEED, f"at most {MAX_SEED} - (n - 1) = "
-                  f"{MAX_SEED - self.n + 1} with n={self.n}, so every variation's seed can be replayed")
-        if self.scheduler == "lcm" and self.steps is not None:
-            check("steps", self.steps <= 50, "1..50 with the lcm scheduler (its original_inference_steps)")
-        check("batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "an integer 1..64")
-        for name in ("init_image", "depth_image"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                check(name, False, "an existing image file")
-        return self
-
-    @property
-    def mode(self) -> str:
-        if self.depth_image:
-            return "depth"
-        return "img2img" if self.init_image else "txt2img"
-
-
-def checked_fields(cls, data: dict[str, Any], required: dict[str, str]) -> dict[str, Any]:
-    """``data`` for a request dataclass ``cls``: an unknown field, or a missing ``required`` one (name ->
-    what to say), is a ``BadParameter`` naming it. Shared by every head's job request."""
-    if not isinstance(data, dict):
-        raise BadParameter("params", data, "a JSON object of settings")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise BadParameter(unknown[0], data[unknown[0]], f"unknown field; allowed: {', '.join(sorted(known))}")
-    for name, allowed in required.items():
-        if name not in data:
-            raise BadParameter(name, None, allowed)
-    return dict(data)
-
-
-def field_check(request: Any) -> Callable[[str, bool, str], None]:
-    """``check(name, ok, allowed)``: unless ``ok``, a ``BadParameter`` naming ``request``'s field ``name``,
-    its value and what is allowed. Every head's ``validate`` uses it."""
-    def check(name: str, ok: bool, allowed: str) -> None:
-        if not ok:
-            raise BadParameter(name, getattr(request, name), allowed)
-
-    return check
-
-
-def is_number(v: Any) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def is_integer(v: Any) -> bool:
-    """An int (not a bool)."""
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-STEPS_ALLOWED = f"an integer 1..{MAX_STEPS}, or none for the bundle's default"
-
-
-def is_steps(v: Any) -> bool:
-    """A job's ``steps``: an integer 1..MAX_STEPS, or None for the bundle's ``default_steps``."""
-    return v is None or (is_integer(v) and 1 <= v <= MAX_STEPS)
 
 
 @dataclass
@@ -219,9 +100,9 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
 
     ``on_images`` receives each batch as soon as it is decoded, so a caller can save finished work
     before a later batch is cancelled or fails."""
-    # 1. validate
-    req = fill_steps(request.validate(), models.bundle)
-    seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)
+    # 1. the request checked, with its step count and seed (a job's door already did it)
+    req = ensure_checked(request, models.bundle)
+    seed = req.seed
     width, height = req.width or native_size(models), req.height or native_size(models)
     control = load_depth(req.depth_image, width, height) if req.depth_image else None
     init = latent_space.pil_to_tensor(open_image("init_image", req.init_image), width, height) \

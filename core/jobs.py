@@ -1,19 +1,26 @@
-"""Job kinds the worker (and the CLI) run: plain functions ``(params, output, ctx) -> result``.
+"""The door every job enters by, and the image job.
 
-A job reads only its own inputs, reports progress through ``ctx.emit``, checks ``ctx.cancel`` between
-denoising steps, and writes its outputs atomically. Heads add their kinds to ``JOB_KINDS``.
+A job kind is a request class of the schema (``core/schema.py``) and a runner
+``run(job: Opened, output, ctx) -> result``. ``open_job`` is the door: it parses a job's params, has them
+checked and completed once (``checks.py``: every field, the files it reads, the bundle's ``default_steps`` and a
+random seed, what ties fields together) and picks the device. Runners trust the request they get. The kinds are assembled above core and the heads (``sfumato/kinds.py``),
+so core imports no head.
+
+A runner reads only its own inputs, reports progress through ``ctx.emit``, checks ``ctx.cancel`` between
+denoising steps, and writes its outputs atomically.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import schema
+from .checks import admit, raise_first
 from .errors import BadParameter, Cancelled
 
 Emit = Callable[..., None]
@@ -36,13 +43,49 @@ class JobContext:
             raise Cancelled()
 
 
-def check_writable(output: Path) -> None:
-    """Fail before any work when the outputs cannot be written (the field is ``output``)."""
-    from .errors import BadParameter
+@dataclass
+class Opened:
+    """A job past the door: its checked, complete request, its bundle, and where it runs."""
 
+    request: Any  # a schema request with steps (where it has them) and seed filled in
+    bundle: Any  # bundle.Bundle
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A job kind: its schema request and its runner."""
+
+    request: type
+    run: Callable[[Opened, Path, JobContext], dict[str, Any]]
+
+
+def open_job(cls: type, params: Any, ctx: JobContext) -> Opened:
+    """The door: ``params`` (a JSON object) as a checked, complete ``cls`` request, with its bundle and device."""
+    from .device import pick_device, pick_dtype
+
+    req, found = schema.parse(cls, params)
+    raise_first(found)
+    req, bundle = admit(req)
+    device = pick_device(req.device if req.device != "auto" else ctx.device)
+    return Opened(req, bundle, device, pick_dtype(device, req.dtype if req.dtype != "auto" else ctx.dtype))
+
+
+def run(kinds: Mapping[str, Kind], kind: str, params: Any, output: Path, ctx: JobContext) -> dict[str, Any]:
+    """Run one job of ``kind`` through the door."""
+    if kind not in kinds:
+        raise BadParameter("kind", kind, ", ".join(kinds))
+    return kinds[kind].run(open_job(kinds[kind].request, params, ctx), Path(output), ctx)
+
+
+def check_writable(output: Path, suffixes: tuple[str, ...] = (".png",)) -> Path:
+    """Fail before any work when the outputs cannot be written (the field is ``output``)."""
     output = Path(output)
+    if output.suffix.lower() not in suffixes:
+        raise BadParameter("output", str(output), f"a path ending in {' or '.join(suffixes)}")
     if output.is_dir():
-        raise BadParameter("output", str(output), "a .png file path, not a folder")
+        raise BadParameter("output", str(output), f"a {'/'.join(suffixes)} file path, not a folder")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         probe = output.parent / f".sfumato-probe-{os.getpid()}"
@@ -50,32 +93,31 @@ def check_writable(output: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise BadParameter("output", str(output), f"a path in a writable folder ({exc.strerror})") from None
+    return output
 
 
-def image_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
-    """Generate ``params`` (an ``ImageRequest``) into ``output``; each batch is saved as it finishes."""
-    from . import bundle as bundles
-    from .device import out_of_memory_as_error, pick_device, pick_dtype
-    from .image import ImageRequest, generate_safely, output_paths
+def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool) -> Any:
+    """The job's models from the worker's cache (out of memory said clearly), then a cancel check."""
+    from .device import out_of_memory_as_error
+
+    with out_of_memory_as_error(f"loading bundle {job.bundle.name} on {job.device}"):
+        models = ctx.cache.get(job.bundle, job.device, job.dtype, need_controlnet=need_controlnet)
+    ctx.check_cancel()
+    return models
+
+
+def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
+    """Generate ``job.request`` (an ``ImageRequest``) into ``output``; each batch is saved as it finishes."""
+    from .image import generate_safely, output_paths
     from .latents import preview
     from .provenance import atomic_write, save_png
 
-    if not isinstance(params, dict):
-        raise BadParameter("params", params, "a JSON object of image settings")
-    req = ImageRequest.from_dict(params).validate()
-    device = pick_device(req.device if req.device != "auto" else ctx.device)
-    dtype = pick_dtype(device, req.dtype if req.dtype != "auto" else ctx.dtype)
-    bundle = bundles.resolve(req.bundle)
-    req = bundles.fill_steps(req, bundle)
-    if req.seed is None:
-        req.seed = random.randint(0, 2**31 - 1)
+    req = job.request
     paths = output_paths(output, list(range(req.seed, req.seed + req.n)))
     check_writable(paths[0])
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, image=0, images=req.n,
              preview=None)
-    with out_of_memory_as_error(f"loading bundle {bundle.name} on {device}"):
-        models = ctx.cache.get(bundle, device, dtype, need_controlnet=req.depth_image is not None)
-    ctx.check_cancel()
+    models = load_models(job, ctx, need_controlnet=req.depth_image is not None)
     metadata: list[dict[str, Any]] = []
 
     def on_step(info) -> None:
@@ -101,40 +143,3 @@ def image_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str
     if graphs is not None and len(graphs.events) > seen:  # the fast path recorded new shapes in this job
         result["fast_path"] = graphs.events[seen:]
     return result
-
-
-def texture_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
-    """The texture head's job (``sfumato.threed``), imported when first used."""
-    from ..threed.jobs import texture_job as run
-
-    return run(params, output, ctx)
-
-
-def video_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
-    """The video head's text-to-video job (``sfumato.video``), imported when first used."""
-    from ..video.jobs import video_job as run
-
-    return run(params, output, ctx)
-
-
-def turntable_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
-    """The video head's turntable job: ``params["mesh"]`` orbited, one looping video."""
-    from ..video.jobs import turntable_job as run
-
-    return run(params, output, ctx)
-
-
-def asset_job(params: dict[str, Any], output: Path, ctx: JobContext) -> dict[str, Any]:
-    """The 3-D head's text-to-asset job (``sfumato.threed``): SDS on a radiance field, then a GLB."""
-    from ..threed.jobs import asset_job as run
-
-    return run(params, output, ctx)
-
-
-JOB_KINDS: dict[str, Callable[[dict[str, Any], Path, JobContext], dict[str, Any]]] = {
-    "image": image_job,
-    "texture": texture_job,
-    "video": video_job,
-    "turntable": turntable_job,
-    "asset": asset_job,
-}

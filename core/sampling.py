@@ -18,6 +18,7 @@ import torch
 
 from .denoiser import Conditioning
 from .errors import BadParameter
+from .schema import strength_allowed
 
 
 @dataclass
@@ -47,11 +48,6 @@ def timesteps_for(scheduler, steps: int, device: torch.device, strength: float =
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
     return scheduler.timesteps[begin:], start
-
-
-def strength_allowed(steps: int) -> str:
-    """What an image-to-image strength may be with ``steps``: at least one step must run."""
-    return f"at least 1/steps = {1 / max(steps, 1):.3g} with steps={steps}, so that one step runs"
 
 
 def sample(denoiser: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor], scheduler,

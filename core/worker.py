@@ -17,8 +17,11 @@ Events (worker -> client)::
     result    {id, files, metadata, seconds}                            a job finished
     cancelled {id}                                                      a job stopped on request
     error     {id|null, code, message, hint}                            anything that went wrong
-    info      {version, protocol, device, dtype, bundles, loaded}       answer to info
+    info      {version, protocol, schema, device, dtype, bundles, loaded} answer to info
     released  {}                                                        models dropped, memory freed
+
+The job kinds (each a schema request and a runner) are given to the worker by its entry point,
+``python -m sfumato.worker`` (``sfumato/kinds.py``), so core imports no head.
 
 A reader thread takes requests as they arrive (so ``cancel`` lands while a job runs, within one
 denoising step); the main thread runs jobs from a queue. Malformed lines, unknown kinds, bad
@@ -38,9 +41,12 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .jobs import Kind
 
 PROTOCOL = 1
 log = logging.getLogger("sfumato.worker")
@@ -57,10 +63,10 @@ class Job:
 
 
 class Worker:
-    def __init__(self, out: io.TextIOBase, *, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, out: io.TextIOBase, kinds: Mapping[str, Kind], *, device: str = "auto", dtype: str = "auto"):
         from .loading import ModelCache
 
-        self.out = out
+        self.out, self.kinds = out, kinds
         self.device, self.dtype = device, dtype
         self.cache = ModelCache()
         self.jobs: queue.Queue[Job | str] = queue.Queue()
@@ -114,16 +120,14 @@ class Worker:
                        "shutdown")
 
     def _submit(self, msg: dict[str, Any]) -> None:
-        from .jobs import JOB_KINDS
-
         job_id = msg.get("id")
         if not isinstance(job_id, str) or not job_id:
             return self.error(None, "bad_request", "submit needs an 'id' string")
         if job_id in self.pending:
             return self.error(job_id, "duplicate_id", f"id={job_id!r} is already queued or running")
-        if msg.get("kind") not in JOB_KINDS:
+        if not isinstance(msg.get("kind"), str) or msg["kind"] not in self.kinds:
             return self.error(job_id, "unknown_kind", f"kind={msg.get('kind')!r}; allowed: "
-                              f"{', '.join(JOB_KINDS)}")
+                              f"{', '.join(self.kinds)}")
         if not isinstance(msg.get("params"), dict):
             return self.error(job_id, "bad_request", "submit needs 'params', a JSON object")
         output = msg.get("output")
@@ -148,6 +152,7 @@ class Worker:
 
     def info(self) -> dict[str, Any]:
         from . import bundle as bundles
+        from . import schema
         from .device import pick_device, pick_dtype
         from .provenance import version
 
@@ -170,7 +175,7 @@ class Worker:
                              f"(bfloat16 measured {fast._cpu_bf16['speedup']:.1f}x float32 on this CPU)")
         except Exception as exc:  # report, never die, on a broken device setup
             device_name, dtype, fast_path = f"unavailable: {exc}", "n/a", "n/a"
-        return {"version": version(), "protocol": PROTOCOL, "device": device_name, "dtype": dtype, "fast_path": fast_path,
+        return {"version": version(), "protocol": PROTOCOL, "schema": schema.VERSION, "device": device_name, "dtype": dtype, "fast_path": fast_path,
                 "bundles": [b.name for b in bundles.find_bundles()], "loaded": self.cache.loaded,
                 "python": sys.executable, "pid": os.getpid()}
 
@@ -203,19 +208,19 @@ class Worker:
             shutil.rmtree(folder, ignore_errors=True)
 
     def run(self, job: Job) -> None:
+        from . import jobs
         from .errors import Cancelled, SfumatoError
-        from .jobs import JOB_KINDS, JobContext
 
         if job.cancel.is_set():
             self.pending.pop(job.id, None)
             return self.emit("cancelled", id=job.id, files=[])
         started = time.perf_counter()
         preview_dir = self._preview_dir(job.id)
-        ctx = JobContext(job_id=job.id, cache=self.cache, device=self.device, dtype=self.dtype,
+        ctx = jobs.JobContext(job_id=job.id, cache=self.cache, device=self.device, dtype=self.dtype,
                          cancel=job.cancel, emit=self.emit, preview_every=job.preview_every, preview_dir=preview_dir)
         final: tuple[str, dict[str, Any]]
         try:
-            result = JOB_KINDS[job.kind](job.params, Path(job.output), ctx)
+            result = jobs.run(self.kinds, job.kind, job.params, Path(job.output), ctx)
         except Cancelled:
             final = ("cancelled", {"files": ctx.saved})
         except SfumatoError as exc:
@@ -240,17 +245,17 @@ def _protocol_stream() -> io.TextIOBase:
     return io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", write_through=True)
 
 
-def main(device: str = "auto", dtype: str = "auto", threads: int | None = None) -> int:
+def main(kinds: Mapping[str, Kind], device: str = "auto", dtype: str = "auto", threads: int | None = None) -> int:
     out = _protocol_stream()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[sfumato] %(message)s")
-    from .cli import quiet_libraries
+    from .quiet import quiet_libraries
 
     quiet_libraries()
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    worker = Worker(out, device=device, dtype=dtype)
+    worker = Worker(out, kinds, device=device, dtype=dtype)
     worker.emit("ready", version=__import__("sfumato").__version__, protocol=PROTOCOL, pid=os.getpid())
 
     def read() -> None:
@@ -276,6 +281,9 @@ def main(device: str = "auto", dtype: str = "auto", threads: int | None = None) 
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(os.environ.get("SFUMATO_WORKER_DEVICE", "auto"), os.environ.get("SFUMATO_WORKER_DTYPE", "auto"),
-                  int(os.environ.get("SFUMATO_WORKER_THREADS", "0")) or None))
+if __name__ == "__main__":  # an add-on older than the kinds' move to the top package starts the worker here
+    message = "the worker now starts with `python -m sfumato.worker`: update the Sfumato add-on to this engine's"
+    print(json.dumps({"v": PROTOCOL, "event": "error", "id": None, "code": "bad_version", "message": message,
+                      "hint": "build it with `sfumato addon build` and install the zip"}), flush=True)
+    print(f"sfumato: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -67,12 +67,13 @@ def test_addon_never_imports_the_engine_and_blender_free_modules_skip_bpy():
             assert "bpy" not in _top_level_imports(path, only_module_level=True), path.name
 
 
-def test_lists_mirror_the_engine():
-    from sfumato.core import bundle, schedulers
+def test_the_addon_reads_the_engines_schema_file():
+    """Nothing is copied: in a checkout the add-on loads the engine's own ``core/schema.py``; the built zip
+    carries that file (``test_build_addon_with_blenders_builder_and_without``)."""
+    from sfumato.core import bundle, schema
 
-    assert list(request.SCHEDULERS) == schedulers.names()
-    assert request.DEFAULT_SCHEDULER == schedulers.DEFAULT_SCHEDULER
-    assert request.DEFAULT_BUNDLE == bundle.DEFAULT_BUNDLE == "materials"
+    assert Path(request.schema.__file__).resolve() == Path(schema.__file__).resolve()
+    assert request.DEFAULT_BUNDLE == bundle.DEFAULT_BUNDLE
 
 
 def test_manifest_and_bl_info_agree():
@@ -87,7 +88,8 @@ def test_manifest_and_bl_info_agree():
 def test_validation_names_field_value_and_what_is_allowed():
     s = request.ImageSettings(prompt="brick", width=100)
     (problem,) = request.problems(s)
-    assert str(problem) == ("width=100 is not allowed: a multiple of 8 from 64 to 4096 (nearest: 96 or 104)")
+    assert str(problem) == ("width=100 is not allowed: a multiple of 8 from 64 to 4096, or none for the bundle's "
+                            "native size (nearest: 96 or 104)")
     assert problem.field == "width" and problem.value == 100
     empty = request.problems(request.ImageSettings(prompt="   ", mode="depth"))
     assert [p.field for p in empty] == ["prompt"] and "depth mode needs one" in str(empty[0])
@@ -95,37 +97,45 @@ def test_validation_names_field_value_and_what_is_allowed():
     few = request.problems(request.ImageSettings(prompt="x", mode="restyle", steps=2, strength=0.2))
     assert [p.field for p in few] == ["strength"] and "1/steps = 0.5" in str(few[0])
     bad = request.problems(request.ImageSettings(prompt="x", scheduler="magic", steps=-1, guidance=-1))
-    assert [p.field for p in bad] == ["steps", "guidance", "scheduler"] and "for the bundle's default" in str(bad[0])
+    assert [p.field for p in bad] == ["guidance", "steps", "scheduler"] and "for the bundle's default" in str(bad[1])
     with pytest.raises(request.BadSetting, match="colour"):
         request.ImageSettings().replace(colour="red")
 
 
-def test_params_are_an_image_request_the_engine_accepts(tmp_path):
-    from sfumato.core.image import ImageRequest
+def _engine_accepts(kind: str, params: dict):
+    """The engine's request for ``params``, checked as its job door checks them (files included)."""
+    from sfumato.core import schema
+    from sfumato.core.checks import raise_first
 
+    req, found = schema.parse(schema.KINDS[kind], params)
+    raise_first(found or schema.problems(req, files=True))
+    return req
+
+
+def test_params_are_an_image_request_the_engine_accepts(tmp_path):
     npy, png = tmp_path / "d.npy", tmp_path / "r.png"
     np.save(npy, np.ones((8, 8), np.float32))
     png.write_bytes(b"")
     base = request.ImageSettings(prompt="red brick", negative="blurry", seed=7, steps=4, width=64, height=72)
-    text = request.image_params(base, seed=7, default_bundle="tiny-sd15")
+    text = request.params(base, seed=7, default_bundle="tiny-sd15")
     assert text["bundle"] == "tiny-sd15" and "depth_image" not in text and "init_image" not in text
     assert text["steps"] == 4
     # steps 0 (the default) is not sent: the engine runs the bundle's own default_steps
-    assert "steps" not in request.image_params(base.replace(steps=0), seed=7)
-    assert "steps" not in request.image_params(base.replace(steps=None), seed=7)  # from scripts, as the engine
+    assert "steps" not in request.params(base.replace(steps=0), seed=7)
+    assert "steps" not in request.params(base.replace(steps=None), seed=7)  # from scripts, as the engine
     assert request.ImageSettings().steps == request.TextureSettings().steps == request.TurntableSettings().steps == 0
-    assert "steps" not in request.texture_params(request.TextureSettings(prompt="x"), mesh="m.glb", seed=1)
-    assert "steps" not in request.turntable_params(request.TurntableSettings(prompt="x"), mesh="m.glb", seed=1)
-    depth_p = request.image_params(base.replace(mode="depth", control_scale=0.5), seed=9, n=3, depth_image=str(npy))
+    assert "steps" not in request.params(request.TextureSettings(prompt="x"), seed=1, inputs={"mesh": "m.glb"})
+    assert "steps" not in request.params(request.TurntableSettings(prompt="x"), seed=1, inputs={"mesh": "m.glb"})
+    depth_p = request.params(base.replace(mode="depth", control_scale=0.5), seed=9, n=3,
+                             inputs={"depth_image": str(npy)})
     assert depth_p["depth_image"] == str(npy) and depth_p["control_scale"] == 0.5 and depth_p["n"] == 3
-    restyle = request.image_params(base.replace(mode="restyle", bundle="mine"), seed=1, init_image=str(png))
-    assert restyle["bundle"] == "mine" and restyle["strength"] == 0.6
+    restyle = request.params(base.replace(mode="restyle", bundle="mine"), seed=1, inputs={"init_image": str(png)})
+    assert restyle["bundle"] == "mine" and restyle["strength"] == request.RESTYLE_STRENGTH
     for params in (text, depth_p, restyle):
-        req = ImageRequest.from_dict(params).validate()
-        assert (req.width, req.height) == (64, 72)
-    assert ImageRequest.from_dict(depth_p).mode == "depth" and ImageRequest.from_dict(restyle).mode == "img2img"
+        assert (_engine_accepts("image", params).width, _engine_accepts("image", params).height) == (64, 72)
+    assert _engine_accepts("image", depth_p).mode == "depth" and _engine_accepts("image", restyle).mode == "img2img"
     with pytest.raises(request.BadSetting, match="depth_image"):
-        request.image_params(base.replace(mode="depth"), seed=1)
+        request.params(base.replace(mode="depth"), seed=1)
 
 
 def test_names_files_and_provenance_values(tmp_path):
@@ -258,24 +268,26 @@ def test_build_addon_with_blenders_builder_and_without(tmp_path):
     assert blender_builder() is not None, "bpy wheel's extension builder not found"
     built = build_addon(tmp_path / "out")
     assert built == tmp_path / "out" / "sfumato-0.1.0.zip"
-    expected = {"blender_manifest.toml"} | {p.name for p in ADDON.glob("*.py")}
+    expected = {"blender_manifest.toml", "schema.py"} | {p.name for p in ADDON.glob("*.py")}
     assert _names(built) == expected
     plain = build_addon(tmp_path / "plain.zip", use_blender=False)
     assert _names(plain) == expected
-    with zipfile.ZipFile(plain) as zf:
-        assert tomllib.loads(zf.read("blender_manifest.toml").decode())["id"] == "sfumato"
+    schema_file = (ADDON.parent / "core" / "schema.py").read_bytes()
+    for path in (built, plain):  # the engine's schema, as it is: the add-on's limits and defaults come from it
+        with zipfile.ZipFile(path) as zf:
+            assert zf.read("schema.py") == schema_file
+            assert tomllib.loads(zf.read("blender_manifest.toml").decode())["id"] == "sfumato"
 
 
 # ---- texture jobs ----------------------------------------------------------------------------------
 def test_texture_settings_are_checked_with_the_reason():
     s = request.TextureSettings(prompt="bronze")
-    assert request.texture_problems(s) == []
-    bad = request.texture_problems(s.replace(prompt=" ", views=0, resolution=100, texture_size=8, tile_size=0.0,
-                                             mode="paint"))
-    assert [p.field for p in bad] == ["prompt", "mode", "views", "resolution", "texture_size", "tile_size"]
-    assert str(bad[3]) == ("resolution=100 is not allowed: 0 (the bundle's native size) or a multiple of 8 from 64 "
-                           "to 2048 (nearest: 96 or 104)")
-    assert "projection, material" in str(bad[1])
+    assert request.problems(s) == []
+    bad = request.problems(s.replace(prompt=" ", views=0, resolution=100, texture_size=8, tile_size=0.0, mode="paint"))
+    assert [p.field for p in bad] == ["mode", "prompt", "views", "resolution", "texture_size", "tile_size"]
+    assert str(bad[3]) == ("resolution=100 is not allowed: a multiple of 8 from 64 to 2048, or none for the bundle's "
+                           "native size (nearest: 96 or 104)")
+    assert "projection or material" in str(bad[0])
     with pytest.raises(request.BadSetting, match="colour"):
         s.replace(colour="red")
 
@@ -284,27 +296,16 @@ def test_texture_params_are_a_texture_request_the_engine_accepts(tmp_path):
     mesh = tmp_path / "m.glb"
     mesh.write_bytes(b"glTF")
     s = request.TextureSettings(prompt="bronze", negative="rust", steps=3, views=2, texture_size=64, bundle="")
-    params = request.texture_params(s, mesh=str(mesh), seed=4, default_bundle="tiny-sd15")
+    params = request.params(s, seed=4, default_bundle="tiny-sd15", inputs={"mesh": str(mesh)})
     assert params["bundle"] == "tiny-sd15" and params["seed"] == 4 and "resolution" not in params  # native size
     assert params["mode"] == "projection" and params["tile_size"] == 1.0
-    sized = request.texture_params(s.replace(resolution=64, mode="material", tile_size=2), mesh=str(mesh), seed=1)
+    sized = request.params(s.replace(resolution=64, mode="material", tile_size=2), seed=1, inputs={"mesh": str(mesh)})
     assert sized["resolution"] == 64 and sized["tile_size"] == 2.0 and sized["bundle"] == "materials"
     with pytest.raises(request.BadSetting, match="mesh=''"):
-        request.texture_params(s, mesh="", seed=1)
-    from sfumato.core.errors import BadParameter
-
-    try:
-        from sfumato.threed.texture import TextureRequest
-    except ImportError:  # the engine's texture head is not there yet
-        pytest.skip("sfumato.threed.texture is not available")
+        request.params(s, seed=1, inputs={"mesh": ""})
     for p in (params, sized):
-        req = TextureRequest.from_dict(p).validate()
+        req = _engine_accepts("texture", p)
         assert (req.mode, req.views, req.seed) == (p["mode"], p["views"], p["seed"])
-    # the add-on refuses what the engine would refuse, with the same limits
-    for field, value in (("resolution", 2056), ("texture_size", 8), ("tile_size", 1001.0), ("views", 65)):
-        assert [p.field for p in request.texture_problems(s.replace(**{field: value}))] == [field]
-        with pytest.raises(BadParameter, match=field):
-            TextureRequest.from_dict({**params, field: value}).validate()
 
 
 def test_texture_names_and_tile_scale():
@@ -325,54 +326,36 @@ def test_job_state_counts_views_for_texture_jobs():
 # ---- turntable jobs --------------------------------------------------------------------------------
 def test_turntable_settings_are_checked_with_the_reason():
     s = request.TurntableSettings(prompt="bronze statue")
-    assert request.turntable_problems(s) == []
-    bad = request.turntable_problems(s.replace(prompt="", frames=0, fps=0, resolution=100, elevation=90.0,
-                                               temporal="sometimes", window=65, format="webm"))
-    assert [p.field for p in bad] == ["prompt", "frames", "fps", "resolution", "elevation", "temporal", "window",
-                                      "format"]
-    assert str(bad[1]) == "frames=0 is not allowed: an integer from 2 to 720"
-    assert str(bad[3]) == ("resolution=100 is not allowed: 0 (the bundle's native size) or a multiple of 8 from 64 "
-                           "to 2048 (nearest: 96 or 104)")
-    assert str(bad[5]) == "temporal='sometimes' is not allowed: auto, on, off"
-    assert str(bad[7]) == "format='webm' is not allowed: mp4, gif"
-    assert [p.field for p in request.turntable_problems(s.replace(frames=True, steps=2.5))] == ["steps", "frames"]
+    assert request.problems(s) == []
+    bad = request.problems(s.replace(prompt="", frames=0, fps=0, resolution=100, elevation=90.0,
+                                     temporal="sometimes", window=65, format="webm"))
+    assert [p.field for p in bad] == ["format", "prompt", "frames", "fps", "resolution", "elevation", "temporal",
+                                      "window"]
+    assert str(bad[0]) == "format='webm' is not allowed: mp4 or gif"
+    assert str(bad[2]) == "frames=0 is not allowed: an integer 2..720"
+    assert str(bad[6]) == "temporal='sometimes' is not allowed: auto, on or off"
+    assert [p.field for p in request.problems(s.replace(frames=True, steps=2.5))] == ["steps", "frames"]
     with pytest.raises(request.BadSetting, match="turns"):
         s.replace(turns=2)
     with pytest.raises(request.BadSetting, match="frames=1 is not allowed"):
-        request.validate_turntable(s.replace(frames=1))
+        request.first_problem(s.replace(frames=1))
 
 
 def test_turntable_params_are_a_video_request_the_engine_accepts(tmp_path):
-    from dataclasses import fields
-
-    from sfumato.core.errors import BadParameter
-    from sfumato.video import jobs, turntable
-
-    assert request.MAX_FRAMES == turntable.MAX_FRAMES and request.TEMPORAL == jobs.TEMPORAL
     mesh = tmp_path / "m.glb"
     mesh.write_bytes(b"glTF")
     s = request.TurntableSettings(prompt="bronze statue", negative="blur", frames=4, fps=8, steps=2, temporal="off")
-    params = request.turntable_params(s, mesh=str(mesh), seed=3, default_bundle="tiny-sd15")
-    assert set(params) <= {f.name for f in fields(jobs.VideoRequest)}
+    params = request.params(s, seed=3, default_bundle="tiny-sd15", inputs={"mesh": str(mesh)})
     assert params["bundle"] == "tiny-sd15" and params["seed"] == 3 and params["mesh"] == str(mesh)
     assert not {"resolution", "window", "motion"} & set(params)  # the engine's defaults: native size, module length
-    req = jobs.VideoRequest.from_dict(params).validate()
+    req = _engine_accepts("turntable", params)
     assert (req.frames, req.fps, req.temporal, req.resolution, req.seed) == (4, 8, "off", None, 3)
-    sized = request.turntable_params(s.replace(resolution=64, window=4, conditioning="img2img", format="gif"),
-                                     mesh=str(mesh), seed=1)
-    req = jobs.VideoRequest.from_dict(sized).validate()
+    sized = request.params(s.replace(resolution=64, window=4, conditioning="img2img", format="gif"), seed=1,
+                           inputs={"mesh": str(mesh)})
+    req = _engine_accepts("turntable", sized)
     assert (req.resolution, req.window, req.conditioning, req.bundle) == (64, 4, "img2img", "materials")
     with pytest.raises(request.BadSetting, match="mesh=''"):
-        request.turntable_params(s, mesh="", seed=1)
-    # the add-on refuses what the engine would refuse, with the same limits
-    for field, value in (("frames", 1), ("frames", 721), ("fps", 121), ("resolution", 2056), ("resolution", 60),
-                         ("elevation", -90.0), ("window", 65), ("strength", 0.0), ("control_scale", 4.5),
-                         ("guidance", 51.0), ("steps", 501), ("temporal", "yes"), ("conditioning", "normal")):
-        assert [p.field for p in request.turntable_problems(s.replace(**{field: value}))] == [field], field
-        with pytest.raises(BadParameter, match=field):
-            jobs.VideoRequest.from_dict({**params, field: value}).validate()
-    for fmt in request.VIDEO_FORMATS:  # the output names the add-on makes are ones the engine writes
-        assert jobs.check_output(tmp_path / f"x_s1.{fmt}").suffix == f".{fmt}"
+        request.params(s, seed=1, inputs={"mesh": ""})
 
 
 def test_turntable_names_and_progress():
@@ -387,43 +370,30 @@ def test_turntable_names_and_progress():
 # ---- asset jobs ------------------------------------------------------------------------------------
 def test_asset_settings_are_checked_with_the_reason():
     s = request.AssetSettings(prompt="a wooden chair")
-    assert request.asset_problems(s) == []
-    bad = request.asset_problems(s.replace(prompt=" ", iters=0, resolution=100, guidance=250.0))
-    assert [p.field for p in bad] == ["prompt", "iters", "resolution", "guidance"]
-    assert str(bad[1]) == "iters=0 is not allowed: an integer 1..100000"
-    assert str(bad[2]) == "resolution=100 is not allowed: a multiple of 16 from 32 to 512 (pixels) (nearest: 96 or 112)"
-    assert str(bad[3]) == "guidance=250.0 is not allowed: a number 0..200"
-    assert "(nearest: 32 or 48)" in str(request.asset_problems(s.replace(resolution=8))[0])
-    assert "(nearest: 496 or 512)" in str(request.asset_problems(s.replace(resolution=4000))[0])
+    assert request.problems(s) == []
+    bad = request.problems(s.replace(prompt=" ", iters=0, resolution=100, guidance=250.0))
+    assert [p.field for p in bad] == ["prompt", "guidance", "iters", "resolution"]
+    assert str(bad[2]) == "iters=0 is not allowed: an integer 1..100000"
+    assert str(bad[3]) == "resolution=100 is not allowed: a multiple of 16 from 32 to 512 (nearest: 96 or 112)"
+    assert str(bad[1]) == "guidance=250.0 is not allowed: a number 0..200"
+    assert "(nearest: 32 or 48)" in str(request.problems(s.replace(resolution=8))[0])
+    assert "(nearest: 496 or 512)" in str(request.problems(s.replace(resolution=4000))[0])
     with pytest.raises(request.BadSetting, match="steps"):
         s.replace(steps=3)  # score distillation counts iterations, not denoising steps
 
 
 def test_asset_params_are_an_asset_request_the_engine_accepts():
-    from sfumato.core.errors import BadParameter
+    from sfumato.core.schema import AssetRequest
 
     s = request.AssetSettings(prompt="a wooden chair", negative="blurry", iters=20, resolution=64, guidance=30)
-    params = request.asset_params(s, seed=9, default_bundle="tiny-sd15")
+    params = request.params(s, seed=9, default_bundle="tiny-sd15")
     assert params == {"prompt": "a wooden chair", "negative": "blurry", "iters": 20, "resolution": 64, "seed": 9,
                       "guidance": 30.0, "bundle": "tiny-sd15"}
-    assert request.asset_params(s.replace(bundle="mine"), seed=1)["bundle"] == "mine"
+    assert request.params(s.replace(bundle="mine"), seed=1)["bundle"] == "mine"
     with pytest.raises(request.BadSetting, match="iters=0"):
-        request.asset_params(s.replace(iters=0), seed=1)
-    try:
-        from sfumato.threed.asset import AssetRequest
-    except ImportError:  # the engine's asset head is not there yet
-        pytest.skip("sfumato.threed.asset (the engine's asset job) is not available")
-    req = AssetRequest.from_dict(params).validate()
+        request.params(s.replace(iters=0), seed=1)
+    req = _engine_accepts("asset", params)
     assert (req.prompt, req.iters, req.resolution, req.seed, req.guidance) == ("a wooden chair", 20, 64, 9, 30.0)
     defaults = request.AssetSettings()
     assert (defaults.iters, defaults.resolution, defaults.guidance) == (AssetRequest.iters, AssetRequest.resolution,
                                                                        AssetRequest.guidance)
-    # the add-on refuses what the engine would refuse, with the same limits
-    for field, value in (("iters", 0), ("iters", 100_001), ("resolution", 16), ("resolution", 528),
-                         ("resolution", 72), ("guidance", 200.5), ("guidance", -1.0)):
-        assert [p.field for p in request.asset_problems(s.replace(**{field: value}))] == [field], field
-        with pytest.raises(BadParameter, match=field):
-            AssetRequest.from_dict({**params, field: value}).validate()
-    for field, value in (("resolution", 32), ("resolution", 512), ("iters", 100_000), ("guidance", 200.0)):
-        assert request.asset_problems(s.replace(**{field: value})) == []
-        AssetRequest.from_dict({**params, field: value}).validate()

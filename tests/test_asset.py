@@ -14,7 +14,9 @@ import pytest
 import torch
 import trimesh
 
+from sfumato.core import schema
 from sfumato.core.errors import BadParameter, Cancelled, SfumatoError
+from sfumato.core.checks import checked, raise_first
 from sfumato.threed.asset import AssetRequest, make_asset, optimise, save_result
 
 FAST = dict(resolution=32, samples=16, mesh_resolution=24, texture_size=64, preview_every=0)
@@ -54,7 +56,7 @@ def _params(field):
 
 def test_cancel_saves_and_a_rerun_resumes_where_it_stopped(models, tmp_path):
     req = AssetRequest(prompt="oak planks", iters=10, seed=3, **FAST)
-    straight, _ = optimise(req.validate(), models, seed=3)
+    straight, _ = optimise(checked(req), models, seed=3)
     state = tmp_path / "run.safetensors"
     req.state = str(state)
 
@@ -124,7 +126,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_state(models, tmp
 ])
 def test_bad_input_names_the_field(params, field):
     with pytest.raises(BadParameter) as exc:
-        AssetRequest.from_dict(params).validate()
+        req, found = schema.parse(AssetRequest, params)
+        raise_first(found or schema.problems(req))
     assert exc.value.field == field and exc.value.allowed
 
 
@@ -143,15 +146,16 @@ def test_resolution_the_bundle_cannot_halve_is_refused(models):
 
 
 def test_asset_job_events_and_outputs(tmp_path):
-    from sfumato.core.jobs import JOB_KINDS, JobContext
+    from sfumato.core.jobs import JobContext
+    from sfumato.kinds import run_job
     from sfumato.core.loading import ModelCache
 
     events = []
     ctx = JobContext(job_id="j1", cache=ModelCache(), device="cpu", dtype="fp32", cancel=threading.Event(),
                      emit=lambda e, **f: events.append((e, f)), preview_every=1, preview_dir=tmp_path / "prev")
     with pytest.raises(BadParameter, match="output"):
-        JOB_KINDS["asset"]({"prompt": "x"}, tmp_path / "a.obj", ctx)
-    result = JOB_KINDS["asset"]({"prompt": "granite", "iters": 4, "seed": 2, **{**FAST, "preview_every": 2}},
+        run_job("asset", {"prompt": "x"}, tmp_path / "a.obj", ctx)
+    result = run_job("asset", {"prompt": "granite", "iters": 4, "seed": 2, **{**FAST, "preview_every": 2}},
                                 tmp_path / "a.glb", ctx)
     progress = [f for e, f in events if e == "progress" and f["stage"] == "asset"]
     assert [f["step"] for f in progress] == [1, 2, 3, 4] and all(f["total"] == 4 for f in progress)
@@ -166,7 +170,7 @@ def test_asset_job_events_and_outputs(tmp_path):
 
 
 def test_cli_asset(tmp_path, capsys):
-    from sfumato.core.cli import main
+    from sfumato.cli import main
 
     out = tmp_path / "stone.glb"
     code = main(["asset", "rough stone", "-o", str(out), "--iters", "3", "--resolution", "32", "--samples", "16",
@@ -215,7 +219,7 @@ def test_ctrl_c_in_the_cli_saves_the_state_and_the_same_command_resumes(tmp_path
     import time
 
     out = tmp_path / "stone.glb"
-    cmd = [sys.executable, "-m", "sfumato.core.cli", "asset", "rough stone", "-o", str(out), "--iters", "150",
+    cmd = [sys.executable, "-m", "sfumato.cli", "asset", "rough stone", "-o", str(out), "--iters", "150",
            "--render", "latent", "--seed", "3", "--colours", "vertex", "--resolution", "32", "--samples", "16",
            "--mesh-resolution", "24", "--preview-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -205,7 +205,8 @@ def test_jobs_without_steps_take_the_bundles_default(tmp_path, sd15):
 
     import trimesh
 
-    from sfumato.core.jobs import JOB_KINDS, JobContext
+    from sfumato.core.jobs import JobContext
+    from sfumato.kinds import run_job
     from sfumato.core.loading import ModelCache
 
     b = _copy(sd15, tmp_path / "three-steps")
@@ -219,7 +220,7 @@ def test_jobs_without_steps_take_the_bundles_default(tmp_path, sd15):
         events: list[dict] = []
         ctx = JobContext("s", cache, "cpu", "fp32", threading.Event(), lambda e, **f: events.append(f),
                          preview_every=0)
-        result = JOB_KINDS[kind]({"bundle": str(b), "seed": 1, **params}, tmp_path / output, ctx)
+        result = run_job(kind, {"bundle": str(b), "seed": 1, **params}, tmp_path / output, ctx)
         return result, sorted({f["total"] for f in events if "total" in f})
 
     image, totals = run("image", {"prompt": "brick", "width": 64, "height": 64}, "i.png")

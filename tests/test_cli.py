@@ -12,7 +12,7 @@ from conftest import ROOT
 
 def sfumato(*args: str, bundles) -> subprocess.CompletedProcess:
     env = dict(os.environ, SFUMATO_BUNDLES=str(bundles), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "sfumato.core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sfumato.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 
@@ -34,7 +34,7 @@ def test_bad_input_is_one_line_and_non_zero(bundle_root, tmp_path):
                 bundles=bundle_root)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["sfumato: error: width=100 is not allowed: a multiple of 8 from 64 to "
-                                             "4096 (nearest: 96 or 104)"]
+                                             "4096, or none for the bundle's native size (nearest: 96 or 104)"]
     r = sfumato("image", "x", "-o", str(tmp_path / "x.png"), "--bundle", "missing-one", bundles=bundle_root)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "missing-one" in r.stderr
     assert not (tmp_path / "x.png").exists()

@@ -10,6 +10,8 @@ import torch
 from sfumato.core import fast
 from sfumato.core.errors import BadParameter
 from sfumato.core.image import ImageRequest, generate
+from sfumato.core.checks import checked
+from sfumato.core.schema import VideoRequest
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def test_enabled_on_cuda_and_on_a_cpu_with_native_bfloat16_and_validated(cpu_bf1
     with pytest.raises(BadParameter, match="auto, on, off"):
         fast.enabled("turbo", torch.device("cpu"))
     with pytest.raises(BadParameter) as exc:
-        ImageRequest(prompt="x", fast="yes").validate()
+        checked(ImageRequest(prompt="x", fast="yes"))
     assert exc.value.field == "fast"
 
 
@@ -166,7 +168,6 @@ def test_cpu_fast_path_keeps_seamless_padding(sd15_models, cpu_bf16):
 def test_fast_path_leaves_models_alone_where_it_does_not_run(sd15_models, cpu_bf16, monkeypatch):
     """Small U-Nets stay float32 and keep their memory format; a bad mode is a clear error in video too."""
     from sfumato.core.denoiser import Denoiser
-    from sfumato.video.generate import generate_video
 
     cpu_bf16(True)
     monkeypatch.setattr(fast, "MIN_BF16_PARAMS", 10**9)
@@ -182,7 +183,7 @@ def test_fast_path_leaves_models_alone_where_it_does_not_run(sd15_models, cpu_bf
             unet.to(memory_format=torch.channels_last)
             unet.__dict__["_sfumato_channels_last"] = True
     with pytest.raises(BadParameter) as exc:
-        generate_video(sd15_models, "x", frames=2, resolution=64, steps=1, fast="turbo")
+        checked(VideoRequest(prompt="x", frames=2, resolution=64, steps=1, fast="turbo"))
     assert exc.value.field == "fast"
 
 

@@ -11,7 +11,9 @@ from PIL import Image
 
 from sfumato.core import latents as latent_space
 from sfumato.core.errors import BadParameter, OutOfMemory
+from sfumato.core import schema
 from sfumato.core.image import ImageRequest, generate, generate_safely
+from sfumato.core.checks import checked, raise_first
 from sfumato.core.seamless import seamless
 
 
@@ -125,13 +127,13 @@ def test_long_prompt_is_truncated_with_a_warning(sd15_models, caplog):
 ])
 def test_bad_parameters_name_field_value_and_allowed(field, value, allowed):
     with pytest.raises(BadParameter) as err:
-        ImageRequest(prompt="x", **{field: value}).validate()
+        checked(ImageRequest(prompt="x", **{field: value}))
     assert err.value.field == field and allowed in str(err.value) and repr(value) in str(err.value)
 
 
 def test_unknown_fields_are_rejected_by_name():
     with pytest.raises(BadParameter, match="colour"):
-        ImageRequest.from_dict({"prompt": "x", "colour": "red"})
+        raise_first(schema.parse(ImageRequest, {"prompt": "x", "colour": "red"})[1])
 
 
 def test_out_of_memory_is_reported_with_a_hint(sd15_models, monkeypatch):
@@ -154,11 +156,11 @@ def test_unreadable_images_and_seed_ranges_are_bad_parameters(sd15_models, tmp_p
     with pytest.raises(BadParameter, match="depth_image=.*2-D"):
         generate(ImageRequest(prompt="x", steps=2, depth_image=str(tmp_path / "cube.npy")), sd15_models)
     with pytest.raises(BadParameter, match="seed=.*n=4"):
-        ImageRequest(prompt="x", seed=2**63 - 2, n=4).validate()
+        checked(ImageRequest(prompt="x", seed=schema.MAX_SEED - 2, n=4))
     with pytest.raises(BadParameter, match="strength=0.05.*one step"):
-        ImageRequest(prompt="x", steps=10, strength=0.05, init_image=str(tmp_path / "cube.npy")).validate()
+        checked(ImageRequest(prompt="x", steps=10, strength=0.05, init_image=str(tmp_path / "cube.npy")))
     with pytest.raises(BadParameter, match="device=0"):
-        ImageRequest(prompt="x", device=0).validate()
+        checked(ImageRequest(prompt="x", device=0))
 
 
 def test_batches_are_handed_over_as_they_finish(sd15_models):

@@ -45,7 +45,7 @@ def test_camera_paths_cover_every_motion():
 
 def test_train_motion_quick_run_writes_a_loadable_module(tmp_path, capsys):
     from sfumato.core.bundle import resolve
-    from sfumato.core.cli import main
+    from sfumato.cli import main
     from sfumato.core.loading import load_models
     from sfumato.video.adapter import load_motion_adapter
 
@@ -69,7 +69,7 @@ def test_train_motion_quick_run_writes_a_loadable_module(tmp_path, capsys):
 def test_embedded_bundle_ships_a_motion_module_used_by_default(tmp_path, capsys):
     """`sfumato video` on the embedded bundle runs its frame attention unless told --temporal off."""
     from sfumato.core.bundle import resolve
-    from sfumato.core.cli import main
+    from sfumato.cli import main
 
     bundle = resolve(None)
     assert "motion_adapter" in bundle.components

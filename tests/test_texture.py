@@ -13,11 +13,13 @@ import torch
 import trimesh
 
 from sfumato.core.errors import BadParameter, Cancelled, ComponentMissing
-from sfumato.core.jobs import JOB_KINDS, JobContext
+from sfumato.core.checks import checked
+from sfumato.core.jobs import JobContext
 from sfumato.core.loading import ModelCache
 from sfumato.threed.cameras import rig, sphere, view_prompt
 from sfumato.threed.mesh import Mesh, ensure_uv, load_mesh
 from sfumato.threed.raster import rasterize, rasterize_uv, sample_texture
+from sfumato.kinds import run_job
 from sfumato.threed.texture import TextureRequest, box_uv, push_pull, texel_visibility
 
 
@@ -195,7 +197,7 @@ def test_projection_job_on_tiny_bundle(sd15, house, tmp_path, variant):
     events: list = []
     params = {"mesh": str(house), "prompt": "red brick house", "bundle": str(sd15), "views": 3, "resolution": 64,
               "texture_size": 64, "steps": 3, "seed": 5, "variant": variant, "fill_views": 0}
-    result = JOB_KINDS["texture"](params, tmp_path / "house.glb", _ctx(events))
+    result = run_job("texture", params, tmp_path / "house.glb", _ctx(events))
     glb = trimesh.load(result["glb"], force="mesh")
     tex = np.asarray(glb.visual.material.baseColorTexture)
     assert tex.shape[:2] == (64, 64) and tex.std() > 0
@@ -208,7 +210,7 @@ def test_projection_job_on_tiny_bundle(sd15, house, tmp_path, variant):
     views = {f["view"] for e, f in events if f.get("stage") == "texture"}
     assert views == ({0, 1, 2} if variant == "sequential" else {0})
     # the same seed gives the same texture
-    again = JOB_KINDS["texture"](params, tmp_path / "again.glb", _ctx([]))
+    again = run_job("texture", params, tmp_path / "again.glb", _ctx([]))
     assert np.array_equal(np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(again["texture"])),
                           np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(result["texture"])))
 
@@ -217,8 +219,8 @@ def test_later_views_leave_kept_texels_alone(sd15_models, house):
     """Texels an earlier view saw about as head-on as this one are kept: the next view adds no weight."""
     from sfumato.threed import texture as tx
 
-    req = TextureRequest(mesh=str(house), prompt="brick", views=2, resolution=64, texture_size=64, steps=2,
-                         seed=1, elevations=(10.0, 30.0), top=False).validate()
+    req = checked(TextureRequest(mesh=str(house), prompt="brick", views=2, resolution=64, texture_size=64, steps=2,
+                                 seed=1, elevations=(10.0, 30.0), top=False))
     mesh = ensure_uv(load_mesh(house)).normalised()
     cams = rig(torch.zeros(3), 1.0, 2, elevations=(10.0, 30.0), top=False)
     scene = tx.build_scene(mesh, cams, 64, 64)
@@ -235,15 +237,15 @@ def test_later_views_leave_kept_texels_alone(sd15_models, house):
 def test_fill_views_raise_coverage(sd15, house, tmp_path):
     params = {"mesh": str(house), "prompt": "brick", "bundle": str(sd15), "views": 2, "resolution": 64,
               "texture_size": 64, "steps": 2, "seed": 1, "top": False}
-    none = JOB_KINDS["texture"]({**params, "fill_views": 0}, tmp_path / "a.glb", _ctx([]))
+    none = run_job("texture", {**params, "fill_views": 0}, tmp_path / "a.glb", _ctx([]))
     events: list = []
-    some = JOB_KINDS["texture"]({**params, "fill_views": 3}, tmp_path / "b.glb", _ctx(events))
+    some = run_job("texture", {**params, "fill_views": 3}, tmp_path / "b.glb", _ctx(events))
     assert some["metrics"]["views_coverage"] > none["metrics"]["views_coverage"] + 0.1
     assert max(f["view"] for e, f in events if f.get("stage") == "texture") >= 2
 
 
 def test_material_job_with_embedded_bundle(house, tmp_path):
-    result = JOB_KINDS["texture"]({"mesh": str(house), "prompt": "grey slate", "mode": "material", "tile_size": 0.5,
+    result = run_job("texture", {"mesh": str(house), "prompt": "grey slate", "mode": "material", "tile_size": 0.5,
                                    "resolution": 64, "steps": 4, "seed": 3}, tmp_path / "m.glb", _ctx([]))
     glb = trimesh.load(result["glb"], force="mesh")
     span = glb.visual.uv.max(0) - glb.visual.uv.min(0)
@@ -259,13 +261,13 @@ def test_material_job_with_embedded_bundle(house, tmp_path):
 
 def test_depth_required_but_bundle_has_none(house, tmp_path):
     with pytest.raises(ComponentMissing, match="ControlNet"):
-        JOB_KINDS["texture"]({"mesh": str(house), "prompt": "brick", "conditioning": "depth", "views": 2,
+        run_job("texture", {"mesh": str(house), "prompt": "brick", "conditioning": "depth", "views": 2,
                               "resolution": 64, "steps": 2}, tmp_path / "x.glb", _ctx([]))
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("views", 0, "1..64"), ("resolution", 100, "multiple of 8"), ("mode", "paint", "projection, material, sds"),
-    ("prompt", "  ", "non-empty"), ("tile_size", 0, "positive"), ("texture_size", 4, "16..8192"),
+    ("views", 0, "1..64"), ("resolution", 100, "multiple of 8"), ("mode", "paint", "projection, material or sds"),
+    ("prompt", "  ", "non-empty"), ("tile_size", 0, r"a number in \(0, 1000\]"), ("texture_size", 4, "16..8192"),
     ("variant", "all", "sequential or sync"), ("colour", "red", "unknown field"), ("fast", "turbo", "auto, on, off"),
     ("img2img_strength", 0.01, r"1/steps = 0\.0625 with steps=16"),  # no step would run (embedded: 16, no
                                                                     # depth ControlNet: auto is img2img)
@@ -273,25 +275,25 @@ def test_depth_required_but_bundle_has_none(house, tmp_path):
 def test_bad_texture_settings(house, tmp_path, field, value, match):
     params = {"mesh": str(house), "prompt": "brick", field: value}
     with pytest.raises(BadParameter, match=match) as exc:
-        JOB_KINDS["texture"](params, tmp_path / "x.glb", _ctx([]))
+        run_job("texture", params, tmp_path / "x.glb", _ctx([]))
     assert exc.value.field == field
 
 
 def test_output_must_be_glb(house, tmp_path):
     with pytest.raises(BadParameter, match=r"\.glb"):
-        JOB_KINDS["texture"]({"mesh": str(house), "prompt": "brick"}, tmp_path / "x.png", _ctx([]))
+        run_job("texture", {"mesh": str(house), "prompt": "brick"}, tmp_path / "x.png", _ctx([]))
 
 
 def test_cancel_between_views_leaves_no_partial_files(sd15, house, tmp_path):
     params = {"mesh": str(house), "prompt": "brick", "bundle": str(sd15), "views": 3, "resolution": 64,
               "texture_size": 32, "steps": 2, "seed": 1}
     with pytest.raises(Cancelled):
-        JOB_KINDS["texture"](params, tmp_path / "c.glb", _ctx([], cancel_after=3))
+        run_job("texture", params, tmp_path / "c.glb", _ctx([], cancel_after=3))
     assert not list(tmp_path.glob("c*"))
 
 
 def test_cli_texture(sd15, house, tmp_path, capsys):
-    from sfumato.core.cli import main
+    from sfumato.cli import main
 
     code = main(["texture", str(house), "white stucco", "-o", str(tmp_path / "cli.glb"), "--bundle", str(sd15),
                  "--views", "2", "--resolution", "64", "--texture-size", "32", "--steps", "2", "--seed", "4"])
@@ -324,10 +326,10 @@ def test_sds_mode_runs_cancels_with_saved_state_and_resumes(sd15, house, tmp_pat
               "resolution": 64, "texture_size": 32, "seed": 2, "guidance": 10.0}
     state = tmp_path / "s.sds-state.safetensors"
     with pytest.raises(Cancelled):
-        JOB_KINDS["texture"](params, tmp_path / "s.glb", _ctx([], cancel_after=2))
+        run_job("texture", params, tmp_path / "s.glb", _ctx([], cancel_after=2))
     assert state.is_file() and not (tmp_path / "s.glb").exists()
     events: list = []
-    result = JOB_KINDS["texture"](params, tmp_path / "s.glb", _ctx(events))
+    result = run_job("texture", params, tmp_path / "s.glb", _ctx(events))
     assert result["metrics"]["resumed_from"] == 3 and not state.exists()  # cancel kept all 3 finished steps
     steps = [f["step"] for e, f in events if f.get("stage") == "texture"]
     assert steps == [4]

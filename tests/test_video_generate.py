@@ -9,7 +9,11 @@ import pytest
 import torch
 import trimesh
 
+from sfumato.core import schema
 from sfumato.core.errors import BadParameter
+from sfumato.core.checks import checked, raise_first
+from sfumato.core.schema import VideoRequest
+from sfumato.kinds import run_job
 from sfumato.threed.mesh import Mesh
 from sfumato.video.generate import generate_video, write_video
 from sfumato.video.motion import MotionConfig, inflate
@@ -20,18 +24,24 @@ def _box() -> Mesh:
     return Mesh(torch.tensor(tm.vertices, dtype=torch.float32), torch.tensor(tm.faces), source="box.glb")
 
 
+def _video(models, prompt: str, *, mesh: Mesh | None = None, motion=None, **fields):
+    """``generate_video`` on a request checked by the jobs' door, as a job would run it."""
+    return generate_video(models, checked(VideoRequest(prompt=prompt, **fields), models.bundle), mesh=mesh,
+                          motion=motion)
+
+
 def test_fresh_motion_module_equals_per_frame_video(sd15_models):
     """Zero-initialised frame attention adds nothing: temporal and per-frame runs give the same frames."""
     kw = dict(frames=6, resolution=64, steps=2, seed=3, window=4)
-    off, meta_off = generate_video(sd15_models, "a red brick wall", **kw)
+    off, meta_off = _video(sd15_models, "a red brick wall", **kw)
     motion = inflate(sd15_models.unet, MotionConfig.for_unet(sd15_models.unet.config, num_attention_heads=2,
                                                              max_frames=8))
     try:
-        on, meta_on = generate_video(sd15_models, "a red brick wall", motion=motion, **kw)
+        on, meta_on = _video(sd15_models, "a red brick wall", motion=motion, **kw)
         with torch.no_grad():  # a trained (here: random) module changes the frames
             for p in motion.motion.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
-        moved, _ = generate_video(sd15_models, "a red brick wall", motion=motion, **kw)
+        moved, _ = _video(sd15_models, "a red brick wall", motion=motion, **kw)
     finally:
         motion.remove()
     diff = max(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() for a, b in zip(on, off))
@@ -41,7 +51,7 @@ def test_fresh_motion_module_equals_per_frame_video(sd15_models):
 
 
 def test_turntable_frames_and_files(sd15_models, tmp_path):
-    frames, meta = generate_video(sd15_models, "timber house", frames=5, mesh=_box(), resolution=64, steps=2, seed=1)
+    frames, meta = _video(sd15_models, "timber house", frames=5, mesh=_box(), resolution=64, steps=2, seed=1)
     assert len(frames) == 5 and meta["mode"] == "turntable" and meta["mesh"] == "box.glb"
     gif, side = write_video(frames, tmp_path / "t.gif", 8, meta)
     assert gif.stat().st_size > 0 and '"seed": 1' in side.read_text()
@@ -57,30 +67,29 @@ def test_video_bad_input(sd15_models, tmp_path):
     from sfumato.core.loading import load_models
 
     with pytest.raises(BadParameter, match="frames"):
-        generate_video(sd15_models, "x", frames=0)
+        _video(sd15_models, "x", frames=0)
     with pytest.raises(BadParameter, match="multiple of 8"):
-        generate_video(sd15_models, "x", frames=4, resolution=100)
+        _video(sd15_models, "x", frames=4, resolution=100)
     embedded = load_models(resolve(None), torch.device("cpu"), torch.float32)
     with pytest.raises(BadParameter, match="no depth ControlNet"):
-        generate_video(embedded, "x", frames=4, mesh=_box(), conditioning="depth")
+        _video(embedded, "x", frames=4, mesh=_box(), conditioning="depth")
     with pytest.raises(BadParameter, match="sync"):
-        generate_video(embedded, "x", frames=4, mesh=_box(), sync=2.0)
+        _video(embedded, "x", frames=4, mesh=_box(), sync=2.0)
     with pytest.raises(BadParameter, match=r"\.mp4 or \.gif"):
         write_video([], tmp_path / "x.avi", 8, {})
     # an image-to-image turntable whose strength leaves no step is refused by name, not a tensor error
     with pytest.raises(BadParameter, match=r"strength=0\.03 .*with steps=16") as err:
-        generate_video(embedded, "x", frames=2, mesh=_box(), resolution=64, conditioning="img2img", strength=0.03)
+        _video(embedded, "x", frames=2, mesh=_box(), resolution=64, conditioning="img2img", strength=0.03)
     assert err.value.field == "strength"
-    from sfumato.video.jobs import VideoRequest
-
     with pytest.raises(BadParameter, match="strength.*with steps=20"):  # the request knows before any model loads
-        VideoRequest(prompt="x", mesh="m.glb", steps=20, strength=0.03, conditioning="img2img").validate()
+        raise_first(schema.problems(VideoRequest(prompt="x", mesh="m.glb", steps=20, strength=0.03,
+                                                 conditioning="img2img")))
     # unused with depth; with auto it depends on the bundle, and generate_video refuses it as above
-    VideoRequest(prompt="x", mesh="m.glb", steps=20, strength=0.03).validate()
+    raise_first(schema.problems(VideoRequest(prompt="x", mesh="m.glb", steps=20, strength=0.03)))
 
 
 def test_cli_video_and_turntable(sd15, tmp_path, capsys):
-    from sfumato.core.cli import main
+    from sfumato.cli import main
 
     mesh = tmp_path / "box.obj"
     trimesh.creation.box((2.0, 1.0, 1.0)).export(mesh)
@@ -97,7 +106,7 @@ def test_img2img_turntable_keeps_the_background_and_paints_the_mesh(sd15_models)
     shading's exact grey and only the mesh's pixels are generated."""
     from sfumato.video.turntable import orbit_cameras, orbit_views
 
-    frames, meta = generate_video(sd15_models, "timber house", frames=4, mesh=_box(), resolution=64, steps=3,
+    frames, meta = _video(sd15_models, "timber house", frames=4, mesh=_box(), resolution=64, steps=3,
                                   seed=2, conditioning="img2img", strength=0.7)
     assert meta["conditioning"] == "img2img-shading" and meta["strength"] == 0.7 and meta["anchored_noise"]
     norm = _box().normalised()
@@ -144,7 +153,7 @@ def test_video_and_turntable_jobs(sd15, tmp_path):
     import threading
 
     from sfumato.core.errors import Cancelled
-    from sfumato.core.jobs import JOB_KINDS, JobContext
+    from sfumato.core.jobs import JobContext
     from sfumato.core.loading import ModelCache
 
     def ctx(events, cancel_at=None):
@@ -162,34 +171,34 @@ def test_video_and_turntable_jobs(sd15, tmp_path):
     events: list = []
     params = {"prompt": "timber house", "mesh": str(mesh), "frames": 4, "resolution": 64, "steps": 2, "seed": 4,
               "bundle": str(sd15), "fps": 6}
-    result = JOB_KINDS["turntable"](params, tmp_path / "t.gif", ctx(events))
+    result = run_job("turntable", params, tmp_path / "t.gif", ctx(events))
     assert Path(result["video"]).stat().st_size > 0 and result["frames"] == 4
     side = json.loads(Path(result["sidecar"]).read_text())
     assert side["seed"] == 4 and side["fps"] == 6 and side["mode"] == "turntable" and side["settings"]["frames"] == 4
     assert [f["step"] for e, f in events if f.get("stage") == "video"] == [1, 2]
     # text-to-video through the other kind
-    result = JOB_KINDS["video"]({"prompt": "brick", "frames": 3, "resolution": 64, "steps": 1, "bundle": str(sd15),
+    result = run_job("video", {"prompt": "brick", "frames": 3, "resolution": 64, "steps": 1, "bundle": str(sd15),
                                  "beta_schedule": "linear"}, tmp_path / "v.gif", ctx([]))
     assert result["metadata"]["mode"] == "text-to-video" and result["metadata"]["beta_schedule"] == "linear"
     # cancel between steps leaves no video
     with pytest.raises(Cancelled):
-        JOB_KINDS["turntable"]({**params, "steps": 4}, tmp_path / "c.gif", ctx([], cancel_at=1))
+        run_job("turntable", {**params, "steps": 4}, tmp_path / "c.gif", ctx([], cancel_at=1))
     assert not (tmp_path / "c.gif").exists()
     # bad input: named fields, before any model loads
     for bad, field in (({"frames": 0}, "frames"), ({"frames": 100000}, "frames"), ({"resolution": 100}, "resolution"),
                        ({"temporal": "maybe"}, "temporal"), ({"beta_schedule": "cubic"}, "beta_schedule"), ({"colour": 1}, "colour")):
         with pytest.raises(BadParameter, match=field):
-            JOB_KINDS["turntable"]({**params, **bad}, tmp_path / "b.gif", ctx([]))
+            run_job("turntable", {**params, **bad}, tmp_path / "b.gif", ctx([]))
     with pytest.raises(BadParameter, match="mesh"):
-        JOB_KINDS["turntable"]({"prompt": "x"}, tmp_path / "b.gif", ctx([]))
+        run_job("turntable", {"prompt": "x"}, tmp_path / "b.gif", ctx([]))
     with pytest.raises(BadParameter, match=r"\.mp4 or \.gif"):
-        JOB_KINDS["video"]({"prompt": "x"}, tmp_path / "b.avi", ctx([]))
+        run_job("video", {"prompt": "x"}, tmp_path / "b.avi", ctx([]))
     empty = tmp_path / "empty.obj"
     empty.write_text("# nothing\n")
     with pytest.raises(BadParameter, match="mesh"):
-        JOB_KINDS["turntable"]({**params, "mesh": str(empty)}, tmp_path / "b.gif", ctx([]))
+        run_job("turntable", {**params, "mesh": str(empty)}, tmp_path / "b.gif", ctx([]))
     with pytest.raises(BadParameter, match="no motion module"):
-        JOB_KINDS["video"]({"prompt": "x", "temporal": "on", "bundle": str(sd15)}, tmp_path / "b.gif", ctx([]))
+        run_job("video", {"prompt": "x", "temporal": "on", "bundle": str(sd15)}, tmp_path / "b.gif", ctx([]))
 
 
 def test_motion_adapter_for_another_unet_is_refused(sd15_models, tmp_path):
@@ -207,8 +216,6 @@ def test_video_takes_the_cpu_fast_path(sd15_models, monkeypatch):
     """Video frames go through the same CPU fast path as images (a bfloat16 U-Net, frame attention included)
     and stay within its rounding of the float32 frames; the provenance says which precision ran."""
     from sfumato.core import fast
-    from sfumato.video.jobs import VideoRequest
-
     monkeypatch.setattr(fast, "_cpu_bf16", {"helps": True, "speedup": 3.0})
     monkeypatch.setattr(fast, "MIN_BF16_PARAMS", 0)  # the tiny test U-Net stands in for a real one
     motion = inflate(sd15_models.unet, MotionConfig.for_unet(sd15_models.unet.config, num_attention_heads=2,
@@ -216,14 +223,15 @@ def test_video_takes_the_cpu_fast_path(sd15_models, monkeypatch):
     seen = []
     handle = sd15_models.unet.conv_in.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
     try:
+        torch.manual_seed(0)  # the same random module every run
         with torch.no_grad():
             for p in motion.motion.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
         kw = dict(frames=4, resolution=64, steps=3, seed=5, window=4, motion=motion)
-        plain, meta_plain = generate_video(sd15_models, "a red brick wall", fast="off", **kw)
+        plain, meta_plain = _video(sd15_models, "a red brick wall", fast="off", **kw)
         assert set(seen) == {torch.float32}
         seen.clear()
-        quick, meta_quick = generate_video(sd15_models, "a red brick wall", **kw)
+        quick, meta_quick = _video(sd15_models, "a red brick wall", **kw)
         assert set(seen) == {torch.bfloat16}
     finally:
         handle.remove()
@@ -233,5 +241,5 @@ def test_video_takes_the_cpu_fast_path(sd15_models, monkeypatch):
     assert meta_quick["unet_dtype"] == "bfloat16 (autocast)" and meta_quick["fast"] == "auto"
     assert "unet_dtype" not in meta_plain and meta_plain["fast"] == "off"
     with pytest.raises(BadParameter) as exc:
-        VideoRequest(prompt="x", fast="turbo").validate()
+        raise_first(schema.problems(VideoRequest(prompt="x", fast="turbo")))
     assert exc.value.field == "fast"

@@ -145,3 +145,18 @@ def test_every_waiter_sees_a_dead_worker(client, tmp_path):
         with pytest.raises(client_mod.WorkerError):
             client.wait(job, timeout=60)
     assert client.poll()[-1]["event"] == "worker_exited"
+
+
+def test_an_older_addons_worker_command_gets_a_clear_version_error():
+    """Add-ons from before the kinds moved to the top package start ``python -m sfumato.core.worker``: they get
+    one error event saying what to update, not a hang or a traceback."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sfumato.core.worker"], input="", capture_output=True, text=True,
+                          timeout=120)
+    (line,) = proc.stdout.strip().splitlines()
+    event = json.loads(line)
+    assert proc.returncode == 2 and event["event"] == "error" and event["code"] == "bad_version"
+    assert "python -m sfumato.worker" in event["message"] and "Traceback" not in proc.stderr

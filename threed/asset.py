@@ -22,89 +22,22 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
 
 from ..core.errors import BadParameter, Cancelled, SfumatoError
-from ..core.image import MAX_SEED, checked_fields, field_check, is_integer, is_number
 from ..core.loading import Models
+from ..core.schema import AssetRequest
 from .cameras import orbit, view_prompt
 from .extract import ExtractConfig, Extracted, extract
 from .nerf import CameraRange, FieldConfig, RadianceField, opacity_entropy, render, sample_cameras
 from .sds import SDSConfig, alphas_cumprod, encode_with_grad, guided_eps, sds_step
-
-RENDERS = ("rgb", "latent")
-COLOURS = ("texture", "vertex")
-
-
-@dataclass
-class AssetRequest:
-    prompt: str
-    negative: str = ""
-    negative_weight: float = 0.0  # > 0: push away from the negative prompt with this weight (3 predictions per step)
-    iters: int = 600  # SDS iterations
-    resolution: int = 64  # px of the image the bundle sees (a multiple of 16, 32..512)
-    seed: int | None = None  # None: random (stored in the metadata)
-    guidance: float = 50.0  # classifier-free guidance; SDS wants a large one
-    lr: float = 0.01  # Adam learning rate of the field
-    preview_every: int = 50  # a preview render every this many iterations (0: none)
-    bundle: str | None = None
-    render: Literal["rgb", "latent"] = "rgb"  # latent: render at latent size, linear map to latents (cheap)
-    view_prompts: bool = True  # "…, front view" / "side view" / "back view" / "overhead view"
-    samples: int = 48  # stratified samples per ray
-    mesh_resolution: int = 64  # extraction grid cells per axis
-    mesh_level: float = 2.0  # density on the extracted surface
-    mesh_smooth: int = 1  # passes of a 3³ box filter over the density before extraction (0: none)
-    colours: Literal["texture", "vertex"] = "vertex"  # vertex colours, or a baked UV texture (xatlas unwraps
-    # the dense extracted mesh first: minutes at mesh_resolution 64)
-    background: Literal["random", "learned"] = "random"  # random: a new solid colour each iteration, so the
-    # background cannot take the prompt's look and the object must; learned: a colour per ray direction
-    texture_size: int = 512  # px, colours="texture"
-    size: float = 1.0  # metres: the largest side of the asset
-    state: str | None = None  # where a cancelled run saves its state, and resumes from
-    device: str = "auto"
-    dtype: str = "auto"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AssetRequest":
-        return cls(**checked_fields(cls, data, {"prompt": "a text prompt is required"}))
-
-    def validate(self) -> "AssetRequest":
-        check, number, integer = field_check(self), is_number, is_integer
-        check("prompt", isinstance(self.prompt, str) and bool(self.prompt.strip()), "a non-empty text prompt")
-        check("negative", isinstance(self.negative, str), "a string")
-        check("iters", integer(self.iters) and 1 <= self.iters <= 100_000, "an integer 1..100000")
-        check("resolution", integer(self.resolution) and 32 <= self.resolution <= 512 and self.resolution % 16 == 0,
-              "a multiple of 16 from 32 to 512 (pixels)")
-        check("seed", self.seed is None or (integer(self.seed) and 0 <= self.seed <= MAX_SEED),
-              f"an integer 0..{MAX_SEED}, or none for random")
-        check("guidance", number(self.guidance) and 0 <= self.guidance <= 200, "a number 0..200")
-        check("negative_weight", number(self.negative_weight) and 0 <= self.negative_weight <= 200, "a number 0..200")
-        check("lr", number(self.lr) and 0 < self.lr <= 1, "a number in (0, 1]")
-        check("preview_every", integer(self.preview_every) and self.preview_every >= 0,
-              "an integer ≥ 0 (0: no previews)")
-        check("render", self.render in RENDERS, " or ".join(RENDERS))
-        check("view_prompts", isinstance(self.view_prompts, bool), "true or false")
-        check("samples", integer(self.samples) and 8 <= self.samples <= 512, "an integer 8..512")
-        check("mesh_resolution", integer(self.mesh_resolution) and 16 <= self.mesh_resolution <= 256,
-              "an integer 16..256 (grid cells per axis)")
-        check("mesh_level", number(self.mesh_level) and self.mesh_level > 0, "a positive density")
-        check("colours", self.colours in COLOURS, " or ".join(COLOURS))
-        check("mesh_smooth", integer(self.mesh_smooth) and 0 <= self.mesh_smooth <= 8, "an integer 0..8")
-        check("background", self.background in ("random", "learned"), "random or learned")
-        check("texture_size", integer(self.texture_size) and 64 <= self.texture_size <= 4096, "an integer 64..4096")
-        check("size", number(self.size) and 0 < self.size <= 1000, "a positive number of metres (at most 1000)")
-        check("state", self.state is None or (isinstance(self.state, str) and self.state.endswith(".safetensors")),
-              "a path ending in .safetensors, or none")
-        return self
-
 
 @dataclass
 class Settings:
@@ -346,12 +279,13 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
 
 def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetStep], None] | None = None,
                settings: Settings | None = None, on_stage: Callable[[str], None] | None = None) -> AssetResult:
-    """Validate, optimise the field, extract the mesh; the caller saves (``save_result``). ``on_stage`` hears
-    when the stage after the iterations starts ("extracting")."""
+    """Optimise the field for ``req`` (checked once, where it starts: a job's door or here), extract the mesh; the
+    caller saves (``save_result``). ``on_stage`` hears when the stage after the iterations starts ("extracting")."""
+    from ..core.checks import ensure_checked
     from ..core.provenance import version
 
-    req = req.validate()
-    seed = req.seed if req.seed is not None else random.randint(0, MAX_SEED)
+    req = ensure_checked(req, models.bundle)
+    seed = req.seed
     st = settings or settings_for(req)
     with torch.enable_grad():
         field, stats = optimise(req, models, seed=seed, settings=st, on_step=on_step)

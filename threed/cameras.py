@@ -84,8 +84,6 @@ def rig(center: torch.Tensor, radius: float, views: int = 8, *, elevations: tupl
         raise BadParameter("views", views, "an integer from 1 to 64")
     if not 10.0 <= fov_y <= 120.0:
         raise BadParameter("fov", fov_y, "a field of view from 10 to 120 degrees")
-    if not elevations or any(not -89.0 <= e <= 89.0 for e in elevations):
-        raise BadParameter("elevations", list(elevations), "angles from -89 to 89 degrees")
     n_orbit = views - 1 if top and views > 2 else views
     order = _around(n_orbit)
     az = [start_azimuth + 360.0 * k / n_orbit for k in order]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..core.errors import SfumatoError
+from ..core.schema import AssetRequest
 from .mesh import Mesh
 
 
@@ -42,7 +43,7 @@ class ExtractConfig:
     smooth: int = 1  # passes of a 3×3×3 box filter over the density grid first: an SDS field's noise would
     # otherwise make a porous surface of hundreds of thousands of faces
     colours: Literal["texture", "vertex"] = "texture"
-    texture_size: int = 512  # px, colours="texture"
+    texture_size: int = AssetRequest.texture_size  # px, colours="texture"
     size: float = 1.0  # metres: the largest side of the result
 
 

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from ..core.errors import BadParameter
+from ..core.schema import TextureRequest
 
 FORMATS = (".glb", ".gltf", ".obj", ".ply")
-DEFAULT_MAX_FACES = 200_000
+DEFAULT_MAX_FACES = TextureRequest.max_faces  # the schema's default
 
 
 @dataclass
@@ -177,7 +178,7 @@ def check(mesh: Mesh, path: str = "", *, trimesh_mesh=None) -> Mesh:
     return replace(mesh, warnings=warnings)
 
 
-def ensure_uv(mesh: Mesh, texture_size: int = 1024, padding: int = 4) -> Mesh:
+def ensure_uv(mesh: Mesh, texture_size: int = TextureRequest.texture_size, padding: int = 4) -> Mesh:
     """UVs from xatlas when the mesh has none (vertices are split along the new seams), packed for a
     ``texture_size`` texture with ``padding`` texels between charts, so the gutters grown around
     islands when baking do not run into each other."""

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.schema import AssetRequest
 from .cameras import Cameras, framing_distance, orbit
 
 Shading = Literal["albedo", "lambertian", "textureless"]
@@ -55,7 +56,7 @@ class FieldConfig:
     blob_radius: float = 0.5  # r: where the blob's contribution falls to zero
     background: Literal["mlp", "constant"] = "mlp"  # mlp: colour from the ray direction
     background_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)  # the constant background
-    samples: int = 48  # stratified samples per ray
+    samples: int = AssetRequest.samples  # stratified samples per ray
     ambient: float = 0.2  # k_a of the lambertian and textureless shading
 
 

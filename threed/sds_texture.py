@@ -59,8 +59,8 @@ def _load_state(path: Path, logits: torch.Tensor, optim: torch.optim.Optimizer) 
     return int(meta.get("iteration", 0))
 
 
-def sds_texture(models, mesh: Mesh, prompt: str, negative: str = "", *, iters: int = 300, resolution: int = 128,
-                texture_size: int = 512, lr: float = 0.05, seed: int = 0, cfg: SDSConfig | None = None,
+def sds_texture(models, mesh: Mesh, prompt: str, negative: str = "", *, iters: int, resolution: int = 128,
+                texture_size: int, lr: float, seed: int = 0, cfg: SDSConfig | None = None,
                 view_prompts: bool = True, state_path: Path | None = None,
                 on_iter: OnIter | None = None) -> tuple[torch.Tensor, dict]:
     """Optimise a (3, T, T) texture for ``mesh`` (with UVs); returns it with run statistics."""

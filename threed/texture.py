@@ -31,12 +31,11 @@ embedded materials bundle this is the mode that looks right.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,110 +43,17 @@ from PIL import Image
 
 from ..core import latents as latent_space
 from ..core import text
-from ..core.bundle import fill_steps
+from ..core.checks import ensure_checked
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
-from ..core.errors import BadParameter
-from ..core.fast import FAST_MODES
-from ..core.image import (MAX_SEED, STEPS_ALLOWED, ImageRequest, checked_fields, field_check, generate, is_steps,
-                          native_size)
+from ..core.image import generate, native_size
 from ..core.loading import Models
 from ..core.provenance import version
-from ..core.sampling import StepInfo, sample, strength_allowed, timesteps_for
-from ..core.schedulers import DEFAULT_SCHEDULER, make_scheduler, names, takes_generator
+from ..core.sampling import StepInfo, sample, timesteps_for
+from ..core.schedulers import make_scheduler, takes_generator
+from ..core.schema import ImageRequest, TextureRequest
 from .cameras import Cameras, rig, sphere, view_prompt
-from .mesh import DEFAULT_MAX_FACES, Mesh, check, ensure_uv, load_mesh
+from .mesh import Mesh, check, ensure_uv, load_mesh
 from .raster import Fragments, projection, rasterize, rasterize_uv, sample_texture
-
-MODES = ("projection", "material", "sds")
-VARIANTS = ("sequential", "sync")
-
-
-@dataclass
-class TextureRequest:
-    mesh: str
-    prompt: str
-    negative: str = ""
-    mode: Literal["projection", "material"] = "projection"
-    variant: Literal["sequential", "sync"] = "sequential"
-    views: int = 8
-    resolution: int | None = None  # per view (projection) or tile (material), px; None = bundle's native size
-    texture_size: int = 1024  # UV texture, px (projection)
-    tile_size: float = 1.0  # metres one tile covers (material)
-    seed: int | None = None
-    steps: int | None = None  # None = the bundle's default_steps
-    guidance: float = 7.5
-    scheduler: str = DEFAULT_SCHEDULER
-    bundle: str | None = None
-    control_scale: float = 1.0
-    conditioning: Literal["auto", "depth", "img2img"] = "auto"  # auto: depth ControlNet when the bundle has one
-    view_prompts: bool = True  # add "front view" / "side view" / ... per view
-    iters: int = 300  # sds: optimisation steps
-    lr: float = 0.05  # sds: Adam learning rate on the texture logits
-    state: str | None = None  # sds: where the run's state is saved on cancel, and resumed from
-    elevations: tuple[float, ...] = (15.0, 40.0)
-    top: bool = True  # one view straight down (roofs)
-    fill_views: int = 8  # extra views, chosen for what the rig missed (0 = none)
-    max_faces: int = DEFAULT_MAX_FACES
-    keep_threshold: float = 0.8  # a texel is kept when an earlier view saw it at ≥ this × this view's cos
-    refine_until: float = 0.4  # refine regions are held for this share of the steps
-    img2img_strength: float = 0.9  # bundles without a depth ControlNet: how far views move from the shading
-    device: str = "auto"
-    dtype: str = "auto"
-    fast: str = "auto"  # auto/on: CUDA graphs on a GPU, a bfloat16 U-Net on a CPU that has it; off (core/fast.py)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TextureRequest":
-        data = checked_fields(cls, data, {"mesh": "a path to a .glb, .gltf, .obj or .ply file",
-                                          "prompt": "a text prompt is required"})
-        if isinstance(data.get("elevations"), list):
-            data["elevations"] = tuple(data["elevations"])
-        return cls(**data)
-
-    def validate(self) -> "TextureRequest":
-        check_ = field_check(self)
-
-        check_("mesh", isinstance(self.mesh, str) and bool(self.mesh), "a path to a .glb, .gltf, .obj or .ply file")
-        check_("prompt", isinstance(self.prompt, str) and bool(self.prompt.strip()), "a non-empty text prompt")
-        check_("negative", isinstance(self.negative, str), "a string")
-        check_("mode", self.mode in MODES, ", ".join(MODES))
-        check_("iters", isinstance(self.iters, int) and 1 <= self.iters <= 100_000, "an integer 1..100000")
-        check_("lr", isinstance(self.lr, (int, float)) and 0 < self.lr <= 10, "a number in (0, 10]")
-        check_("variant", self.variant in VARIANTS, " or ".join(VARIANTS))
-        check_("views", isinstance(self.views, int) and 1 <= self.views <= 64, "an integer 1..64")
-        check_("resolution", self.resolution is None or (isinstance(self.resolution, int) and
-                                                         64 <= self.resolution <= 2048 and self.resolution % 8 == 0),
-               "a multiple of 8 from 64 to 2048, or none for the bundle's native size")
-        check_("texture_size", isinstance(self.texture_size, int) and 16 <= self.texture_size <= 8192,
-               "an integer 16..8192 (pixels)")
-        check_("tile_size", isinstance(self.tile_size, (int, float)) and 0 < self.tile_size <= 1000,
-               "a positive number of metres (at most 1000)")
-        check_("seed", self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED),
-               f"an integer 0..{MAX_SEED}, or none for random")
-        check_("steps", is_steps(self.steps), STEPS_ALLOWED)
-        check_("guidance", isinstance(self.guidance, (int, float)) and 0 <= self.guidance <= 50, "a number 0..50")
-        check_("scheduler", self.scheduler in names(), ", ".join(names()))
-        check_("conditioning", self.conditioning in ("auto", "depth", "img2img"), "auto, depth or img2img")
-        check_("control_scale", isinstance(self.control_scale, (int, float)) and 0 <= self.control_scale <= 4,
-               "a number 0..4")
-        check_("fill_views", isinstance(self.fill_views, int) and 0 <= self.fill_views <= 16, "an integer 0..16")
-        check_("max_faces", isinstance(self.max_faces, int) and self.max_faces >= 1, "a positive integer")
-        check_("fast", self.fast in FAST_MODES, ", ".join(FAST_MODES))
-        check_("keep_threshold", isinstance(self.keep_threshold, (int, float)) and 0 < self.keep_threshold <= 1,
-               "a number in (0, 1]")
-        check_("refine_until", isinstance(self.refine_until, (int, float)) and 0 <= self.refine_until <= 1,
-               "a number 0..1")
-        check_("img2img_strength", isinstance(self.img2img_strength, (int, float)) and
-               0 < self.img2img_strength <= 1, "a number in (0, 1]")
-        if self.mode == "projection" and self.conditioning == "img2img" and isinstance(self.steps, int) and \
-                isinstance(self.img2img_strength, (int, float)):  # (auto: checked once the bundle is known)
-            check_("img2img_strength", int(self.steps * self.img2img_strength) >= 1, strength_allowed(self.steps))
-        check_("elevations", isinstance(self.elevations, tuple) and len(self.elevations) >= 1 and
-               all(isinstance(e, (int, float)) and -89 <= e <= 89 for e in self.elevations),
-               "a list of angles from -89 to 89 degrees")
-        if not Path(self.mesh).is_file():
-            raise BadParameter("mesh", self.mesh, "an existing mesh file (.glb, .gltf, .obj, .ply)")
-        return self
-
 
 @dataclass
 class TextureResult:
@@ -664,9 +570,10 @@ def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -
 
 def texture(req: TextureRequest, models: Models, *, on_view: OnView | None = None,
             mesh: Mesh | None = None) -> TextureResult:
-    """Run a validated request on loaded models (load the ControlNet too when the bundle has one)."""
-    req = fill_steps(req.validate(), models.bundle)
-    seed = req.seed if req.seed is not None else random.randint(0, MAX_SEED)
+    """Run a request (checked once, where it starts: a job's door or here) on loaded models (load the ControlNet too
+    when the bundle has one)."""
+    req = ensure_checked(req, models.bundle)
+    seed = req.seed
     mesh = mesh if mesh is not None else load_mesh(req.mesh, max_faces=req.max_faces)
     mesh = check(mesh, req.mesh)
     run = {"material": texture_material, "sds": texture_sds}.get(req.mode, texture_projection)

@@ -19,7 +19,6 @@ surface toward their mean over the frames that see it, for the first ``sync_unti
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -31,51 +30,33 @@ from PIL import Image
 
 from ..core import latents as latent_space
 from ..core import text
+from ..core.checks import ensure_checked
 from ..core.denoiser import Denoiser, make_conditioning
 from ..core.errors import BadParameter
-from ..core.fast import FAST_MODES
-from ..core.image import STEPS_ALLOWED, is_steps, native_size
+from ..core.image import native_size
 from ..core.provenance import version
 from ..core.sampling import StepInfo, sample, timesteps_for
 from ..core.schedulers import make_scheduler, takes_generator
+from ..core.schema import VideoRequest
 from ..threed.mesh import Mesh
 from .turntable import (circular_windows, loop_noise, orbit_cameras, orbit_views, surface_cells, surface_groups,
                         surface_noise, surface_sync, windowed)
 
 
-def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None = None, motion=None,
-                   negative: str = "", resolution: int | None = None, steps: int | None = None, guidance: float = 7.5,
-                   seed: int | None = None, scheduler: str = "dpmpp_2m", elevation: float = 20.0,
-                   window: int | None = None, control_scale: float = 1.0, conditioning: str = "auto",
-                   strength: float = 0.8, relight: bool = True, anchored_noise: bool = True, sync: float = 0.0,
-                   sync_until: float = 0.5, beta_schedule: str | None = None, fast: str = "auto",
+def generate_video(models, req: VideoRequest, *, mesh: Mesh | None = None, motion=None,
                    on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[Image.Image], dict[str, Any]]:
-    """Frames of a looping video; ``motion`` is a ``MotionUNet`` on ``models.unet`` (None: per-frame).
-    ``beta_schedule`` overrides the bundle's noise schedule (AnimateDiff motion modules expect "linear").
-    ``fast``: the CPU's fast path (a bfloat16 U-Net where the CPU does bfloat16 natively, ``core/fast.py``);
+    """Frames of a looping video for ``req`` (checked once, where it starts: a job's door or here); ``mesh`` is
+    ``req.mesh`` loaded (a turntable), ``motion`` a ``MotionUNet`` on ``models.unet`` (None: per-frame).
+    ``req.fast``: the CPU's fast path (a bfloat16 U-Net where the CPU does bfloat16 natively, ``core/fast.py``);
     on a GPU video calls run eagerly (no CUDA graphs for video yet)."""
-    steps = models.bundle.default_steps if steps is None else steps
-    if not is_steps(steps):
-        raise BadParameter("steps", steps, STEPS_ALLOWED)
-    if not isinstance(frames, int) or not 2 <= frames <= 720:
-        raise BadParameter("frames", frames, "an integer from 2 to 720")
-    size = resolution or native_size(models)
-    if size % 8 or not 64 <= size <= 2048:
-        raise BadParameter("resolution", size, "a multiple of 8 from 64 to 2048")
-    if conditioning not in ("auto", "depth", "img2img"):
-        raise BadParameter("conditioning", conditioning, "auto, depth or img2img")
-    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        raise BadParameter("strength", strength, "a number in (0, 1]")
-    if not isinstance(sync, (int, float)) or not 0 <= sync <= 1:
-        raise BadParameter("sync", sync, "a number 0..1")
-    if not isinstance(sync_until, (int, float)) or not 0 <= sync_until <= 1:
-        raise BadParameter("sync_until", sync_until, "a number 0..1 (the share of the steps that sync)")
-    use_depth = mesh is not None and conditioning != "img2img" and models.controlnet is not None
-    if mesh is not None and conditioning == "depth" and models.controlnet is None:
+    req = ensure_checked(req, models.bundle)
+    frames, steps, seed, sync, sync_until = req.frames, req.steps, req.seed, req.sync, req.sync_until
+    size = req.resolution or native_size(models)
+    use_depth = mesh is not None and req.conditioning != "img2img" and models.controlnet is not None
+    if mesh is not None and req.conditioning == "depth" and models.controlnet is None:
         raise BadParameter("conditioning", "depth", f"img2img or auto: bundle {models.bundle.name} has no depth "
                            "ControlNet (component controlnet_depth)")
-    seed = seed if seed is not None else random.randint(0, 2**31 - 1)
-    length = window or (motion.config.max_frames if motion is not None else 16)
+    length = req.window or (motion.config.max_frames if motion is not None else 16)
     if motion is not None and length > motion.config.max_frames:
         raise BadParameter("window", length, f"at most the motion module's {motion.config.max_frames} frames")
     f = models.vae_scale_factor
@@ -83,13 +64,12 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
     depth = shading = inside = cameras = None
     if mesh is not None:
         norm = mesh.normalised()
-        cameras = orbit_cameras(norm, frames, elevation=elevation)
+        cameras = orbit_cameras(norm, frames, elevation=req.elevation)
         depth, shading = orbit_views(norm, cameras, size)
         inside = depth[:, :1] > 0  # the mesh's silhouette per frame
         depth = depth.to(models.device) if use_depth else None
-    positive, neg = text.encode_pair(models, prompt, negative)
-    if fast not in FAST_MODES:
-        raise BadParameter("fast", fast, ", ".join(FAST_MODES))
+    positive, neg = text.encode_pair(models, req.prompt, req.negative)
+    fast = req.fast
     if models.device.type == "cuda":
         fast = "off"  # no CUDA graphs for video yet: the calls run eagerly (and the provenance says so)
     denoiser = Denoiser(models, fast=fast)
@@ -98,22 +78,22 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
     def cond_for(idx: torch.Tensor):
         n = len(idx)
         if n not in conds:
-            conds[n] = make_conditioning(models, positive, neg, n, guidance, width=size, height=size,
-                                         control_scale=control_scale)
+            conds[n] = make_conditioning(models, positive, neg, n, req.guidance, width=size, height=size,
+                                         control_scale=req.control_scale)
         c = conds[n]
         return replace(c, control=depth[idx.to(depth.device)].to(models.dtype)) if depth is not None else c
 
-    sched = make_scheduler(scheduler, models.scheduler_config, beta_schedule=beta_schedule)
+    sched = make_scheduler(req.scheduler, models.scheduler_config, beta_schedule=req.beta_schedule)
     channels = models.unet.config.in_channels
     noise = loop_noise(frames, (channels, size // f, size // f), g)
-    cells = surface_cells(norm, cameras, size // f) if mesh is not None and (anchored_noise or sync > 0) else None
-    if anchored_noise and cells is not None:  # the mesh's pixels start from noise fixed on its surface
+    cells = surface_cells(norm, cameras, size // f) if mesh is not None and (req.anchored_noise or sync > 0) else None
+    if req.anchored_noise and cells is not None:  # the mesh's pixels start from noise fixed on its surface
         noise = torch.where((cells >= 0)[:, None], surface_noise(cells, channels, g), noise)
     groups = surface_groups(cells.to(models.device)) if cells is not None and sync > 0 else None
     img2img = shading is not None and depth is None
     keep = encoded = None
     if img2img:  # image-to-image from each frame's shading
-        timesteps, _ = timesteps_for(sched, steps, models.device, strength=strength)
+        timesteps, _ = timesteps_for(sched, steps, models.device, strength=req.strength)
         encoded = torch.cat([latent_space.encode(models, shading[i:i + 8], [g] * len(shading[i:i + 8]))
                              for i in range(0, frames, 8)])
         noise = noise.to(encoded)
@@ -156,19 +136,19 @@ def generate_video(models, prompt: str, *, frames: int = 16, mesh: Mesh | None =
                on_step=on_step, post_step=post_step)
     decoded = torch.cat([latent_space.decode(models, x[i:i + 8]).float().cpu() for i in range(0, frames, 8)])
     if img2img:  # img2img turntable: exact background, and the headlight's shading on the surface
-        light = 0.4 + (shading - 0.25) / 0.6 * 0.6 if relight else torch.ones_like(shading)
+        light = 0.4 + (shading - 0.25) / 0.6 * 0.6 if req.relight else torch.ones_like(shading)
         decoded = torch.where(inside, decoded * light, shading)
     images = latent_space.tensor_to_pil(decoded)
-    meta = {"prompt": prompt, "negative": negative, "seed": seed, "frames": frames, "steps": steps,
-            "guidance": guidance, "scheduler": scheduler, "beta_schedule": sched.config.beta_schedule, "resolution": size, "bundle": models.bundle.name,
+    meta = {"prompt": req.prompt, "negative": req.negative, "seed": seed, "frames": frames, "steps": steps,
+            "guidance": req.guidance, "scheduler": req.scheduler, "beta_schedule": sched.config.beta_schedule, "resolution": size, "bundle": models.bundle.name,
             "bundle_hash": models.bundle.identity(), "temporal": motion is not None, "window": length,
             "mode": "turntable" if mesh is not None else "text-to-video", "fast": fast,
             "sfumato_version": version(), **denoiser.provenance()}
     if mesh is not None:
-        meta.update(elevation=elevation, mesh=Path(mesh.source).name, anchored_noise=anchored_noise, sync=sync, sync_until=sync_until,
-                    conditioning="depth-controlnet" if depth is not None else "img2img-shading",
-                    **({"control_scale": control_scale} if depth is not None else
-                       {"strength": strength, "relight": relight}))
+        meta.update(elevation=req.elevation, mesh=Path(mesh.source).name, anchored_noise=req.anchored_noise, sync=sync,
+                    sync_until=sync_until, conditioning="depth-controlnet" if depth is not None else "img2img-shading",
+                    **({"control_scale": req.control_scale} if depth is not None else
+                       {"strength": req.strength, "relight": req.relight}))
     return images, meta
 
 
@@ -181,8 +161,6 @@ def write_video(frames: list[Image.Image], path: Path, fps: int, metadata: dict[
     from ..core.provenance import atomic_write
 
     path = Path(path)
-    if not 1 <= fps <= 120:
-        raise BadParameter("fps", fps, "1..120 frames per second")
     suffix = path.suffix.lower()
     if suffix == ".gif":
         def write(tmp: Path) -> None:

@@ -23,21 +23,18 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import BadParameter
+from ..core.schema import MAX_FRAMES, VideoRequest
 from ..threed.cameras import Cameras, framing_distance, orbit
 from ..threed.mesh import Mesh
 from ..threed.raster import rasterize
 
-MAX_FRAMES = 720
 
-
-def orbit_cameras(mesh: Mesh, frames: int, *, elevation: float = 20.0, clockwise: bool = False,
+def orbit_cameras(mesh: Mesh, frames: int, *, elevation: float = VideoRequest.elevation, clockwise: bool = False,
                   fov_y: float = 40.0) -> Cameras:
     """``frames`` cameras evenly around the (normalised) mesh's vertical axis, auto-framed from its
     bounding sphere; frame k sits at azimuth ±360°·k/N, so frame N would be frame 0 again."""
     if not isinstance(frames, int) or not 2 <= frames <= MAX_FRAMES:
-        raise BadParameter("frames", frames, f"an integer from 2 to {MAX_FRAMES}")
-    if not -89.0 <= elevation <= 89.0:
-        raise BadParameter("elevation", elevation, "an angle from -89 to 89 degrees")
+        raise BadParameter("frames", frames, f"an integer 2..{MAX_FRAMES}")
     sign = -1.0 if clockwise else 1.0
     az = [sign * 360.0 * k / frames for k in range(frames)]
     return orbit(mesh.center, framing_distance(mesh.radius, fov_y), az, [elevation] * frames, fov_y)

@@ -1,0 +1,486 @@
+"""The request schema: every job's parameters declared once, with type, default, bounds and help.
+
+One dataclass per job kind over a shared common block (``JobRequest``, and ``SampledRequest`` for the
+kinds that run the sampling loop). Each field's ``Spec`` (in the dataclass field's metadata) says what is
+allowed; everything else is derived from it:
+
+- the engine's door (``core/jobs.py``) parses a job's params with ``parse``, checks them once with
+  ``field_problems``, fills what depends on the bundle or on chance with ``complete`` (the bundle's
+  ``default_steps``, a random seed) and then runs the checks that need those with ``cross_problems``;
+- the CLI (``sfumato/cli.py``) builds its flags from the fields;
+- the Blender add-on reads its limits, defaults and help texts from this file, which
+  ``sfumato addon build`` ships inside the extension zip.
+
+Standard library only, and no imports from the engine: the add-on loads this file without torch.
+Problems come back as ``Problem(field, value, allowed)``; the engine raises them as ``BadParameter``,
+the add-on as ``BadSetting``, both with ``message`` below, so every client says the same sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import random
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+VERSION = 2  # of this schema; the worker reports it in ``info``
+MAX_SEED = 2**31 - 1  # seeds fit Blender's 32-bit integer properties, so any seed can be recalled there
+MAX_STEPS = 500
+DEFAULT_STEPS = 25  # a bundle whose manifest names no default_steps
+MAX_FRAMES = 720
+MAX_PROMPT_CHARS = 10_000  # far beyond what a text encoder reads (77 tokens), far below what exhausts memory
+LCM_MAX_STEPS = 50  # the lcm scheduler's original_inference_steps
+
+Scheduler = Literal["bundle", "ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm"]
+DType = Literal["auto", "fp16", "bf16", "fp32"]
+Fast = Literal["auto", "on", "off", "compile"]
+Seamless = Literal["none", "x", "y", "xy"]
+Conditioning = Literal["auto", "depth", "img2img"]
+MESH_FILES = "a path to a .glb, .gltf, .obj or .ply file"
+REQUIRED = ""  # the placeholder default of a required text field (``parse`` insists on it being given)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a field allows, beyond its annotated type."""
+
+    help: str
+    lo: float | None = None  # smallest allowed value (or element, for a list)
+    hi: float | None = None
+    lo_open: bool = False  # the lower bound itself is not allowed
+    multiple: int | None = None  # integers: a multiple of this
+    nonempty: bool = False  # text: not blank
+    required: bool = False  # must be given (a job's params, a CLI positional)
+    none: str = ""  # what None means ("for the bundle's default"), shown in messages
+    allowed: str = ""  # replaces the generated description of what is allowed
+    path: bool = False  # a file the job reads: it must exist when the job starts
+    suffixes: tuple[str, ...] = ()  # text: must end with one of these
+    flag: str = ""  # the CLI flag when not --field-name
+    max_chars: int = 4096  # text: longest allowed
+
+
+def param(default: Any, help: str, **limits: Any) -> Any:
+    """A request field: its default and its ``Spec``."""
+    return field(default=default, metadata={"spec": Spec(help=help, **limits)})
+
+
+def spec_of(f: dataclasses.Field) -> Spec:
+    return f.metadata.get("spec") or Spec(help="")
+
+
+# ---- the common block ------------------------------------------------------------------------------
+@dataclass
+class JobRequest:
+    """What every job takes."""
+
+    prompt: str = field(metadata={"spec": Spec("what to generate", required=True, max_chars=MAX_PROMPT_CHARS)})
+    negative: str = param("", "what to avoid (the unconditional prompt of guidance)", max_chars=MAX_PROMPT_CHARS)
+    bundle: str | None = param(None, "bundle name or folder", none="for the default bundle")
+    seed: int | None = param(None, "random seed (recorded with the result)", lo=0, hi=MAX_SEED, none="for random")
+    guidance: float = param(7.5, "classifier-free guidance scale w; 1 or less turns guidance off", lo=0, hi=50)
+    device: str = param("auto", "where the job runs", nonempty=True, max_chars=32,
+                        allowed="auto, cuda, cuda:N, mps or cpu")
+    dtype: DType = param("auto", "weights' precision (auto: fp16 on CUDA, fp32 elsewhere)")
+
+
+@dataclass
+class SampledRequest(JobRequest):
+    """Jobs that run the sampling loop."""
+
+    steps: int | None = param(None, "sampling steps", lo=1, hi=MAX_STEPS, none="for the bundle's default")
+    scheduler: Scheduler = param("dpmpp_2m", "sampler; bundle: the bundle's own")
+    fast: Fast = param("auto", "auto/on: CUDA graphs on a GPU, a bfloat16 U-Net on a CPU that does bfloat16 "
+                       "natively; compile: plus torch.compile on a GPU; off: eager, the models' precision")
+
+
+# ---- the kinds -------------------------------------------------------------------------------------
+def _size(what: str, hi: int) -> Any:
+    return param(None, f"{what}, pixels", lo=64, hi=hi, multiple=8, none="for the bundle's native size")
+
+
+@dataclass
+class ImageRequest(SampledRequest):
+    """Images from a prompt: text-to-image, image-to-image, depth-guided, seamless, N variations."""
+
+    width: int | None = _size("image width", 4096)
+    height: int | None = _size("image height", 4096)
+    init_image: str | None = param(None, "image-to-image source", path=True, flag="init", none="for text-to-image")
+    strength: float = param(0.75, "image-to-image: share of the schedule re-run (1 ignores the init image)",
+                            lo=0, hi=1, lo_open=True)
+    depth_image: str | None = param(None, "depth map (near = bright, or .npy distances) for a depth ControlNet",
+                                    path=True, flag="depth", none="for no depth guidance")
+    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=4)
+    seamless: Seamless = param("none", "tileable along x, y or both")
+    n: int = param(1, "variations with seeds seed, seed+1, ..., seed+n-1", lo=1, hi=256)
+    batch_size: int = param(4, "images per network batch (memory only: results do not change)", lo=1, hi=64)
+
+    @property
+    def mode(self) -> str:
+        return "depth" if self.depth_image else "img2img" if self.init_image else "txt2img"
+
+    def cross(self) -> list[Problem]:
+        found = _strength_problems(self, "strength", self.init_image is not None)
+        if self.seed is not None and self.seed + self.n - 1 > MAX_SEED:
+            found.append(Problem("seed", self.seed, f"at most {MAX_SEED} - (n - 1) = {MAX_SEED - self.n + 1} with "
+                                 f"n={self.n}, so every variation's seed can be replayed"))
+        if self.scheduler == "lcm" and self.steps is not None and self.steps > LCM_MAX_STEPS:
+            found.append(Problem("steps", self.steps, f"1..{LCM_MAX_STEPS} with the lcm scheduler (its "
+                                 "original_inference_steps)"))
+        return found
+
+
+@dataclass
+class TextureRequest(SampledRequest):
+    """A mesh textured from a prompt: views projected into its UVs, a box-mapped tile, or SDS."""
+
+    prompt: str = field(metadata={"spec": Spec("what to generate", required=True, nonempty=True,
+                                               allowed="a non-empty text prompt", max_chars=MAX_PROMPT_CHARS)})
+    mesh: str = param(REQUIRED, "the mesh to texture", required=True, path=True, allowed=MESH_FILES)
+    mode: Literal["projection", "material", "sds"] = param(
+        "projection", "projection: views painted into the UVs; material: a seamless tile, box-mapped; sds: the "
+        "texture optimised by score distillation (resumes after a cancel)")
+    variant: Literal["sequential", "sync"] = param("sequential", "projection: views in turn, or all at once "
+                                                   "sharing one UV latent")
+    views: int = param(8, "projection: cameras around the mesh", lo=1, hi=64)
+    resolution: int | None = _size("per view (projection) or tile (material)", 2048)
+    texture_size: int = param(1024, "the UV texture's side, pixels", lo=16, hi=8192)
+    tile_size: float = param(1.0, "material: metres one tile covers", lo=0, hi=1000, lo_open=True)
+    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=4)
+    conditioning: Conditioning = param("auto", "auto: the bundle's depth ControlNet when it has one, else "
+                                       "image-to-image from the view's shading")
+    view_prompts: bool = param(True, "add 'front view', 'side view', ... to each view's prompt")
+    iters: int = param(300, "sds: optimisation steps", lo=1, hi=100_000)
+    lr: float = param(0.05, "sds: learning rate", lo=0, hi=10, lo_open=True)
+    state: str | None = param(None, "sds: where a cancelled run saves its state, and resumes from",
+                              suffixes=(".safetensors",), none="for beside the output")
+    elevations: tuple[float, ...] = param((15.0, 40.0), "projection: camera rings, degrees above the horizon",
+                                          lo=-89, hi=89)
+    top: bool = param(True, "projection: one view straight down (roofs)")
+    fill_views: int = param(8, "projection: extra views chosen for what the rings missed", lo=0, hi=16)
+    max_faces: int = param(200_000, "meshes with more faces are refused", lo=1)
+    keep_threshold: float = param(0.8, "a texel is kept when an earlier view saw it at least this x this view's "
+                                  "cosine", lo=0, hi=1, lo_open=True)
+    refine_until: float = param(0.4, "share of the steps that hold refined regions", lo=0, hi=1)
+    img2img_strength: float = param(0.9, "bundles without a depth ControlNet: how far views move from the "
+                                    "shading", lo=0, hi=1, lo_open=True)
+
+    def cross(self) -> list[Problem]:
+        return _strength_problems(self, "img2img_strength",
+                                  self.mode == "projection" and self.conditioning == "img2img")
+
+
+@dataclass
+class VideoRequest(SampledRequest):
+    """A looping video from a prompt (a turntable when ``mesh`` is given)."""
+
+    prompt: str = field(metadata={"spec": Spec("what to generate", required=True, nonempty=True,
+                                               allowed="a non-empty text prompt", max_chars=MAX_PROMPT_CHARS)})
+    mesh: str | None = param(None, "orbit this mesh (a turntable)", path=True, allowed=MESH_FILES,
+                             none="for text-to-video")
+    frames: int = param(24, "frames of the loop", lo=2, hi=MAX_FRAMES)
+    fps: int = param(12, "frames per second", lo=1, hi=120)
+    resolution: int | None = _size("frame side", 2048)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] | None = param(
+        None, "override the bundle's noise schedule (AnimateDiff motion modules expect linear)",
+        none="for the bundle's")
+    elevation: float = param(20.0, "turntable: degrees the camera looks down on the mesh", lo=-89, hi=89)
+    temporal: Literal["auto", "on", "off"] = param("auto", "frame attention (the bundle's motion module or "
+                                                   "motion); off: each frame on its own")
+    motion: str | None = param(None, "AnimateDiff motion adapter: diffusers folder or .safetensors",
+                               none="for the bundle's")
+    window: int | None = param(None, "frames per frame-attention call", lo=1, hi=64,
+                               none="for the motion module's length")
+    conditioning: Conditioning = param("auto", "turntable: auto = the depth ControlNet when the bundle has one, "
+                                       "else image-to-image from the orbit's shading")
+    strength: float = param(0.8, "turntable with img2img: how far frames move from the shading", lo=0, hi=1,
+                            lo_open=True)
+    relight: bool = param(True, "turntable with img2img: the headlight's shading multiplied onto the surface")
+    anchored_noise: bool = param(True, "turntable: the mesh's pixels start from noise fixed on its surface")
+    sync: float = param(0.0, "turntable: pull each bit of surface's latents toward their mean over the frames "
+                        "that see it", lo=0, hi=1)
+    sync_until: float = param(0.5, "turntable: share of the steps that sync", lo=0, hi=1)
+    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=4)
+    max_faces: int = param(200_000, "meshes with more faces are refused", lo=1)
+
+    def cross(self) -> list[Problem]:
+        return _strength_problems(self, "strength", self.mesh is not None and self.conditioning == "img2img")
+
+
+@dataclass
+class TurntableRequest(VideoRequest):
+    """A looping orbit of a mesh."""
+
+    mesh: str = param(REQUIRED, "the mesh to orbit", required=True, path=True, allowed=MESH_FILES)
+
+
+@dataclass
+class AssetRequest(JobRequest):
+    """A 3-D asset from a prompt: score distillation into a radiance field, then a mesh."""
+
+    prompt: str = field(metadata={"spec": Spec("what to generate", required=True, nonempty=True,
+                                               allowed="a non-empty text prompt", max_chars=MAX_PROMPT_CHARS)})
+    guidance: float = param(50.0, "classifier-free guidance (score distillation wants a large one)", lo=0, hi=200)
+    negative_weight: float = param(0.0, "> 0: push away from the negative prompt with this weight instead of "
+                                   "using it as the unconditional", lo=0, hi=200)
+    iters: int = param(600, "SDS iterations", lo=1, hi=100_000)
+    resolution: int = param(64, "pixels of the renders the bundle scores", lo=32, hi=512, multiple=16)
+    lr: float = param(0.01, "learning rate of the field", lo=0, hi=1, lo_open=True)
+    preview_every: int = param(50, "a preview render every this many iterations (0: none)", lo=0)
+    render: Literal["rgb", "latent"] = param("rgb", "latent: render at latent size, linear map to latents "
+                                             "(cheaper, coarser)")
+    view_prompts: bool = param(True, "add 'front view', 'side view', ... to the prompt per view")
+    samples: int = param(48, "samples per ray", lo=8, hi=512)
+    mesh_resolution: int = param(64, "extraction grid cells per axis", lo=16, hi=256)
+    mesh_level: float = param(2.0, "density on the extracted surface", lo=0, lo_open=True)
+    mesh_smooth: int = param(1, "passes of a box filter over the density before extraction", lo=0, hi=8)
+    colours: Literal["texture", "vertex"] = param("vertex", "vertex colours, or a UV texture baked after "
+                                                  "unwrapping the mesh (slower: minutes)")
+    background: Literal["random", "learned"] = param("random", "random: a new solid colour each iteration, so "
+                                                     "only the object can match the prompt")
+    texture_size: int = param(512, "colours=texture: the texture's side, pixels", lo=64, hi=4096)
+    size: float = param(1.0, "metres: the asset's largest side", lo=0, hi=1000, lo_open=True)
+    state: str | None = param(None, "where a cancelled run saves its state, and resumes from",
+                              suffixes=(".safetensors",), none="for beside the output")
+
+
+KINDS: dict[str, type] = {"image": ImageRequest, "texture": TextureRequest, "video": VideoRequest,
+                          "turntable": TurntableRequest, "asset": AssetRequest}
+
+
+# ---- problems --------------------------------------------------------------------------------------
+def message(field_name: str, value: Any, allowed: str) -> str:
+    """The one sentence every client says about a bad value."""
+    shown = repr(value)
+    if len(shown) > 120:
+        shown = shown[:100] + f"... ({len(shown)} characters)"
+    return f"{field_name}={shown} is not allowed: {allowed}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    value: Any
+    allowed: str
+
+    def __str__(self) -> str:
+        return message(self.field, self.value, self.allowed)
+
+
+def strength_allowed(steps: int) -> str:
+    """What an image-to-image strength may be with ``steps``: at least one step must run."""
+    return f"at least 1/steps = {1 / max(steps, 1):.3g} with steps={steps}, so that one step runs"
+
+
+def _strength_problems(req: Any, name: str, applies: bool) -> list[Problem]:
+    strength = getattr(req, name)
+    if applies and req.steps is not None and int(req.steps * strength) < 1:
+        return [Problem(name, strength, strength_allowed(req.steps))]
+    return []
+
+
+def fields(cls: type) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Each field's annotated type, resolved."""
+    return typing.get_type_hints(cls)
+
+
+def unwrap(t: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    args = typing.get_args(t)
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return t, False
+
+
+def choices(t: Any) -> tuple[Any, ...] | None:
+    """A ``Literal``'s values, else None."""
+    return typing.get_args(t) if typing.get_origin(t) is Literal else None
+
+
+def one_of(values: Any) -> str:
+    """``a, b or c``."""
+    words = [str(v) for v in values]
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe(f: dataclasses.Field, t: Any) -> str:
+    """What a field allows, in words."""
+    s = spec_of(f)
+    base, optional = unwrap(t)
+    tail = f", or none {s.none}" if optional and s.none else ", or none" if optional else ""
+    if s.allowed:
+        return s.allowed + tail
+    values = choices(base)
+    if values is not None:
+        return one_of(values) + tail
+    if base is bool:
+        return "true or false"
+    if base is str:
+        what = "a non-empty text" if s.nonempty else "a text"
+        if s.suffixes:
+            what = f"a path ending in {' or '.join(s.suffixes)}"
+        return what + tail
+    if typing.get_origin(base) is tuple:
+        return f"a list of one or more numbers {_num(s.lo)}..{_num(s.hi)}" + tail
+    noun = "an integer" if base is int else "a number"
+    if s.multiple and s.lo is not None and s.hi is not None:
+        return f"a multiple of {s.multiple} from {_num(s.lo)} to {_num(s.hi)}" + tail
+    if s.lo is not None and s.hi is not None:
+        span = f" in ({_num(s.lo)}, {_num(s.hi)}]" if s.lo_open else f" {_num(s.lo)}..{_num(s.hi)}"
+        return noun + span + tail
+    if s.lo is not None:
+        return (f"{noun} greater than {_num(s.lo)}" if s.lo_open else
+                "a positive integer" if base is int and s.lo == 1 else f"{noun} ≥ {_num(s.lo)}") + tail
+    return noun + tail
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _in_range(v: float, s: Spec) -> bool:
+    if s.lo is not None and (v < s.lo or (s.lo_open and v == s.lo)):
+        return False
+    return s.hi is None or v <= s.hi
+
+
+def value_ok(f: dataclasses.Field, t: Any, v: Any) -> bool:
+    """Whether ``v`` is an allowed value of field ``f`` of type ``t`` (files are checked apart)."""
+    s = spec_of(f)
+    base, optional = unwrap(t)
+    if v is None:
+        return optional
+    values = choices(base)
+    if values is not None:
+        return isinstance(v, str) and v in values
+    if base is bool:
+        return isinstance(v, bool)
+    if base is str:
+        return (isinstance(v, str) and len(v) <= s.max_chars and "\0" not in v and _encodable(v)
+                and (not s.nonempty or bool(v.strip())) and (not s.suffixes or v.lower().endswith(s.suffixes)))
+    if typing.get_origin(base) is tuple:
+        return (isinstance(v, tuple) and 1 <= len(v) <= 16
+                and all(_is_number(e) and _in_range(e, s) for e in v))
+    if base is int:
+        return _is_int(v) and _in_range(v, s) and (not s.multiple or v % s.multiple == 0)
+    if base is float:
+        return _is_number(v) and _in_range(v, s)
+    raise AssertionError(f"no check for type {base!r}")
+
+
+def _encodable(text: str) -> bool:
+    """Text a file system and a tokenizer can take (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def nearest(f: dataclasses.Field, v: Any) -> str:
+    """For a multiple-of field: the nearest allowed values, as a hint."""
+    s = spec_of(f)
+    if not (s.multiple and _is_int(v) and s.lo is not None and s.hi is not None):
+        return ""
+    lo = int(min(s.hi - s.multiple, max(s.lo, v // s.multiple * s.multiple)))
+    return f" (nearest: {lo} or {lo + s.multiple})"
+
+
+def field_problems(req: Any, *, files: bool = False) -> list[Problem]:
+    """Every field of ``req`` outside what its spec allows, in declaration order; with ``files``, the files
+    a job reads must exist (the engine checks them, the add-on has not written them yet)."""
+    hints = field_types(type(req))
+    found = []
+    for f in fields(type(req)):
+        v, s = getattr(req, f.name), spec_of(f)
+        if not value_ok(f, hints[f.name], v):
+            found.append(Problem(f.name, v, describe(f, hints[f.name]) + nearest(f, v)))
+        elif files and s.path and v is not None and not os.path.isfile(v):
+            found.append(Problem(f.name, v, f"an existing file ({describe(f, hints[f.name])})"))
+    return found
+
+
+def cross_problems(req: Any) -> list[Problem]:
+    """The checks that tie fields together (image-to-image strength against the step count, ...); run them
+    once the step count is known, after ``complete``."""
+    cross = getattr(req, "cross", None)
+    return cross() if cross is not None else []
+
+
+def problems(req: Any, *, files: bool = False) -> list[Problem]:
+    """Everything wrong with ``req``; the first is the one a user interface shows."""
+    return field_problems(req, files=files) or cross_problems(req)
+
+
+def parse(cls: type, data: Any) -> tuple[Any, list[Problem]]:
+    """``(request, [])`` from a JSON object of ``cls``'s fields, or ``(None, problems)``: not an object, an unknown
+    field (with the closest known name), or a required field missing. Lists become tuples where the field is a
+    tuple; values are checked by ``field_problems``."""
+    if not isinstance(data, dict):
+        return None, [Problem("params", data, "a JSON object of settings")]
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            return None, [Problem(str(key), data[key], f"unknown field; {hint}allowed: {', '.join(known)}")]
+    for name, f in known.items():
+        if spec_of(f).required and name not in data:
+            return None, [Problem(name, None, f"required: {describe(f, field_types(cls)[name])}")]
+    hints = field_types(cls)
+    values = {k: tuple(v) if isinstance(v, list) and typing.get_origin(unwrap(hints[k])[0]) is tuple else v
+              for k, v in data.items()}
+    return cls(**values), []
+
+
+def draw_seed(rng: random.Random | None = None) -> int:
+    """A random seed: the one range every client draws from."""
+    return (rng or random).randint(0, MAX_SEED)
+
+
+def complete(req: Any, default_steps: int, rng: random.Random | None = None) -> Any:
+    """``req`` with what it left to the bundle or to chance filled in: ``steps`` (the bundle's
+    ``default_steps``) and ``seed`` (random, then recorded)."""
+    changes: dict[str, Any] = {}
+    if getattr(req, "steps", 0) is None:
+        changes["steps"] = default_steps
+    if req.seed is None:
+        changes["seed"] = draw_seed(rng)
+    return dataclasses.replace(req, **changes) if changes else req
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """Each field's default (required fields left out)."""
+    return {f.name: f.default for f in fields(cls) if not spec_of(f).required}
+
+
+def limits(cls: type) -> dict[str, dict[str, Any]]:
+    """Each field as plain data (for ``info`` and for clients that cannot import this file)."""
+    hints = field_types(cls)
+    out = {}
+    for f in fields(cls):
+        s, (base, optional) = spec_of(f), unwrap(hints[f.name])
+        entry = {"default": None if s.required else f.default, "help": s.help, "allowed": describe(f, hints[f.name]),
+                 "optional": optional, "required": s.required}
+        entry.update({k: getattr(s, k) for k in ("lo", "hi", "multiple") if getattr(s, k) is not None})
+        if choices(base) is not None:
+            entry["choices"] = list(choices(base))
+        out[f.name] = entry
+    return out

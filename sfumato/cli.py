@@ -1,0 +1,217 @@
+"""The ``sfumato`` command line.
+
+    sfumato image "red brick wall" -o brick.png --seed 1 --n 4
+    sfumato texture house.glb "weathered red brick" -o house_textured.glb [--mode material --tile-size 1]
+    sfumato turntable house.glb "timber house" -o house.mp4 [--frames 24]
+    sfumato asset "a park bench" -o bench.glb [--iters 600 --resolution 64 --seed 1 --preview-every 50]
+    sfumato bundle list | info NAME | verify NAME | import FILE --family sd15 | make-tiny
+    sfumato worker            # JSON lines on stdin/stdout, for the Blender add-on and scripts
+    sfumato info              # device, dtype and bundles
+
+The job commands' flags come from the request schema (``cli_jobs.py``). Bad input ends with one line on
+stderr naming the field, the value and what is allowed, and a non-zero exit status (2 for bad input, 1 for
+other failures, 130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .cli_jobs import add_job_commands
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from .core import bundle as bundles
+
+    if args.bundle_cmd == "list":
+        found = bundles.find_bundles()
+        if not found:
+            print(f"no bundles in {' or '.join(map(str, bundles.search_path()))}; build a tiny one with "
+                  "`sfumato bundle make-tiny`", file=sys.stderr)
+        for b in found:
+            s = b.summary()
+            print(f"{s['name']:24} {s['family']:5} {s['bytes'] / 1e6:8.1f} MB  {s['hash']}  {s['path']}")
+        return 0
+    if args.bundle_cmd == "info":
+        print(json.dumps(bundles.resolve(args.name).summary(), indent=2))
+        return 0
+    if args.bundle_cmd == "verify":
+        b = bundles.resolve(args.name)
+        for line in bundles.verify(b):
+            print(line)
+        print(f"{b.name}: ok")
+        return 0
+    if args.bundle_cmd == "make-tiny":
+        from .core.tiny import build_tiny_bundle
+
+        name = args.name or f"tiny-{args.family}"
+        dest = Path(args.dest) if args.dest else bundles.user_dir()
+        path = build_tiny_bundle(dest / name, args.family, controlnet=not args.no_controlnet, name=name)
+        print(f"built {path}")
+        return 0
+    if args.bundle_cmd == "import":
+        from .core.convert import import_checkpoint
+
+        def progress(stage: str, fraction: float) -> None:
+            print(f"\r{stage}: {fraction * 100:5.1f}%", end="", file=sys.stderr, flush=True)
+
+        path = import_checkpoint(Path(args.file), args.family, name=args.name, allow_pickle=args.allow_pickle,
+                                 dest_root=Path(args.dest) if args.dest else None, overwrite=args.overwrite,
+                                 on_progress=progress)
+        print(f"\nimported into {path}")
+        return 0
+    raise AssertionError(args.bundle_cmd)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .core.bundle import embedded_dir, user_dir
+    from .core.train.bundle_train import TrainConfig, Trainer
+
+    out = Path(args.out) if args.out else embedded_dir() / args.preset
+    work = Path(args.work) if args.work else user_dir().parent / "training" / args.preset
+    cfg = TrainConfig(seed=args.seed, threads=args.threads, budget_minutes=args.budget_minutes)
+    if args.unet_steps:
+        cfg = dataclasses.replace(cfg, unet_steps=args.unet_steps)
+    if args.quick:  # a smoke run of every stage in about a minute
+        cfg = dataclasses.replace(cfg, samples=64, vae_steps=4, unet_steps=4, checkpoint_every=2)
+    Trainer(cfg, work, out, log=lambda m: print(m, flush=True)).run()
+    return 0
+
+
+def _train_motion(args: argparse.Namespace) -> int:
+    from .core.bundle import user_dir
+    from .video.train import MotionTrainConfig, MotionTrainer
+
+    work = Path(args.work) if args.work else user_dir().parent / "training" / "motion"
+    cfg = MotionTrainConfig(seed=args.seed, threads=args.threads, budget_minutes=args.budget_minutes,
+                            steps=args.steps)
+    if args.quick:  # a smoke run in well under a minute
+        cfg = dataclasses.replace(cfg, steps=2, batch=1, frames=4, validation_clips=1, checkpoint_every=1)
+    trainer = MotionTrainer(cfg, args.bundle, work, log=lambda m: print(m, flush=True))
+    summary = trainer.run()
+    path = trainer.export(summary, Path(args.out) if args.out else None)
+    print(f"exported {path}: validation loss {summary['val_on']:.4f} with frame attention, "
+          f"{summary['val_off']:.4f} image model alone", flush=True)
+    return 0
+
+
+def _addon(args: argparse.Namespace) -> int:
+    from .core.addon_build import build_addon
+
+    print(f"built {build_addon(Path(args.output))}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .core.worker import Worker
+    from .kinds import KINDS
+
+    print(json.dumps(Worker(sys.stdout, KINDS, device=args.device).info(), indent=2))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .core.worker import main
+    from .kinds import KINDS
+
+    return main(KINDS, args.device, args.dtype, args.threads)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sfumato", description="Offline diffusion engine for Blender.")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_job_commands(sub)
+
+    bun = sub.add_parser("bundle", help="list, inspect, verify, import bundles")
+    bsub = bun.add_subparsers(dest="bundle_cmd", required=True)
+    bsub.add_parser("list")
+    for name in ("info", "verify"):
+        bsub.add_parser(name).add_argument("name")
+    imp = bsub.add_parser("import", help="turn a single-file checkpoint into a bundle")
+    imp.add_argument("file")
+    imp.add_argument("--family", required=True, choices=["sd15", "sd21", "sdxl"])
+    imp.add_argument("--name", default=None)
+    imp.add_argument("--dest", default=None, help="folder to put the bundle in (default: user bundles)")
+    imp.add_argument("--allow-pickle", action="store_true",
+                     help="load a pickled .ckpt/.bin with torch.load(weights_only=True)")
+    imp.add_argument("--overwrite", action="store_true")
+    tiny = bsub.add_parser("make-tiny", help="build a tiny random bundle (tests, smoke runs)")
+    tiny.add_argument("--family", default="sd15", choices=["sd15", "sdxl"])
+    tiny.add_argument("--name", default=None)
+    tiny.add_argument("--dest", default=None)
+    tiny.add_argument("--no-controlnet", action="store_true")
+    bun.set_defaults(run=_bundle)
+
+    wk = sub.add_parser("worker", help="serve jobs as JSON lines on stdin/stdout")
+    wk.add_argument("--device", default="auto")
+    wk.add_argument("--dtype", default="auto")
+    wk.add_argument("--threads", type=int, default=None)
+    wk.set_defaults(run=_worker)
+
+    tr = sub.add_parser("train", help="train a bundle from scratch on procedural data")
+    tsub = tr.add_subparsers(dest="train_cmd", required=True)
+    tb = tsub.add_parser("bundle")
+    tb.add_argument("--preset", default="materials", choices=["materials"])
+    tb.add_argument("--out", default=None, help="bundle folder (default: bundles/<preset> in this project)")
+    tb.add_argument("--work", default=None, help="checkpoints, data and logs (default: user data folder)")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    tb.add_argument("--budget-minutes", type=float, default=None,
+                    help="stop the U-Net stage at the first checkpoint past this total time")
+    tb.add_argument("--unet-steps", type=int, default=None, help="U-Net training steps (default 9000)")
+    tb.add_argument("--quick", action="store_true", help="tiny smoke run of every stage")
+    tb.set_defaults(run=_train)
+    tm = tsub.add_parser("motion", help="train a bundle's motion module (frame attention) on synthetic clips")
+    tm.add_argument("--bundle", default=None, help="bundle whose frozen U-Net it trains over (default: embedded)")
+    tm.add_argument("--out", default=None, help="bundle folder to write motion_adapter/ into (default: the bundle)")
+    tm.add_argument("--work", default=None, help="checkpoints and logs (default: user data folder)")
+    tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    tm.add_argument("--steps", type=int, default=4000)
+    tm.add_argument("--budget-minutes", type=float, default=None,
+                    help="stop at the first checkpoint past this total time")
+    tm.add_argument("--quick", action="store_true", help="tiny smoke run")
+    tm.set_defaults(run=_train_motion)
+
+    ad = sub.add_parser("addon", help="the Blender add-on")
+    asub = ad.add_subparsers(dest="addon_cmd", required=True)
+    ab = asub.add_parser("build", help="build the installable extension zip")
+    ab.add_argument("-o", "--output", default="dist", help="a .zip path or a folder (default: dist/)")
+    ad.set_defaults(run=_addon)
+
+    info = sub.add_parser("info", help="device, dtype and bundles")
+    info.add_argument("--device", default="auto")
+    info.set_defaults(run=_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command != "worker":
+        from .core.quiet import quiet_libraries
+
+        logging.basicConfig(level=logging.WARNING, format="sfumato: %(message)s")
+        quiet_libraries()
+    from .core.errors import BadParameter, SfumatoError
+
+    try:
+        return args.run(args)
+    except BadParameter as exc:
+        print(f"sfumato: error: {exc}", file=sys.stderr)
+        return 2
+    except SfumatoError as exc:
+        print(f"sfumato: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nsfumato: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
