@@ -5,7 +5,11 @@
     for event in client.events(job):          # progress ... then result / error / cancelled
         print(event)
 
-The worker is started on first use as ``python -m sfumato.worker``. A reader thread files its
+The worker is started on first use as ``python -P -m sfumato.worker``: ``-P`` keeps the current folder (a
+downloaded project's, where a planted ``sfumato.py`` or ``resource.py`` may wait) off the import path, which
+``-m`` would otherwise put first, and relative or empty ``PYTHONPATH`` entries (which also mean the current
+folder) are dropped. The engine's own install (editable or not) is found through site-packages, so it still
+loads. A reader thread files its
 stdout lines as events under their job id (``None`` for events of no job: ready, info, released,
 errors about a malformed request); a second thread drains stderr (kept as a tail for error
 messages) so the worker never blocks on a full pipe. Every waiter sees a dead worker: once it has
@@ -28,6 +32,12 @@ from typing import Any, Iterator
 
 PROTOCOL = 1
 FINAL = ("result", "error", "cancelled")
+
+
+def safe_pythonpath(value: str) -> str:
+    """``PYTHONPATH`` without the entries that resolve against the current folder (empty, ``.``, relative):
+    only absolute folders may add code to the worker."""
+    return os.pathsep.join(p for p in value.split(os.pathsep) if p and os.path.isabs(p))
 
 
 class WorkerError(RuntimeError):
@@ -95,7 +105,7 @@ class WorkerClient:
     def __init__(self, python: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  env: dict[str, str] | None = None, start_timeout: float = 120.0, threads: int | None = None):
         self.python = python or sys.executable
-        self.args = ["-m", "sfumato.worker"]
+        self.args = ["-P", "-m", "sfumato.worker"]  # -P: never import from the current folder (Python 3.11+)
         self.device, self.dtype, self.threads = device, dtype, threads
         self.env = env
         self.start_timeout = start_timeout
@@ -120,6 +130,8 @@ class WorkerClient:
             env = dict(os.environ if self.env is None else self.env)
             env.setdefault("PYTHONUNBUFFERED", "1")
             env["PYTHONIOENCODING"] = "utf-8"
+            if "PYTHONPATH" in env:
+                env["PYTHONPATH"] = safe_pythonpath(env["PYTHONPATH"])
             env["SFUMATO_WORKER_DEVICE"], env["SFUMATO_WORKER_DTYPE"] = self.device, self.dtype
             if self.threads:
                 env["SFUMATO_WORKER_THREADS"] = str(self.threads)

@@ -36,6 +36,10 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "lcm": SchedulerSpec("LCMScheduler", note="for LCM-distilled weights, 4-8 steps"),
 }
 DEFAULT_SCHEDULER = "dpmpp_2m"
+# the classes a bundle's own scheduler_config.json may name for ``bundle``: ours, plus the ones Stable Diffusion
+# checkpoints ship with (PNDM for SD 1.x, LMS in older exports). Anything else is refused by name: the config is
+# data from a downloaded folder and must not pick an arbitrary class of the diffusers package.
+BUNDLE_CLASSES = frozenset({spec.cls for spec in SCHEDULERS.values()} | {"PNDMScheduler", "LMSDiscreteScheduler"})
 # keys a bundle's config may carry for its own class that another class would reject or misuse
 _CLASS_SPECIFIC = ("skip_prk_steps", "set_alpha_to_one", "solver_order", "algorithm_type", "use_karras_sigmas",
                    "original_inference_steps", "timestep_scaling")
@@ -54,11 +58,12 @@ def make_scheduler(name: str, bundle_config: dict[str, Any], *, beta_schedule: s
     if beta_schedule is not None:
         config["beta_schedule"] = beta_schedule
     if name == "bundle":
-        cls = getattr(diffusers, config.get("_class_name", ""), None)
-        if cls is None:
-            raise BadParameter("scheduler", name, f"the bundle's class {config.get('_class_name')!r} is not in "
-                               f"diffusers; choose one of {', '.join(SCHEDULERS)}")
-        return cls.from_config(config)
+        class_name = config.get("_class_name")
+        if not isinstance(class_name, str) or class_name not in BUNDLE_CLASSES:
+            shown = class_name if isinstance(class_name, str) and len(class_name) <= 80 else type(class_name).__name__
+            raise BadParameter("scheduler", name, f"a named scheduler ({', '.join(SCHEDULERS)}): the bundle's own "
+                               f"class {shown!r} is not one sfumato runs (it runs {', '.join(sorted(BUNDLE_CLASSES))})")
+        return getattr(diffusers, class_name).from_config(config)
     if name not in SCHEDULERS:
         raise BadParameter("scheduler", name, ", ".join(names()))
     spec = SCHEDULERS[name]

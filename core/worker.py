@@ -245,7 +245,18 @@ def _protocol_stream() -> io.TextIOBase:
     return io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", write_through=True)
 
 
+def _no_current_folder_imports() -> None:
+    """Drop the current folder from the import path when a launcher put it there (``python -m`` without
+    ``-P``): modules imported later (lazily, by a job) must come from the engine's install, never from the
+    folder a project was opened in. The add-on starts the worker with ``-P``, so this is a second lock."""
+    here = os.getcwd()
+    if not sys.flags.safe_path and sys.path and sys.path[0] in ("", ".", here):
+        sys.path.pop(0)
+    sys.path[:] = [p for p in sys.path if p and os.path.isabs(p)]
+
+
 def main(kinds: Mapping[str, Kind], device: str = "auto", dtype: str = "auto", threads: int | None = None) -> int:
+    _no_current_folder_imports()
     out = _protocol_stream()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[sfumato] %(message)s")
     from .quiet import quiet_libraries
