@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from .batch import command as batch_command
 from .cli_jobs import add_job_commands
 
 
@@ -127,6 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sfumato", description="Offline diffusion engine for Blender.")
     sub = p.add_subparsers(dest="command", required=True)
     add_job_commands(sub)
+    batch_command.add_parser(sub)
 
     bun = sub.add_parser("bundle", help="list, inspect, verify, import bundles")
     bsub = bun.add_subparsers(dest="bundle_cmd", required=True)
