@@ -14,6 +14,14 @@ model index and its family from the configs.
 Search path: the embedded ``bundles/`` folder of this project, then the user folder
 (``$SFUMATO_BUNDLES``, else ``$XDG_DATA_HOME/sfumato/bundles``, else ``~/.local/share/sfumato/bundles``).
 A bundle is named by its folder name, or given as a path.
+
+A bundle is data from elsewhere, so nothing in it is taken on trust: every path its manifest names (a
+component's folder, a listed file, a shard) and every file a loader opens must stay inside the bundle's folder
+(no absolute path, no ``..``, no link leading out); each weight file must hash to the manifest's sha256 before
+it is used (checked on first use, and again whenever its size or times change: the verified state is cached in
+the user cache folder, so a warm start reads no weights twice); and each component's config must be a JSON
+object whose sizes (layers, channels, heads, sample size, ...) are bounded, so a config cannot make a model
+that takes all memory while being built, or send a loader to a model hub.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,10 +92,12 @@ class Bundle:
         return bool(self.manifest)
 
     def component_dir(self, component: str) -> Path:
+        """A component's folder, checked before anything reads it: its files inside the bundle, its weights
+        as the manifest hashed them, its config bounded (``check_component``)."""
         if component not in self.components:
             raise BundleCorrupt(self.path, f"has no {component!r} component; present: "
                                 f"{', '.join(sorted(self.components))}")
-        return self.path / self.components[component]
+        return check_component(self, component)
 
     @property
     def default_steps(self) -> int:
@@ -170,6 +181,7 @@ def open_bundle(path: Path) -> Bundle:
             raise BundleCorrupt(path / MANIFEST, f"default_steps={steps!r}; allowed: an integer 1..{MAX_STEPS}")
         if not isinstance(name, str) or not isinstance(family, str):
             raise BundleCorrupt(path / MANIFEST, "name and family must be strings")
+        _check_listing(path, manifest.get("files", {}))
     elif (path / "model_index.json").is_file():
         index = _read_json(path / "model_index.json")
         # only the components we use: feature_extractor, safety_checker and the like are ignored
@@ -187,6 +199,7 @@ def open_bundle(path: Path) -> Bundle:
             raise BundleCorrupt(path, f"component {component!r} is not listed",
                                 hint=f"a bundle needs {', '.join(REQUIRED)}")
     for component, sub in components.items():
+        inside(path, sub, path / MANIFEST)
         if not (path / sub).is_dir():
             raise BundleCorrupt(path / sub, f"folder of component {component!r} is missing")
         if component != "tokenizer" and not component.startswith("tokenizer") and \
@@ -253,8 +266,10 @@ def component_weights(folder: Path, *, allow_pickle: bool = False) -> list[Path]
     index = [folder / f"{n}.safetensors.index.json" for n in WEIGHT_NAMES]
     for idx in index:
         if idx.is_file():
-            shards = sorted(set(_read_json(idx).get("weight_map", {}).values()))
-            return [folder / s for s in shards]
+            weight_map = _read_json(idx).get("weight_map", {})
+            if not isinstance(weight_map, dict):
+                raise BundleCorrupt(idx, "weight_map must map tensor names to shard file names")
+            return [inside(folder.resolve(), s, idx) for s in sorted({str(v) for v in weight_map.values()})]
     plain = [folder / f"{n}.safetensors" for n in WEIGHT_NAMES if (folder / f"{n}.safetensors").is_file()]
     if plain:  # the plain file wins over variants (fp16, non_ema, ...), as in diffusers
         return plain[:1]
@@ -274,35 +289,203 @@ def component_weights(folder: Path, *, allow_pickle: bool = False) -> list[Path]
 
 
 def verify(bundle: Bundle, *, check_hashes: bool = True) -> list[str]:
-    """Check every weight file: header, truncation and (with a manifest) size and sha256.
-
-    Returns a list of human-readable lines of what was checked; raises ``BundleCorrupt`` on the first
-    problem.
-    """
+    """Check every file the bundle holds: paths inside it, weight headers and truncation, and (with
+    ``check_hashes``) the sha256 of every file the manifest lists, hashed now whatever the cache says (the
+    verified state is cached afterwards). Weight files of a bundle without a manifest have no hash to compare
+    with: their sha256 is reported. Returns readable lines; raises ``BundleCorrupt`` on the first problem."""
     report = []
-    listed = bundle.manifest.get("files", {})
+    listed = bundle.manifest.get("files") or {}
     for rel, meta in sorted(listed.items()):
-        f = bundle.path / rel
-        if not f.is_file():
-            raise BundleCorrupt(f, "file listed in the manifest is missing")
-        if f.stat().st_size != meta.get("bytes", f.stat().st_size):
-            raise BundleCorrupt(f, f"size {f.stat().st_size} bytes differs from the manifest's "
-                                f"{meta['bytes']} (truncated or replaced)")
+        f = _listed_file(bundle.path, rel, meta)
+        if check_hashes:
+            _check_hash(f, meta["sha256"], trust_cache=False)
+            report.append(f"{rel}: sha256 ok")
     for component in bundle.components:
+        folder = bundle.component_dir(component)
+        for entry in sorted(folder.iterdir()):
+            inside(bundle.path, str(entry.relative_to(bundle.path)), entry)
         if component.startswith("tokenizer") or component == "scheduler":
             continue
-        for f in component_weights(bundle.component_dir(component)):
-            if f.suffix == ".safetensors":
-                tensors = read_header(f)
-                report.append(f"{f.relative_to(bundle.path)}: {len(tensors)} tensors, header ok")
+        for f in component_weights(folder, allow_pickle=True):
             rel = str(f.relative_to(bundle.path))
-            if check_hashes and rel in listed:
-                digest = sha256(f)
-                if digest != listed[rel]["sha256"]:
-                    raise BundleCorrupt(f, f"sha256 {digest[:16]}… differs from the manifest's "
-                                        f"{listed[rel]['sha256'][:16]}… (file changed or corrupt)")
-                report.append(f"{rel}: sha256 ok")
+            if f.suffix == ".safetensors":
+                report.append(f"{rel}: {len(read_header(f))} tensors, header ok")
+            if check_hashes and rel not in listed:
+                report.append(f"{rel}: sha256 {sha256(f)} (no manifest entry to compare with)")
     return report
+
+
+# ---- trust: paths inside the bundle, weights as hashed, configs bounded --------------------------------
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def inside(root: Path, rel: Any, where: Path) -> Path:
+    """``root / rel`` when it names something inside ``root`` (a resolved folder): no absolute path, no
+    ``..`` and no symbolic link that leads out. ``where`` is the file that named it, for the error."""
+    root = Path(root).resolve()
+    if not isinstance(rel, str) or not rel or "\0" in rel or len(rel) > 1024 or os.path.isabs(rel):
+        shown = rel[:100] if isinstance(rel, str) else rel
+        raise BundleCorrupt(where, f"path {shown!r} is not allowed: a relative path inside the bundle's folder")
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        named = Path(os.path.normpath(root / rel))
+        if named.is_relative_to(root):  # the name stays inside: a link on the way leads out
+            where, rel = named, str(named.relative_to(root))
+        raise BundleCorrupt(where, f"path {rel!r} leads out of the bundle's folder (to {target})",
+                            hint="a bundle's components and files must stay inside its folder; links are "
+                            "followed and checked too")
+    return root / rel
+
+
+def _check_listing(path: Path, files: Any) -> None:
+    """The manifest's ``files``: relative paths inside the bundle, each with a sha256 (and a size)."""
+    where = path / MANIFEST
+    if not isinstance(files, dict):
+        raise BundleCorrupt(where, 'files must map relative paths to {"sha256": ..., "bytes": ...}')
+    for rel, meta in files.items():
+        inside(path, rel, where)
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
+                and _SHA256.fullmatch(meta["sha256"])):
+            raise BundleCorrupt(where, f"files[{rel!r}] needs a sha256 of 64 lowercase hex digits")
+        size = meta.get("bytes")
+        if size is not None and not (type(size) is int and size >= 0):
+            raise BundleCorrupt(where, f"files[{rel!r}].bytes={size!r}; allowed: a whole number of bytes")
+
+
+def _listed_file(root: Path, rel: str, meta: dict[str, Any]) -> Path:
+    f = inside(root, rel, root / MANIFEST)
+    if not f.is_file():
+        raise BundleCorrupt(f, "file listed in the manifest is missing")
+    size = f.stat().st_size
+    if meta.get("bytes") is not None and size != meta["bytes"]:
+        raise BundleCorrupt(f, f"size {size} bytes differs from the manifest's {meta['bytes']} (truncated or "
+                            "replaced)")
+    return f
+
+
+def check_component(bundle: Bundle, component: str) -> Path:
+    """The component's folder, after checking that its folder and every file in it stay inside the bundle,
+    that its config is bounded (``check_config``) and that every weight file a loader would open is listed in
+    the manifest (when it lists files) with the sha256 it has now. A pickle the manifest does not list is left
+    to the loader, which refuses it unless the caller allows pickles."""
+    folder = inside(bundle.path, bundle.components[component], bundle.path / MANIFEST)
+    if not folder.is_dir():
+        raise BundleCorrupt(folder, f"folder of component {component!r} is missing")
+    for entry in folder.iterdir():
+        inside(bundle.path, str(entry.relative_to(bundle.path.resolve())), entry)
+    if component != "scheduler" and not component.startswith("tokenizer"):
+        check_config(folder / "config.json")
+    listed = bundle.manifest.get("files") or {}
+    if not listed or component.startswith("tokenizer") or component == "scheduler":
+        return folder
+    for f in component_weights(folder, allow_pickle=True):
+        rel = str(f.relative_to(bundle.path.resolve())).replace(os.sep, "/")
+        if rel not in listed and is_pickle(f):
+            continue  # unlisted pickles load only with allow_pickle, the user's own word that they trust them
+        if rel not in listed:
+            raise BundleCorrupt(f, "weight file is not listed in the bundle's manifest, so its sha256 cannot be "
+                                "checked", hint="rebuild the manifest from files you trust, or remove the file")
+        _check_hash(_listed_file(bundle.path, rel, listed[rel]), listed[rel]["sha256"])
+    return folder
+
+
+# the limits of what a config may ask a model to be: each at least 1, far above every Stable Diffusion model
+# (SDXL: 10 transformer layers, 1280 channels, 2048-wide cross-attention, a 1024-pixel VAE sample size)
+CONFIG_LIMITS = {
+    "layers_per_block": 8, "transformer_layers_per_block": 16, "block_out_channels": 8192,
+    "attention_head_dim": 4096, "num_attention_heads": 4096, "cross_attention_dim": 8192, "sample_size": 4096,
+    "in_channels": 64, "out_channels": 64, "latent_channels": 64, "norm_num_groups": 512,
+    "conditioning_channels": 64, "conditioning_embedding_out_channels": 8192,
+    "projection_class_embeddings_input_dim": 16384, "addition_time_embed_dim": 8192, "time_embedding_dim": 16384,
+    "encoder_hid_dim": 16384, "num_class_embeds": 100_000, "motion_layers_per_block": 8,
+    "motion_transformer_layers_per_block": 16, "motion_num_attention_heads": 4096, "motion_max_seq_length": 4096,
+    "motion_mid_block_layers_per_block": 8,
+    "hidden_size": 16384, "intermediate_size": 65536, "num_hidden_layers": 128, "vocab_size": 1_000_000,
+    "max_position_embeddings": 8192, "projection_dim": 16384,
+}
+_BLOCK_LISTS = ("down_block_types", "up_block_types")
+MAX_BLOCKS = 8  # entries of a per-block list (block_out_channels, down_block_types, ...)
+
+
+def check_config(path: Path) -> dict[str, Any]:
+    """A component's ``config.json`` as a JSON object whose model-sizing values are whole numbers within
+    ``CONFIG_LIMITS`` (lists of them, per block); raises ``BundleCorrupt`` naming the key and the limit."""
+    config = _read_json(path)
+    for key, hi in CONFIG_LIMITS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        flat = [x for v in items for x in (v if isinstance(v, list) else [v])]
+        if not (1 <= len(items) <= MAX_BLOCKS * 2 and len(flat) <= 64
+                and all(type(x) is int and 1 <= x <= hi for x in flat)):
+            shown = repr(value)[:80]
+            raise BundleCorrupt(path, f"{key}={shown} is not allowed: a whole number 1..{hi} (or a list of up "
+                                f"to {MAX_BLOCKS} per block)", hint="the config is damaged or not a Stable "
+                                "Diffusion component's")
+    for key in _BLOCK_LISTS:
+        value = config.get(key)
+        if value is not None and not (isinstance(value, list) and 1 <= len(value) <= MAX_BLOCKS
+                                      and all(isinstance(v, str) and len(v) <= 100 for v in value)):
+            raise BundleCorrupt(path, f"{key}={repr(value)[:80]} is not allowed: a list of 1..{MAX_BLOCKS} "
+                                "block type names")
+    return config
+
+
+# ---- the verified state, cached per user: (size, mtime, ctime) -> sha256 ------------------------------
+_VERIFIED: dict[str, list] = {}  # this process's, by resolved path: [bytes, mtime_ns, ctime_ns, sha256]
+MAX_CACHED = 4096
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sfumato" / "verified.json"
+
+
+def _stamp(path: Path) -> list:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _load_cache() -> dict[str, list]:
+    try:
+        data = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a damaged one: hash again
+    return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4} if isinstance(data, dict) else {}
+
+
+def _save_cache(entries: dict[str, list]) -> None:
+    path = cache_file()
+    data = _load_cache()
+    data.update(entries)
+    data = dict(list(data.items())[-MAX_CACHED:])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the next process hashes again
+
+
+def _check_hash(f: Path, expected: str, *, trust_cache: bool = True) -> None:
+    """``f``'s sha256 is ``expected``: taken from the cache while the file's size and times are those it was
+    verified with, else hashed (and the result cached)."""
+    key = str(f.resolve())
+    stamp = _stamp(f)
+    if trust_cache:
+        known = _VERIFIED.get(key) or _load_cache().get(key)
+        if known is not None and known[:3] == stamp and known[3] == expected:
+            _VERIFIED[key] = known
+            return
+    digest = sha256(f)
+    if digest != expected:
+        _VERIFIED.pop(key, None)
+        raise BundleCorrupt(f, f"sha256 {digest[:16]}… differs from the manifest's {expected[:16]}… (file changed "
+                            "or corrupt); it was not loaded", hint="copy the bundle again from its source")
+    _VERIFIED[key] = [*stamp, digest]
+    _save_cache({key: _VERIFIED[key]})
 
 
 def write_manifest(folder: Path, *, name: str, family: str, license: str, description: str = "",

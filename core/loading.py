@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"  # never a hub: a bundle is a folder, and a broken one is reported as such
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch  # noqa: E402
 
-from .bundle import COMPONENT_CLASSES, Bundle, component_weights  # noqa: E402
+from .bundle import COMPONENT_CLASSES, Bundle, check_config, component_weights  # noqa: E402
 from .errors import BundleCorrupt, ComponentMissing  # noqa: E402
-from .safetensors_check import read_header  # noqa: E402
+from .safetensors_check import explain_load_failure, read_header  # noqa: E402
 
 log = logging.getLogger("sfumato")
 
@@ -61,7 +61,7 @@ def _model_class(component: str):
 
 def _expected_shapes(component: str, folder: Path) -> dict[str, tuple[int, ...]]:
     cls = _model_class(component)
-    config = json.loads((folder / "config.json").read_text())
+    config = check_config(folder / "config.json")  # bounded before anything is built from it
     with torch.device("meta"):
         if COMPONENT_CLASSES[component][0] == "diffusers":
             model = cls.from_config(config)
@@ -123,9 +123,12 @@ def load_component(bundle: Bundle, component: str, device: torch.device, dtype: 
     try:
         model = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=safe,
                                     variant=variant, **{dtype_kw: dtype})
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise BundleCorrupt(folder, f"{COMPONENT_CLASSES[component][1]} failed to load: "
-                            f"{str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # diffusers and transformers raise assorted types for a broken folder
+        from .device import is_out_of_memory
+
+        if isinstance(exc, MemoryError) or is_out_of_memory(exc):
+            raise  # the job's out_of_memory_as_error says this one
+        raise explain_load_failure(folder, exc, f"{COMPONENT_CLASSES[component][1]} failed to load") from None
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -140,9 +143,11 @@ def load_models(bundle: Bundle, device: torch.device, dtype: torch.dtype, *, nee
     scheduler_dir = bundle.component_dir("scheduler")
     try:
         scheduler_config = json.loads((scheduler_dir / "scheduler_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise BundleCorrupt(scheduler_dir / "scheduler_config.json", f"unreadable: {exc}") from None
-    vae_config = json.loads((bundle.component_dir("vae") / "config.json").read_text())
+    if not isinstance(scheduler_config, dict):
+        raise BundleCorrupt(scheduler_dir / "scheduler_config.json", "is not a JSON object")
+    vae_config = check_config(bundle.component_dir("vae") / "config.json")
     vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
     models = Models(bundle=bundle, device=device, dtype=dtype, unet=load("unet"), vae=load("vae", vae_dtype),
                     text_encoders=encoders, tokenizers=tokenizers, scheduler_config=scheduler_config)
@@ -158,8 +163,9 @@ def attach_controlnet(models: Models, *, allow_pickle: bool = False) -> None:
         raise ComponentMissing(
             f"bundle {models.bundle.name!r} has no depth ControlNet (component controlnet_depth), so "
             "depth-guided generation is not available with it",
-            hint="use a bundle with a controlnet_depth/ folder, or generate without --depth (image-to-image "
-            "from a render with --init works with every bundle)")
+            hint="add a depth ControlNet made for its family with `sfumato bundle add-controlnet NAME FOLDER` (a "
+            "bundle with sfumato.json uses only the components and weights listed there), or generate without "
+            "--depth (image-to-image from a render with --init works with every bundle)")
     models.controlnet = load_component(models.bundle, "controlnet_depth", models.device, models.dtype,
                                        allow_pickle=allow_pickle)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,7 @@ def load_state_dict(path: Path, *, allow_pickle: bool = False) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad or unsafe pickle
-            raise BundleCorrupt(path, f"torch.load(weights_only=True) failed: {exc}") from None
+            raise explain_load_failure(path, exc, "torch.load(weights_only=True) failed") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         return state
@@ -107,6 +108,22 @@ def load_state_dict(path: Path, *, allow_pickle: bool = False) -> dict:
                             "(or a pickle with --allow-pickle)")
     read_header(path)
     return load_file(str(path), device="cpu")
+
+
+def explain_load_failure(path: Path, exc: BaseException, what: str) -> BundleCorrupt:
+    """The error to raise for a weight file or folder a loader failed on. A pickle that torch's safe loader
+    refused (it holds Python objects beyond tensors, which could run code) is said to be that, and that it was
+    not run, instead of torch's own advice; anything else keeps the loader's first line."""
+    text, chain, seen = str(exc), [], exc
+    while seen is not None and len(chain) < 10:  # loaders wrap torch's error in their own
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower() for e in chain):
+        return BundleCorrupt(path, "is not a plain weights file: it holds pickled Python objects besides tensors, "
+                             "so the safe loader refused it and nothing in it was run",
+                             hint="convert it to .safetensors with a tool you trust, or use another copy")
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    return BundleCorrupt(path, f"{what}: {first}")
 
 
 def file_fingerprint(path: Path) -> str:
