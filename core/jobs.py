@@ -37,6 +37,7 @@ class JobContext:
     preview_every: int = 1  # 0 = no preview files
     preview_dir: Path | None = None
     saved: list[str] = field(default_factory=list)  # outputs already written (kept on cancel or error)
+    overwrite: bool = True  # an existing output may be replaced (the CLI: only with --overwrite)
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -73,27 +74,72 @@ def open_job(cls: type, params: Any, ctx: JobContext) -> Opened:
 
 
 def run(kinds: Mapping[str, Kind], kind: str, params: Any, output: Path, ctx: JobContext) -> dict[str, Any]:
-    """Run one job of ``kind`` through the door."""
-    if kind not in kinds:
+    """Run one job of ``kind`` through the door; its writes never clobber (``provenance.guarded_writes``)."""
+    from .provenance import WriteGuard, guarded_writes
+
+    if not isinstance(kind, str) or kind not in kinds:
         raise BadParameter("kind", kind, ", ".join(kinds))
-    return kinds[kind].run(open_job(kinds[kind].request, params, ctx), Path(output), ctx)
+    job = open_job(kinds[kind].request, params, ctx)
+    guard = WriteGuard(inputs=job_inputs(job.request), overwrite=ctx.overwrite,
+                       note=lambda text: ctx.emit("note", id=ctx.job_id, message=text))
+    with guarded_writes(guard):
+        return kinds[kind].run(job, Path(output), ctx)
+
+
+def job_inputs(req: Any) -> tuple[str, ...]:
+    """The real paths of the files a checked request reads (its path fields, and a motion adapter)."""
+    names = [f.name for f in schema.fields(type(req)) if schema.spec_of(f).path] + ["motion"]
+    return tuple(os.path.realpath(v) for v in (getattr(req, n, None) for n in names) if isinstance(v, str))
+
+
+# files a head writes beside its output, by the output's suffix (``threed`` and ``video`` name them so)
+COMPANIONS: dict[str, Callable[[Path], list[Path]]] = {
+    ".glb": lambda out: [out.with_suffix(".png"), out.with_suffix(".json")],
+    ".mp4": lambda out: [out.with_name(out.name + ".json")],
+    ".gif": lambda out: [out.with_name(out.name + ".json")],
+}
 
 
 def check_writable(output: Path, suffixes: tuple[str, ...] = (".png",)) -> Path:
-    """Fail before any work when the outputs cannot be written (the field is ``output``)."""
+    """Fail before any work when the outputs cannot or must not be written (the field is ``output``): a wrong
+    suffix, a folder, one of the job's inputs, a read-only file, or (without overwrite, the CLI's default) a file
+    that exists, the output's companions included. A missing folder is created, and said."""
+    from .provenance import check_target, current_guard, make_folder
+
     output = Path(output)
+    if len(str(output)) > 4096 or "\0" in str(output) or any(len(_bytes(p)) > NAME_MAX for p in output.parent.parts):
+        raise BadParameter("output", str(output), f"a path of at most 4096 characters, each folder name at most "
+                           f"{NAME_MAX} bytes, without NUL")
     if output.suffix.lower() not in suffixes:
         raise BadParameter("output", str(output), f"a path ending in {' or '.join(suffixes)}")
+    targets = [output, *COMPANIONS.get(output.suffix.lower(), lambda _: [])(output)]
+    longest = NAME_MAX - 24  # room for the temporary name written first (``.NAME.<pid>.part.EXT``)
+    for target in targets:
+        if len(_bytes(target.name)) > longest:
+            raise BadParameter("output", str(output), f"a file name of at most {longest} bytes, with what is "
+                               f"written beside it ({target.name[:40]}... is {len(_bytes(target.name))})")
     if output.is_dir():
         raise BadParameter("output", str(output), f"a {'/'.join(suffixes)} file path, not a folder")
+    for target in targets:
+        check_target(target)
+        if not current_guard().overwrite and target.exists():
+            raise BadParameter("output", str(output), f"a path where nothing exists yet: {target} is there "
+                               "(pass --overwrite to replace it)")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(output.parent)
         probe = output.parent / f".sfumato-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise BadParameter("output", str(output), f"a path in a writable folder ({exc.strerror})") from None
     return output
+
+
+NAME_MAX = 255  # bytes in one file or folder name on the usual file systems (ext4, APFS, NTFS in UTF-16 units)
+
+
+def _bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
 
 
 def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool) -> Any:
@@ -114,7 +160,8 @@ def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
 
     req = job.request
     paths = output_paths(output, list(range(req.seed, req.seed + req.n)))
-    check_writable(paths[0])
+    for path in paths:
+        check_writable(path)
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, image=0, images=req.n,
              preview=None)
     models = load_models(job, ctx, need_controlnet=req.depth_image is not None)

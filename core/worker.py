@@ -14,6 +14,7 @@ Events (worker -> client)::
     ready     {version, protocol, pid}                                  once, at start
     accepted  {id, position}                                            a submit was queued
     progress  {id, stage, step, total, image, images, preview}          during a job
+    note      {id, message}                                             said during a job ("created folder ...")
     result    {id, files, metadata, seconds}                            a job finished
     cancelled {id}                                                      a job stopped on request
     error     {id|null, code, message, hint}                            anything that went wrong
@@ -152,7 +153,7 @@ class Worker:
 
     def info(self) -> dict[str, Any]:
         from . import bundle as bundles
-        from . import schema
+        from . import capabilities, schema
         from .device import pick_device, pick_dtype
         from .provenance import version
 
@@ -175,9 +176,10 @@ class Worker:
                              f"(bfloat16 measured {fast._cpu_bf16['speedup']:.1f}x float32 on this CPU)")
         except Exception as exc:  # report, never die, on a broken device setup
             device_name, dtype, fast_path = f"unavailable: {exc}", "n/a", "n/a"
+        found = bundles.find_bundles()
         return {"version": version(), "protocol": PROTOCOL, "schema": schema.VERSION, "device": device_name, "dtype": dtype, "fast_path": fast_path,
-                "bundles": [b.name for b in bundles.find_bundles()], "loaded": self.cache.loaded,
-                "python": sys.executable, "pid": os.getpid()}
+                "bundles": [b.name for b in found], "capabilities": capabilities.describe(found),
+                "loaded": self.cache.loaded, "python": sys.executable, "pid": os.getpid()}
 
     # ---- jobs (main thread) -------------------------------------------------------------------
     def serve(self) -> None:

@@ -118,6 +118,8 @@ def add_job_commands(sub: Any) -> None:
         p = sub.add_parser(kind, help=HELP[kind], description=(cls.__doc__ or "").strip())
         names = add_request_flags(p, cls)
         p.add_argument("-o", "--output", required=True, help=OUTPUTS[kind])
+        p.add_argument("--overwrite", action="store_true", help="replace an output (and the files written beside "
+                       "it) that already exists; without it an existing output is refused before the job runs")
         p.set_defaults(run=lambda args, kind=kind, names=names: run_job_command(kind, names, args))
 
 
@@ -154,9 +156,16 @@ def run_job_command(kind: str, names: list[str], args: argparse.Namespace) -> in
 
     params = {name: getattr(args, name) for name in names if hasattr(args, name)}
     bar = ProgressBar()
+
+    def emit(event: str, **fields: Any) -> None:
+        if event == "note":
+            print(f"sfumato: {fields.get('message')}", file=sys.stderr, flush=True)
+        bar(event, **fields)
+
     ctx = JobContext(job_id="cli", cache=ModelCache(), device=params.get("device", "auto"),
-                     dtype=params.get("dtype", "auto"), cancel=threading.Event(), emit=bar,
-                     preview_every=1 if kind == "asset" and params.get("preview_every", 1) else 0)
+                     dtype=params.get("dtype", "auto"), cancel=threading.Event(), emit=emit,
+                     preview_every=1 if kind == "asset" and params.get("preview_every", 1) else 0,
+                     overwrite=args.overwrite)
     started = time.perf_counter()
     try:
         with interrupt_cancels(ctx.cancel):
