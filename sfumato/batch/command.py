@@ -4,8 +4,10 @@ what is not done yet, locally or on a Ray cluster, and print a summary."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from ..core.errors import BadParameter
 
@@ -26,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--check", action="store_true", help="check the spec and say what would run; run nothing")
     p.add_argument("--no-sheets", action="store_true", help="no contact sheets")
+    p.add_argument("--events", action="store_true", help="JSON lines on stdout instead of a progress bar: one per "
+                   "job as it ends, then the summary (for the Blender add-on and scripts)")
     p.set_defaults(run=run_command)
 
 
@@ -44,6 +48,16 @@ def _counts(args: argparse.Namespace) -> tuple[int, int]:
     if not 0 <= args.retries <= 20:
         raise BadParameter("retries", args.retries, "an integer 0..20")
     return workers, threads
+
+
+def _emit(event: dict) -> None:
+    print(json.dumps(event, default=str), flush=True)
+
+
+def _job_event(job, entry, report) -> None:
+    _emit({"event": "job", "row": job.row, "kind": job.kind, "output": job.output, "status": entry.status,
+           "error": entry.error, "files": [f["path"] for f in entry.files],
+           "finished": len(report.done) + len(report.failed) + report.skipped, "total": report.total})
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -70,11 +84,18 @@ def run_command(args: argparse.Namespace) -> int:
         from .local import LocalPool
 
         pool = LocalPool(workers, threads, args.device, args.retries)
+    if args.events:
+        _emit({"event": "started", "total": len(spec.jobs), "folder": str(Path(args.output).absolute())})
     try:
-        report = run_batch(spec, args.output, pool, sheets=not args.no_sheets)
+        report = run_batch(spec, args.output, pool, sheets=not args.no_sheets, progress=not args.events,
+                           on_job=_job_event if args.events else None)
     except KeyboardInterrupt:
         print("\nsfumato: stopped; finished jobs are kept: run the same command again to go on", file=sys.stderr)
         return 130
+    if args.events:
+        _emit({"event": "finished", "done": len(report.done), "skipped": report.skipped, "failed": report.failed,
+               "sheets": report.sheets, "manifest": str(Path(args.output).absolute() / "batch-manifest.jsonl")})
+        return 1 if report.failed else 0
     print(summary_table(report))
     for sheet in report.sheets:
         print(sheet)

@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,10 @@ class Report:
     by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def run_batch(spec: Spec, folder: Path, pool, *, progress: bool = True, sheets: bool = True) -> Report:
-    """Run ``spec``'s unfinished jobs on ``pool`` (``LocalPool`` or ``RayPool``) into ``folder``."""
+def run_batch(spec: Spec, folder: Path, pool, *, progress: bool = True, sheets: bool = True,
+              on_job: Callable[[BatchJob, Entry, Report], None] | None = None) -> Report:
+    """Run ``spec``'s unfinished jobs on ``pool`` (``LocalPool`` or ``RayPool``) into ``folder``; ``on_job`` hears of
+    each job as it ends (after its files and manifest line are written)."""
     from tqdm import tqdm
 
     folder = Path(folder).absolute()
@@ -66,6 +69,8 @@ def run_batch(spec: Spec, folder: Path, pool, *, progress: bool = True, sheets: 
         stats["seconds"] += entry.seconds
         bar.update(1)
         bar.set_postfix(failed=len(report.failed), refresh=False)
+        if on_job is not None:
+            on_job(job, entry, report)
 
     try:
         if todo:
