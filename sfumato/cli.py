@@ -4,7 +4,8 @@
     sfumato texture house.glb "weathered red brick" -o house_textured.glb [--mode material --tile-size 1]
     sfumato turntable house.glb "timber house" -o house.mp4 [--frames 24]
     sfumato asset "a park bench" -o bench.glb [--iters 600 --resolution 64 --seed 1 --preview-every 50]
-    sfumato bundle list | info NAME | verify NAME | import FILE --family sd15 | make-tiny
+    sfumato bundle list | info NAME | verify NAME | import FILE --family sd15 [--dtype fp32] | make-tiny
+    sfumato bundle add-controlnet NAME FOLDER   # a depth ControlNet for depth-guided jobs
     sfumato worker            # JSON lines on stdin/stdout, for the Blender add-on and scripts
     sfumato info              # device, dtype and bundles
 
@@ -40,7 +41,10 @@ def _bundle(args: argparse.Namespace) -> int:
             print(f"{s['name']:24} {s['family']:5} {s['bytes'] / 1e6:8.1f} MB  {s['hash']}  {s['path']}")
         return 0
     if args.bundle_cmd == "info":
-        print(json.dumps(bundles.resolve(args.name).summary(), indent=2))
+        from .core.capabilities import capabilities
+
+        b = bundles.resolve(args.name)
+        print(json.dumps({**b.summary(), "capabilities": capabilities(b)}, indent=2))
         return 0
     if args.bundle_cmd == "verify":
         b = bundles.resolve(args.name)
@@ -56,6 +60,10 @@ def _bundle(args: argparse.Namespace) -> int:
         path = build_tiny_bundle(dest / name, args.family, controlnet=not args.no_controlnet, name=name)
         print(f"built {path}")
         return 0
+    if args.bundle_cmd == "add-controlnet":
+        path = _add_controlnet(bundles.resolve(args.name), Path(args.folder), overwrite=args.overwrite)
+        print(f"added {path}: {args.name} now does depth guidance")
+        return 0
     if args.bundle_cmd == "import":
         from .core.convert import import_checkpoint
 
@@ -64,10 +72,48 @@ def _bundle(args: argparse.Namespace) -> int:
 
         path = import_checkpoint(Path(args.file), args.family, name=args.name, allow_pickle=args.allow_pickle,
                                  dest_root=Path(args.dest) if args.dest else None, overwrite=args.overwrite,
-                                 on_progress=progress)
+                                 config_dir=Path(args.config_dir) if args.config_dir else None,
+                                 on_progress=progress, **({"dtype": args.dtype} if args.dtype else {}))
         print(f"\nimported into {path}")
         return 0
     raise AssertionError(args.bundle_cmd)
+
+
+def _add_controlnet(b, source: Path, *, overwrite: bool = False) -> Path:
+    """Copy the diffusers depth ControlNet at ``source`` (its config.json and .safetensors weights, nothing
+    else) into bundle ``b`` as ``controlnet_depth/``; a bundle with a manifest uses only the components it lists
+    and loads only weights it hashed, so the manifest gets the component and each weight file's sha256."""
+    import shutil
+
+    from .core.bundle import MANIFEST
+    from .core.errors import BadParameter
+    from .core.safetensors_check import sha256
+
+    weights = sorted(source.glob("*.safetensors"))
+    if not (source / "config.json").is_file() or not weights:
+        raise BadParameter("folder", str(source), "a diffusers ControlNet folder: config.json and .safetensors "
+                           "weights (save_pretrained writes one)")
+    if "controlnet_depth" in b.components and not overwrite:
+        raise BadParameter("name", b.name, "a bundle without a depth ControlNet",
+                           hint="pass --overwrite to replace the one it has")
+    target = b.path / "controlnet_depth"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir()
+    for f in [source / "config.json", *weights]:
+        shutil.copyfile(f, target / f.name)
+    if b.has_manifest:
+        manifest = json.loads((b.path / MANIFEST).read_text())
+        old = manifest["components"].get("controlnet_depth", "controlnet_depth").rstrip("/") + "/"
+        files = {k: v for k, v in (manifest.get("files") or {}).items() if not k.startswith(old)}
+        for f in weights:
+            files[f"controlnet_depth/{f.name}"] = {"sha256": sha256(target / f.name), "bytes": f.stat().st_size}
+        manifest["components"]["controlnet_depth"] = "controlnet_depth"
+        manifest["files"] = files
+        tmp = b.path / f".{MANIFEST}.part"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, b.path / MANIFEST)
+    return target
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -143,6 +189,16 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--allow-pickle", action="store_true",
                      help="load a pickled .ckpt/.bin with torch.load(weights_only=True)")
     imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument("--dtype", default=None, metavar="fp16|fp32",
+                     help="precision of the written weights: fp16 (the default, half the disk) or fp32")
+    imp.add_argument("--config-dir", default=None, metavar="FOLDER",
+                     help="a diffusers-layout folder whose configs (and tokenizers, if any) replace the family's, "
+                     "for a checkpoint of another size than the family's public models")
+    acn = bsub.add_parser("add-controlnet", help="give a bundle a depth ControlNet (a diffusers folder made for "
+                          "its family), listed in its manifest")
+    acn.add_argument("name", help="bundle name or folder")
+    acn.add_argument("folder", help="the ControlNet's diffusers folder (config.json and .safetensors weights)")
+    acn.add_argument("--overwrite", action="store_true", help="replace the bundle's depth ControlNet")
     tiny = bsub.add_parser("make-tiny", help="build a tiny random bundle (tests, smoke runs)")
     tiny.add_argument("--family", default="sd15", choices=["sd15", "sdxl"])
     tiny.add_argument("--name", default=None)
