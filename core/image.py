@@ -49,10 +49,20 @@ class GeneratedImage:
 
 
 def open_image(field_name: str, path: str) -> Image.Image:
+    """The image file at ``path``, read whole; a file that is not an image, or one whose size (read from its
+    header, before any pixel is decoded) exceeds PIL's decompression-bomb limit, is a ``BadParameter``."""
+    import warnings
+
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # above the limit: refused, not warned
+            image = Image.open(path)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadParameter(field_name, path, f"an image of at most {limit} pixels, about {int(limit ** 0.5)}² "
+                           f"(PIL: {exc}); scale it down first") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise BadParameter(field_name, path, f"a readable image file: PNG, JPEG, TIFF, WebP ({exc})") from None
     return image
 

@@ -26,7 +26,8 @@ The job kinds (each a schema request and a runner) are given to the worker by it
 
 A reader thread takes requests as they arrive (so ``cancel`` lands while a job runs, within one
 denoising step); the main thread runs jobs from a queue. Malformed lines, unknown kinds, bad
-parameters and missing files produce an ``error`` event and the worker keeps serving. Only protocol
+parameters and missing files produce an ``error`` event and the worker keeps serving; a line is read with a
+bounded ``readline`` (``MAX_LINE``), so an endless one costs no more memory than a normal one. Only protocol
 lines go to stdout: anything a library prints is redirected to stderr at the file-descriptor level.
 """
 
@@ -42,7 +43,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from typing import Any
 from .jobs import Kind
 
 PROTOCOL = 1
+MAX_LINE = 1 << 20  # bytes in one request line: far above any real request (texts are at most 10 000 characters)
 log = logging.getLogger("sfumato.worker")
 
 
@@ -96,6 +98,9 @@ class Worker:
         except json.JSONDecodeError as exc:
             return self.error(None, "malformed", f"not a JSON line: {exc.msg} at column {exc.colno}",
                               "send one JSON object per line")
+        except RecursionError:
+            return self.error(None, "malformed", "a JSON line nested too deeply", "send one flat JSON object per "
+                              "line: settings are numbers, text, true/false or lists of numbers")
         if not isinstance(msg, dict):
             return self.error(None, "malformed", "a request must be a JSON object")
         if msg.get("v") != PROTOCOL:
@@ -247,6 +252,25 @@ def _protocol_stream() -> io.TextIOBase:
     return io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", write_through=True)
 
 
+def read_lines(stream: io.BufferedIOBase, worker: Worker, limit: int = MAX_LINE) -> Iterator[str]:
+    """The protocol lines of ``stream``, each read with a bounded ``readline``: a line longer than ``limit``
+    bytes is skipped in ``limit``-sized pieces (so it never takes more memory than one piece) and answered with
+    a ``line_too_long`` error."""
+    while True:
+        raw = stream.readline(limit)
+        if not raw:
+            return
+        if len(raw) >= limit and not raw.endswith(b"\n"):
+            skipped = len(raw)
+            while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
+                skipped += len(rest)
+            skipped += len(rest)
+            worker.error(None, "line_too_long", f"a line of {skipped} bytes; a request is at most {limit} bytes",
+                         "send one JSON object per line; texts and paths have their own, much smaller limits")
+            continue
+        yield raw.decode("utf-8", errors="replace")
+
+
 def _no_current_folder_imports() -> None:
     """Drop the current folder from the import path when a launcher put it there (``python -m`` without
     ``-P``): modules imported later (lazily, by a job) must come from the engine's install, never from the
@@ -272,9 +296,8 @@ def main(kinds: Mapping[str, Kind], device: str = "auto", dtype: str = "auto", t
     worker.emit("ready", version=__import__("sfumato").__version__, protocol=PROTOCOL, pid=os.getpid())
 
     def read() -> None:
-        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
         try:
-            for line in stdin:
+            for line in read_lines(sys.stdin.buffer, worker):
                 try:
                     worker.handle_line(line)
                 except Exception as exc:  # never lose the reader: a dead reader would orphan the worker

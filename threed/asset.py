@@ -143,7 +143,20 @@ def save_state(path: Path, field: RadianceField, optim: torch.optim.Optimizer, g
 
 def load_state(path: Path, field: RadianceField, optim: torch.optim.Optimizer, generator: torch.Generator,
                expect: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Restore what ``save_state`` wrote; a state made with other settings (``expect``) is refused."""
+    """Restore what ``save_state`` wrote; a state made with other settings (``expect``) is refused, and a file
+    that is not such a state (damaged, cut short, another file) is a ``BadParameter`` on ``state``."""
+    try:
+        return _load_state(path, field, optim, generator, expect)
+    except SfumatoError:
+        raise
+    except Exception as exc:  # safetensors, json and torch raise assorted types for a damaged file
+        raise BadParameter("state", str(path), f"a state file saved by a cancelled asset run ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'}); delete it to start "
+                           "over") from None
+
+
+def _load_state(path: Path, field: RadianceField, optim: torch.optim.Optimizer, generator: torch.Generator,
+                expect: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:

@@ -149,6 +149,10 @@ def load_mesh(path: str | Path, *, max_faces: int = DEFAULT_MAX_FACES) -> Mesh:
         raise BadParameter("mesh", path, f"at most {max_faces} faces (max_faces); it has {len(faces)}: decimate "
                            "it (Blender: Decimate modifier) or raise max_faces")
     vertices = np.asarray(tm.vertices, dtype=np.float32)
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        bad = int(faces.max() if faces.max() >= len(vertices) else faces.min())
+        raise BadParameter("mesh", path, f"a mesh whose faces name its own vertices (0..{len(vertices) - 1}); a face "
+                           f"names vertex {bad}: the file is damaged")
     if not np.isfinite(vertices).all():
         raise BadParameter("mesh", path, "finite vertex positions; some are NaN or infinite")
     uv = tm.metadata.get("uv") if "uv" in tm.metadata else (np.asarray(tm.visual.uv) if has_uv else None)
