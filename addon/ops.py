@@ -46,8 +46,33 @@ class _JobOperator:
         return self.execute(context)
 
 
-class SFUMATO_OT_image(bpy.types.Operator):
-    """Generate an image from the active camera with the panel's settings"""
+class _Common:
+    """The properties every job operator takes (image, texture, turntable, asset); one left unset takes the
+    panel's value (``_overlay``)."""
+
+    prompt: StringProperty(name="Prompt", description="What to generate; unset = the panel's prompt",
+                           options={'SKIP_SAVE'})
+    negative: StringProperty(name="Negative", description="What to avoid; unset = the panel's negative prompt",
+                             options={'SKIP_SAVE'})
+    bundle: StringProperty(name="Bundle", description="Bundle name or folder; unset = the panel's (and empty there "
+                           "= the preferences' default bundle)", options={'SKIP_SAVE'})
+    seed: IntProperty(name="Seed", **SEED, options={'SKIP_SAVE'})
+    blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
+
+
+class _Sampled(_Common):
+    """The common properties of the jobs that run the sampling loop (all but the asset's)."""
+
+    steps: IntProperty(name="Steps", **STEPS, options={'SKIP_SAVE'})
+
+
+COMMON = ("prompt", "negative", "bundle", "seed", "guidance")  # every operator also declares its kind's guidance
+SAMPLED = (*COMMON, "steps")
+
+
+class SFUMATO_OT_image(_Sampled, bpy.types.Operator):
+    """Generate an image from the active camera with the panel's settings; a property left unset takes the
+    panel's value"""
 
     bl_idname = "sfumato.image"
     bl_label = "Generate"
@@ -58,7 +83,8 @@ class SFUMATO_OT_image(bpy.types.Operator):
         ("text", "Text", "Text to image"),
         ("depth", "Depth", "Guided by Blender's depth of the scene from the active camera"),
         ("restyle", "Restyle", "Image to image from the camera's render")])
-    blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
+    guidance: FloatProperty(name="Guidance", **request.property_args(I, "guidance", hard=False),
+                            options={'SKIP_SAVE'})
 
     @classmethod
     def poll(cls, context):
@@ -73,8 +99,12 @@ class SFUMATO_OT_image(bpy.types.Operator):
     def invoke(self, context, event):
         return self.execute(context)
 
+    def settings(self, context) -> request.ImageSettings:
+        """The panel's settings with the properties this call set."""
+        return _overlay(self, props.settings_from(context.scene.sfumato), SAMPLED)
+
     def execute(self, context):
-        s = props.settings_from(context.scene.sfumato)
+        s = self.settings(context)
         if self.mode != "scene":
             s = s.replace(mode=self.mode)
         reason = _reason(context, s)
@@ -163,7 +193,7 @@ def _print_progress(state: engine.JobState, event: dict) -> None:
         print(f"sfumato: {title}extracting the mesh", flush=True)
 
 
-class SFUMATO_OT_texture(_JobOperator, bpy.types.Operator):
+class SFUMATO_OT_texture(_JobOperator, _Sampled, bpy.types.Operator):
     """Texture the selected meshes from the prompt (one engine job per object); a property left unset
     takes the panel's value"""
 
@@ -171,27 +201,26 @@ class SFUMATO_OT_texture(_JobOperator, bpy.types.Operator):
     bl_label = "Texture selected"
     bl_options = {'UNDO'}  # an undo step for the UV map it may add; no redo panel, which would rerun the job
 
-    prompt: StringProperty(name="Prompt", description="What the surface shows; unset = the panel's prompt",
-                           options={'SKIP_SAVE'})
-    mode: EnumProperty(name="Mode", items=[
-        ("projection", "Projection", "Paint the object's own UV map from views around it"),
-        ("material", "Material", "A seamless tile laid with box projection at real-world scale")],
-        options={'SKIP_SAVE'})
+    mode: EnumProperty(name="Mode", items=props._items(T, "mode", props.TEXTURE_MODE_WORDS), options={'SKIP_SAVE'})
+    variant: EnumProperty(name="Variant", items=props._items(T, "variant", props.VARIANT_WORDS),
+                          options={'SKIP_SAVE'})
     views: IntProperty(name="Views", **request.property_args(T, "views"), options={'SKIP_SAVE'})
+    fill_views: IntProperty(name="Fill views", **request.property_args(T, "fill_views"), options={'SKIP_SAVE'})
+    iters: IntProperty(name="Iterations", **request.property_args(T, "iters", hard=False), options={'SKIP_SAVE'})
     resolution: IntProperty(name="View size", **request.property_args(T, "resolution", unset=0, hard=False),
                             options={'SKIP_SAVE'})
     texture_size: IntProperty(name="Texture size", **request.property_args(T, "texture_size", hard=False),
                               options={'SKIP_SAVE'})
     tile_size: FloatProperty(name="Tile size", **request.property_args(T, "tile_size", hard=False), unit='LENGTH',
                              options={'SKIP_SAVE'})
-    seed: IntProperty(name="Seed", **SEED, options={'SKIP_SAVE'})
-    steps: IntProperty(name="Steps", **STEPS, options={'SKIP_SAVE'})
-    blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
+    guidance: FloatProperty(name="Guidance", **request.property_args(T, "guidance", hard=False),
+                            options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.TextureSettings:
         """The panel's settings with the properties this call set."""
         return _overlay(self, props.texture_settings_from(context.scene.sfumato),
-                        ("prompt", "mode", "views", "resolution", "texture_size", "tile_size", "seed", "steps"))
+                        (*SAMPLED, "mode", "variant", "views", "fill_views", "iters", "resolution", "texture_size",
+                         "tile_size"))
 
     def execute(self, context):
         objects = texturing.selected_meshes(context)
@@ -239,7 +268,7 @@ def _refused(op: bpy.types.Operator, exc: Exception) -> set[str]:
     return {'CANCELLED'}
 
 
-class SFUMATO_OT_turntable(_JobOperator, bpy.types.Operator):
+class SFUMATO_OT_turntable(_JobOperator, _Sampled, bpy.types.Operator):
     """Make a looping video orbiting the active mesh, generated from the prompt; a property left unset takes
     the panel's value"""
 
@@ -247,8 +276,6 @@ class SFUMATO_OT_turntable(_JobOperator, bpy.types.Operator):
     bl_label = "Turntable"
     bl_options = {'REGISTER'}
 
-    prompt: StringProperty(name="Prompt", description="What the video shows; unset = the panel's prompt",
-                           options={'SKIP_SAVE'})
     # no hard limits: a bad value must reach the check, which names what is allowed
     frames: IntProperty(name="Frames", **request.property_args(V, "frames", hard=False), options={'SKIP_SAVE'})
     fps: IntProperty(name="FPS", **request.property_args(V, "fps", hard=False), options={'SKIP_SAVE'})
@@ -264,15 +291,13 @@ class SFUMATO_OT_turntable(_JobOperator, bpy.types.Operator):
         ("img2img", "Image to image", "Each frame re-imagined from the orbit's shading")], options={'SKIP_SAVE'})
     format: EnumProperty(name="Format", items=[(f, f.upper(), "") for f in request.VIDEO_FORMATS],
                          options={'SKIP_SAVE'})
-    seed: IntProperty(name="Seed", **SEED, options={'SKIP_SAVE'})
-    steps: IntProperty(name="Steps", **STEPS, options={'SKIP_SAVE'})
-    blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
+    guidance: FloatProperty(name="Guidance", **request.property_args(V, "guidance", hard=False),
+                            options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.TurntableSettings:
         """The panel's settings with the properties this call set."""
         return _overlay(self, props.turntable_settings_from(context.scene.sfumato),
-                        ("prompt", "frames", "fps", "resolution", "elevation", "temporal", "conditioning",
-                         "format", "seed", "steps"))
+                        (*SAMPLED, "frames", "fps", "resolution", "elevation", "temporal", "conditioning", "format"))
 
     def execute(self, context):
         obj = turntable.target(context)
@@ -304,7 +329,7 @@ class SFUMATO_OT_turntable(_JobOperator, bpy.types.Operator):
         return {'FINISHED'}
 
 
-class SFUMATO_OT_asset(_JobOperator, bpy.types.Operator):
+class SFUMATO_OT_asset(_JobOperator, _Common, bpy.types.Operator):
     """Make a 3D asset from the prompt and put it at the 3D cursor; a property left unset takes the
     panel's value"""
 
@@ -312,20 +337,19 @@ class SFUMATO_OT_asset(_JobOperator, bpy.types.Operator):
     bl_label = "Generate asset"
     bl_options = {'UNDO'}  # an undo step for the import; no redo panel, which would rerun the job
 
-    prompt: StringProperty(name="Prompt", description="What to make; unset = the panel's prompt",
-                           options={'SKIP_SAVE'})
     iters: IntProperty(name="Iterations", **request.property_args(A, "iters", hard=False), options={'SKIP_SAVE'})
     resolution: IntProperty(name="Render size", **request.property_args(A, "resolution", hard=False),
                             options={'SKIP_SAVE'})
     guidance: FloatProperty(name="Guidance", **request.property_args(A, "guidance", hard=False),
                             options={'SKIP_SAVE'})
-    seed: IntProperty(name="Seed", **SEED, options={'SKIP_SAVE'})
-    blocking: EnumProperty(name="Wait", items=BLOCKING, default="AUTO", options={'SKIP_SAVE'})
+    size: FloatProperty(name="Size", **request.property_args(A, "size", hard=False), unit='LENGTH',
+                        options={'SKIP_SAVE'})
+    render: EnumProperty(name="Render", items=props._items(A, "render", props.RENDER_WORDS), options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.AssetSettings:
         """The panel's settings with the properties this call set."""
         return _overlay(self, props.asset_settings_from(context.scene.sfumato),
-                        ("prompt", "iters", "resolution", "guidance", "seed"))
+                        (*COMMON, "iters", "resolution", "size", "render"))
 
     def execute(self, context):
         try:

@@ -11,6 +11,26 @@ from . import request
 I, T, V, A = request.I, request.T, request.V, request.A  # the engine's request schema per kind
 
 
+def _items(cls: type, name: str, words: dict[str, tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """An EnumProperty's items: the schema's choices for ``cls.name``, each with its label and tooltip."""
+    return [(v, *words.get(v, (v.title(), ""))) for v in request.choices(cls, name)]
+
+
+TEXTURE_MODE_WORDS = {
+    "projection": ("Projection", "Paint the object's own UV map from views around it (a UV map is added with Smart "
+                   "UV Project when it has none)"),
+    "material": ("Material", "One seamless tile laid on the object with box projection at real-world scale"),
+    "sds": ("Distil", "Score distillation: the object's UV texture itself optimised through renders of it, no view "
+            "generated (slow: minutes; works with every bundle; a UV map is added when it has none)")}
+VARIANT_WORDS = {
+    "sequential": ("Sequential", "Views generated in turn, each keeping what earlier views painted"),
+    "sync": ("Synchronised", "All views denoised at once, sharing one latent texture: more consistent seams, "
+             "memory for every view at once")}
+RENDER_WORDS = {
+    "rgb": ("RGB", "Render the field in colour and score it through the VAE"),
+    "latent": ("Latent", "Render at latent size straight into the bundle's latents: cheaper, coarser")}
+
+
 def _bundle_search(self, context, edit_text):
     from . import runtime
 
@@ -48,11 +68,11 @@ class SfumatoSettings(bpy.types.PropertyGroup):
     set_background: BoolProperty(name="Camera background", description="Show the result as the active camera's "
                                  "background image", default=False)
     # the Texture section (the prompt, seed, steps, guidance, scheduler and bundle above are shared)
-    texture_mode: EnumProperty(name="Texture", default="projection", items=[
-        ("projection", "Projection", "Paint the object's own UV map from views around it (a UV map is added "
-         "with Smart UV Project when it has none)"),
-        ("material", "Material", "One seamless tile laid on the object with box projection at real-world scale")])
+    texture_mode: EnumProperty(name="Texture", default=T.mode, items=_items(T, "mode", TEXTURE_MODE_WORDS))
+    texture_variant: EnumProperty(name="Variant", default=T.variant, items=_items(T, "variant", VARIANT_WORDS))
     texture_views: IntProperty(name="Views", **request.property_args(T, "views"))
+    texture_fill_views: IntProperty(name="Fill views", **request.property_args(T, "fill_views"))
+    texture_iters: IntProperty(name="Iterations", **request.property_args(T, "iters", hard=False))
     texture_resolution: IntProperty(name="View size", **request.property_args(T, "resolution", unset=0, hard=False))
     texture_size: IntProperty(name="Texture size", **request.property_args(T, "texture_size", hard=False))
     tile_size: FloatProperty(name="Tile size", **request.property_args(T, "tile_size"), unit='LENGTH')
@@ -74,6 +94,8 @@ class SfumatoSettings(bpy.types.PropertyGroup):
     asset_iters: IntProperty(name="Iterations", **request.property_args(A, "iters", hard=False))
     asset_resolution: IntProperty(name="Render size", **request.property_args(A, "resolution", hard=False))
     asset_guidance: FloatProperty(name="Guidance", **request.property_args(A, "guidance"))
+    asset_size: FloatProperty(name="Size", **request.property_args(A, "size"), unit='LENGTH')
+    asset_render: EnumProperty(name="Render", default=A.render, items=_items(A, "render", RENDER_WORDS))
 
 
 class SfumatoHistoryItem(bpy.types.PropertyGroup):
@@ -88,12 +110,15 @@ classes = (SfumatoSettings, SfumatoHistoryItem)
 SHARED_FIELDS = ("prompt", "negative", "bundle", "seed", "random_seed", "steps", "guidance", "scheduler")
 # per settings class: its field -> the property that holds it (the panel's shared fields keep their names)
 SECTIONS = {
-    request.TextureSettings: {"mode": "texture_mode", "views": "texture_views", "resolution": "texture_resolution",
-                              "texture_size": "texture_size", "tile_size": "tile_size"},
+    request.TextureSettings: {"mode": "texture_mode", "variant": "texture_variant", "views": "texture_views",
+                              "fill_views": "texture_fill_views", "iters": "texture_iters",
+                              "resolution": "texture_resolution", "texture_size": "texture_size",
+                              "tile_size": "tile_size"},
     request.TurntableSettings: {"frames": "turntable_frames", "fps": "turntable_fps",
                                 "resolution": "turntable_resolution", "elevation": "turntable_elevation",
                                 "temporal": "turntable_temporal", "format": "turntable_format"},
-    request.AssetSettings: {"iters": "asset_iters", "resolution": "asset_resolution", "guidance": "asset_guidance"},
+    request.AssetSettings: {"iters": "asset_iters", "resolution": "asset_resolution", "guidance": "asset_guidance",
+                            "size": "asset_size", "render": "asset_render"},
 }
 
 

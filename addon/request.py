@@ -24,7 +24,6 @@ from .limits import schema
 
 DEFAULT_BUNDLE = "materials"
 IMAGE_MODES = ("text", "depth", "restyle")  # text-to-image, depth-guided, restyle the render (img2img)
-TEXTURE_MODES = ("projection", "material")  # paint the mesh's own UV map | one seamless tile, box-projected
 VIDEO_FORMATS = ("mp4", "gif")
 RESTYLE_STRENGTH = 0.6  # the panel's restyle keeps more of the render than the engine's image-to-image default
 PANEL_SIZE = 512  # the panel's image size (the engine's default is the bundle's native size)
@@ -37,6 +36,8 @@ INPUTS_ALLOWED = {"mesh": "the path of the mesh exported as GLB", "depth_image":
 
 ImageMode = Literal["text", "depth", "restyle"]
 I, T, V, A = schema.ImageRequest, schema.TextureRequest, schema.TurntableRequest, schema.AssetRequest
+# paint the UV map from views | one seamless tile, box-projected | the UV texture optimised by score distillation
+TEXTURE_MODES = schema.choices(schema.field_types(T)["mode"])
 
 
 class BadSetting(ValueError):
@@ -119,8 +120,11 @@ class TextureSettings(Settings):
     steps: int = 0  # 0 = the bundle's default; not sent
     guidance: float = T.guidance
     scheduler: str = T.scheduler
-    mode: str = T.mode  # the panel offers projection and material (TEXTURE_MODES)
+    mode: str = T.mode  # the panel offers every mode the engine has (TEXTURE_MODES)
+    variant: str = T.variant  # projection: views in turn, or all at once sharing one UV latent
     views: int = T.views  # cameras around the mesh, each generated once
+    fill_views: int = T.fill_views  # projection: extra views for what the camera rings missed
+    iters: int = T.iters  # sds: optimisation steps of the texture
     resolution: int = 0  # per-view generation size in pixels; 0 = the bundle's native size
     texture_size: int = T.texture_size  # the texture PNG's side in pixels
     tile_size: float = T.tile_size  # material mode: metres one tile covers
@@ -176,6 +180,8 @@ class AssetSettings(Settings):
     iters: int = A.iters  # optimisation steps of the field
     resolution: int = A.resolution  # side in pixels of the view rendered and scored each step
     guidance: float = A.guidance  # classifier-free guidance of the score (large for score distillation)
+    size: float = A.size  # metres: the asset's largest side, as imported
+    render: str = A.render  # rgb, or latent: renders at latent size (cheaper, coarser)
 
 
 def params(s: Settings, *, seed: int, default_bundle: str = DEFAULT_BUNDLE, inputs: dict[str, str] | None = None,

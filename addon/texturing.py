@@ -186,7 +186,7 @@ def prepare(context, obj: bpy.types.Object, s: request.TextureSettings, *, seed:
     check(obj, s)
     folder, pack = (Path(folder), False) if folder is not None else output_folder(context)
     folder.mkdir(parents=True, exist_ok=True)
-    uv_added = ensure_uv_map(obj) if s.mode == "projection" else False
+    uv_added = ensure_uv_map(obj) if s.mode != "material" else False  # projection and sds paint the UV map
     stem = request.output_stem(folder, f"{obj.name} {s.prompt}")
     mesh = stem.with_name(stem.name + ".mesh.glb")
     uv_map = export_glb(obj, mesh)
@@ -268,7 +268,7 @@ def finish(state: engine.JobState) -> Textured:
     tile_size = float(result.get("tile_size", s.tile_size))
     extra = {"texture_mode": mode, "object": obj.name, "file": result["texture"], "glb": result.get("glb"),
              "mesh": jc["mesh"], "tile_size": tile_size if mode == "material" else None,
-             "uv_map": jc["uv_map"] if mode == "projection" else None, "uv_added": jc["uv_added"] or None,
+             "uv_map": jc["uv_map"] if mode != "material" else None, "uv_added": jc["uv_added"] or None,
              "warnings": result.get("warnings") or None, "metrics": result.get("metrics") or None,
              "sidecar": result.get("sidecar")}
     provenance = request.id_properties({"prompt": s.prompt, "seed": state.context.get("params", {}).get("seed"),

@@ -100,8 +100,14 @@ class SFUMATO_PT_texture(SfumatoPanel, bpy.types.Panel):
         layout = self.layout
         s = context.scene.sfumato
         layout.row().prop(s, "texture_mode", expand=True)
+        if s.texture_mode == "projection":
+            layout.row().prop(s, "texture_variant", expand=True)
         col = layout.column(align=True)
-        col.prop(s, "texture_views")
+        if s.texture_mode == "projection":
+            col.prop(s, "texture_views")
+            col.prop(s, "texture_fill_views")
+        elif s.texture_mode == "sds":
+            col.prop(s, "texture_iters")
         col.prop(s, "texture_resolution")
         col.prop(s, "texture_size")
         if s.texture_mode == "material":
@@ -141,6 +147,8 @@ class SFUMATO_PT_asset(SfumatoPanel, bpy.types.Panel):
         col.prop(s, "asset_iters")
         col.prop(s, "asset_resolution")
         layout.prop(s, "asset_guidance")
+        layout.prop(s, "asset_size")
+        layout.row().prop(s, "asset_render", expand=True)
         _why_not(layout, ops._asset_reason(props.asset_settings_from(s)))
         layout.operator("sfumato.asset", icon='MESH_MONKEY')
 

@@ -287,7 +287,7 @@ def test_texture_settings_are_checked_with_the_reason():
     assert [p.field for p in bad] == ["mode", "prompt", "views", "resolution", "texture_size", "tile_size"]
     assert str(bad[3]) == ("resolution=100 is not allowed: a multiple of 8 from 64 to 2048, or none for the bundle's "
                            "native size (nearest: 96 or 104)")
-    assert "projection or material" in str(bad[0])
+    assert "projection, material or sds" in str(bad[0])  # every texture mode the engine has
     with pytest.raises(request.BadSetting, match="colour"):
         s.replace(colour="red")
 
@@ -388,7 +388,7 @@ def test_asset_params_are_an_asset_request_the_engine_accepts():
     s = request.AssetSettings(prompt="a wooden chair", negative="blurry", iters=20, resolution=64, guidance=30)
     params = request.params(s, seed=9, default_bundle="tiny-sd15")
     assert params == {"prompt": "a wooden chair", "negative": "blurry", "iters": 20, "resolution": 64, "seed": 9,
-                      "guidance": 30.0, "bundle": "tiny-sd15"}
+                      "guidance": 30.0, "size": AssetRequest.size, "render": AssetRequest.render, "bundle": "tiny-sd15"}
     assert request.params(s.replace(bundle="mine"), seed=1)["bundle"] == "mine"
     with pytest.raises(request.BadSetting, match="iters=0"):
         request.params(s.replace(iters=0), seed=1)
