@@ -21,7 +21,10 @@ Once the add-on is enabled this module is also importable as ``sfumato_api``::
     made.roots, made.glb                 # the imported objects, placed at the 3D cursor
 
 Settings not given come from the scene's panel (``scene.sfumato``); the engine comes from the
-add-on's preferences. Errors are exceptions with the reason: ``request.BadSetting`` (a ValueError)
+add-on's preferences (``sfumato_api.preferences()``), and ``sfumato_api.capabilities("materials")`` says what
+a bundle can do (depth, a motion module, its native size). A fresh headless process first needs the add-on
+enabled: docs/examples/headless.py shows the steps (read the saved preferences, install or enable, set the
+engine). Errors are exceptions with the reason: ``request.BadSetting`` (a ValueError)
 for a bad value, ``scene_io.SceneProblem`` for a scene that cannot give what the mode needs (no
 camera, a mesh without faces), ``engine.EngineUnavailable`` when the engine cannot start, and
 ``engine.EngineError`` (its base) when a job fails or is cancelled.
@@ -63,6 +66,35 @@ class Variations:
 
 def _context(scene):
     return SimpleNamespace(scene=scene or bpy.context.scene, preferences=bpy.context.preferences)
+
+
+def preferences(context=None) -> prefs.SfumatoPreferences:
+    """The add-on's preferences, where a script sets the engine: ``engine_python`` (the python of the environment
+    where sfumato is installed; "" = auto-detect), ``device``, ``threads``, ``bundle_folder``, ``default_bundle``,
+    ``output_folder``, ``pack_results``. Blender in background mode never saves preferences by itself:
+    ``bpy.ops.wm.save_userpref()`` keeps them (and the add-on enabled) for the next run."""
+    return prefs.get(context)
+
+
+def engine_info(context=None) -> dict[str, Any]:
+    """What "Check engine" shows, waited for (the engine starts if it is not running): version, device, dtype,
+    ``bundles`` and, per bundle, ``capabilities`` (``native_size``, ``text``, ``image_to_image``, ``depth``,
+    ``motion_module``, ``controlnets``, and the same in words as ``can`` and ``cannot``)."""
+    info = runtime.SESSION.info(prefs.engine_config(context or bpy.context))
+    runtime.CHECK.clear()
+    runtime.CHECK["info"] = info  # the preferences show it too
+    return info
+
+
+def capabilities(bundle: str | None = None, context=None) -> dict[str, Any]:
+    """What ``bundle`` (a name; default: the preferences' default bundle) can do, from ``engine_info``; a
+    ``BadSetting`` naming the engine's bundles when it has none of that name."""
+    name = bundle or prefs.get(context).default_bundle
+    found = engine_info(context).get("capabilities", [])
+    for caps in found:
+        if caps.get("name") == name:
+            return caps
+    raise BadSetting("bundle", name, "a bundle the engine has: " + (", ".join(c["name"] for c in found) or "none"))
 
 
 def settings(scene=None, **changes: Any) -> request.ImageSettings:
@@ -168,9 +200,10 @@ def _mesh_job(mode, settings: Callable[..., Any], obj, prompt: str | None, seed:
 def texture(obj=None, prompt: str | None = None, *, seed: int | None = None, scene=None,
             folder: str | Path | None = None, on_event: OnEvent | None = None, **changes: Any) -> texturing.Textured:
     """Texture one mesh object (or its name; default: the active object), waited for; the object gets the
-    material "Sfumato texture <name>". ``changes``: ``mode`` ("projection" | "material"), ``views``,
-    ``resolution``, ``texture_size``, ``tile_size``, ``steps``, ... (``request.TextureSettings`` fields).
-    Projection mode adds a UV map (Smart UV Project) to an object that has none."""
+    material "Sfumato texture <name>". ``changes``: ``mode`` ("projection" | "material" | "sds"), ``variant``
+    ("sequential" | "sync"), ``views``, ``fill_views``, ``iters`` (sds), ``resolution``, ``texture_size``,
+    ``tile_size``, ``steps``, ... (``request.TextureSettings`` fields). Projection and sds modes add a UV map
+    (Smart UV Project) to an object that has none."""
     return _mesh_job(texturing, texture_settings, obj, prompt, seed, scene, folder, on_event, changes)
 
 
@@ -199,7 +232,8 @@ def asset_settings(scene=None, **changes: Any) -> request.AssetSettings:
 def asset(prompt: str | None = None, *, seed: int | None = None, scene=None, folder: str | Path | None = None,
           on_event: OnEvent | None = None, **changes: Any) -> asset_mode.Asset:
     """A 3D asset from the prompt, waited for, imported at the 3D cursor and selected. ``changes``:
-    ``iters``, ``resolution``, ``guidance``, ``negative``, ``bundle`` (``request.AssetSettings`` fields)."""
+    ``iters``, ``resolution``, ``guidance``, ``size`` (metres, its largest side), ``render`` ("rgb" | "latent"),
+    ``negative``, ``bundle`` (``request.AssetSettings`` fields)."""
     ctx = _context(scene)
     s = asset_settings(ctx.scene, **changes, **({"prompt": prompt} if prompt is not None else {}))
     if seed is not None:

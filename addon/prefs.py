@@ -67,9 +67,16 @@ classes = (SfumatoPreferences,)
 
 
 def get(context=None) -> SfumatoPreferences:
-    """This add-on's preferences; a clear error when it is not enabled (preferences exist only then)."""
+    """This add-on's preferences; a clear error when it is not enabled (preferences exist only then).
+
+    A script that enabled the add-on with ``addon_utils.enable(name)`` alone (no ``default_set=True``) has it
+    running without the preferences entry Blender keeps for enabled add-ons: the entry is made here, as
+    ``default_set=True`` would have made it, so the API and the operators work right after enabling."""
     context = context or bpy.context
     addon = context.preferences.addons.get(__package__)
+    if addon is None and SfumatoPreferences.is_registered:
+        addon = context.preferences.addons.new()
+        addon.module = __package__
     if addon is None or addon.preferences is None:
         raise engine.EngineUnavailable(f"the add-on {__package__!r} is not enabled: enable it in Preferences > "
                                        "Add-ons (preferences exist only then)")

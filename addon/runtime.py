@@ -42,9 +42,22 @@ def engine_check_lines() -> list[tuple[str, bool]]:
     info = CHECK.get("info")
     if not info:
         return [("Checking...", False)] if CHECK.get("running") else [("Not checked yet", False)]
-    return [(f"Engine {info.get('version')} (protocol {info.get('protocol')}) at {info.get('python', '?')}", False),
-            (f"Device: {info.get('device')}, dtype {info.get('dtype')}", False),
-            ("Bundles: " + (", ".join(info.get("bundles", [])) or "none found"), not info.get("bundles"))]
+    lines = [(f"Engine {info.get('version')} (protocol {info.get('protocol')}) at {info.get('python', '?')}", False),
+             (f"Device: {info.get('device')}, dtype {info.get('dtype')}", False),
+             ("Bundles: " + (", ".join(info.get("bundles", [])) or "none found"), not info.get("bundles"))]
+    for caps in info.get("capabilities", []):  # an engine older than the capabilities in info sends none
+        for number, part in enumerate(engine.wrap(bundle_line(caps), 90)):
+            lines.append(("    " + part if number else part, "error" in caps))
+    return lines
+
+
+def bundle_line(caps: dict[str, Any]) -> str:
+    """One bundle's capabilities (the worker's ``info``, ``core/capabilities.py``) as one line of text."""
+    if "error" in caps:
+        return f"  {caps.get('name')}: cannot tell what it can do: {caps['error']}"
+    return (f"  {caps.get('name')} ({caps.get('family')}, {caps.get('native_size')} px, "
+            f"{caps.get('default_steps')} steps): " + ", ".join(caps.get("can", []))
+            + ("; no " + ", no ".join(caps["cannot"]) if caps.get("cannot") else ""))
 
 
 # ---- step preview -----------------------------------------------------------------------------------

@@ -2,20 +2,23 @@
 
     blender -b scene.blend --python docs/examples/variations.py -- \\
         --prompt "red brick facade, overcast" --prompt "white render facade, low sun" \\
-        --seeds 8 --mode depth --steps 20 --save
+        --seeds 8 --mode restyle --steps 20 --save
 
-Every prompt is generated with every seed (0..7 here). ``--mode depth`` guides the images with
-Blender's exact depth of the scene from the active camera, rendered once for the whole batch;
-``text`` ignores the scene; ``restyle`` re-imagines the camera's render (``--strength``). The
-images become image datablocks named after prompt and seed, each with its provenance as custom
-properties, and a contact sheet (one row per prompt, one column per seed) is written beside them.
+Runs on the embedded ``materials`` bundle as written. Every prompt is generated with every seed (0..7 here).
+``--mode restyle`` (the default) re-imagines the camera's render (``--strength``), rendered once for the whole
+batch with the scene's render engine; ``text`` ignores the scene; ``depth`` guides the images with Blender's
+exact depth of the scene from the active camera. --mode depth needs a bundle with a depth ControlNet (add one
+with `sfumato bundle add-controlnet`; the embedded materials bundle has none): with one that has none, the
+script stops with that sentence before anything is rendered. The images become image datablocks named after
+prompt and seed, each with its provenance as custom properties, and a contact sheet (one row per prompt, one
+column per seed) is written beside them.
 
-Needs the Sfumato add-on installed (Preferences > Add-ons > Install from Disk, or
-``blender --command extension install-file -r user_default sfumato-0.1.0.zip``); the script enables
-it for this run when it is not enabled. The engine, its device and extra bundle folder come from the
-add-on's preferences; ``--device`` and ``--bundle`` override them here. Files go to ``--out``, else
-to the add-on's output folder, else to a ``sfumato`` folder next to the .blend. ``--save`` saves the
-.blend with the new images. The exit status is 0 on success and 1 with a one-line reason otherwise.
+Needs the Sfumato add-on installed (Preferences > Get Extensions > Install from Disk, or headless.py --zip
+beside this script); the script reads the saved preferences and enables it for this run when it is not
+enabled. The engine, its device and extra bundle folder come from the add-on's preferences; ``--device`` and
+``--bundle`` override them here. Files go to ``--out``, else to the add-on's output folder, else to a
+``sfumato`` folder next to the .blend. ``--save`` saves the .blend with the new images. The exit status is 0
+on success and 1 with a one-line reason otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     p.add_argument("--seeds", type=int, default=4, help="how many seeds per prompt (default 4)")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--mode", choices=("text", "depth", "restyle"), default="depth")
+    p.add_argument("--mode", choices=("text", "depth", "restyle"), default="restyle",
+                   help="restyle the camera's render (default), text only, or depth-guided (needs a bundle with a "
+                   "depth ControlNet)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the scene's panel setting)")
     p.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the panel's)")
     p.add_argument("--strength", type=float, help="restyle: share of the render re-imagined, (0, 1]")
@@ -46,7 +51,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def enable_sfumato():
-    """The add-on's scripting API; enables the installed add-on for this run when needed."""
+    """The add-on's scripting API; enables the installed add-on for this run when needed (headless.py explains
+    the steps)."""
+    bpy.ops.wm.read_userpref()  # blender -b has read them already; the bpy module starts on factory preferences
     try:
         import sfumato_api
         return sfumato_api
@@ -79,6 +86,19 @@ def main() -> int:
         changes["bundle"] = args.bundle
     if args.device:
         bpy.context.preferences.addons[api.__package__].preferences.device = args.device
+    if args.mode == "depth":
+        try:
+            caps = api.capabilities(args.bundle)
+        except api.BadSetting:  # a bundle given as a folder: the engine itself says whether it does depth
+            caps = {"depth": True}
+        except api.EngineError as exc:
+            print(f"sfumato: {exc}", file=sys.stderr)
+            return 1
+        if not caps["depth"]:
+            print(f"sfumato: --mode depth needs a bundle with a depth ControlNet (add one with `sfumato bundle "
+                  f"add-controlnet`; {caps['name']!r} has none): use --mode restyle or text, or --bundle with one "
+                  "that has", file=sys.stderr)
+            return 1
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     progress = {"done": 0}
 
