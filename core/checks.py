@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from . import schema
+from . import lora, schema
 from .errors import BadParameter
 
 # the requests ``admit`` returned, by identity (a copy made with ``dataclasses.replace`` is not among them)
@@ -33,6 +33,8 @@ def admit(req: Any, bundle: Any = None) -> tuple[Any, Any]:
     bundle = bundle if bundle is not None else bundles.resolve(req.bundle)
     req = schema.complete(req, bundle.default_steps)
     raise_first(schema.cross_problems(req))
+    for entry in req.loras:  # the files exist, before any model loads
+        lora.locate(schema.split_scaled(entry)[0], bundle)
     key = id(req)
     _ADMITTED[key] = weakref.ref(req, lambda _, key=key: _ADMITTED.pop(key, None))
     return req, bundle

@@ -81,8 +81,12 @@ class Denoiser:
             fastpath.prepare(models, compile=fast == "compile")
 
     def provenance(self) -> dict[str, str]:
-        """What an output records of the precision its U-Net ran in, where that is not the models' dtype."""
-        return {"unet_dtype": "bfloat16 (autocast)"} if self.cpu_bf16 else {}
+        """What an output records of how its networks ran: the active LoRAs (name, hash, scale), and the U-Net's
+        precision where that is not the models' dtype."""
+        out: dict[str, Any] = {"unet_dtype": "bfloat16 (autocast)"} if self.cpu_bf16 else {}
+        if self.models.extras.get("lora_provenance"):
+            out["loras"] = self.models.extras["lora_provenance"]
+        return out
 
     def network(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
                 control: torch.Tensor | None, control_scale: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import latents as latent_space
-from . import text
+from . import lora, text
 from .checks import ensure_checked
 from .denoiser import Denoiser, make_conditioning
 from .errors import BadParameter
@@ -112,6 +112,7 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     before a later batch is cancelled or fails."""
     # 1. the request checked, with its step count and seed (a job's door already did it)
     req = ensure_checked(request, models.bundle)
+    lora.apply(models, req.loras)
     seed = req.seed
     width, height = req.width or native_size(models), req.height or native_size(models)
     control = load_depth(req.depth_image, width, height) if req.depth_image else None

@@ -62,6 +62,7 @@ class Spec:
     suffixes: tuple[str, ...] = ()  # text: must end with one of these
     flag: str = ""  # the CLI flag when not --field-name
     max_chars: int = 4096  # text: longest allowed
+    max_items: int = 16  # lists: most entries
 
 
 def param(default: Any, help: str, **limits: Any) -> Any:
@@ -86,6 +87,10 @@ class JobRequest:
     device: str = param("auto", "where the job runs", nonempty=True, max_chars=32,
                         allowed="auto, cuda, cuda:N, mps or cpu")
     dtype: DType = param("auto", "weights' precision (auto: fp16 on CUDA, fp32 elsewhere)")
+    loras: tuple[str, ...] = param((), "LoRA: a .safetensors file (or folder) or the name of one in the bundle's "
+                                   "loras/, with :SCALE (default 1); repeat for several", lo=-4, hi=4, max_items=8,
+                                   flag="lora", allowed="LoRA files or names, each with an optional :scale from -4 "
+                                   "to 4, at most 8")
 
 
 @dataclass
@@ -375,8 +380,10 @@ def value_ok(f: dataclasses.Field, t: Any, v: Any) -> bool:
     if base is str:
         return (isinstance(v, str) and len(v) <= s.max_chars and "\0" not in v and _encodable(v)
                 and (not s.nonempty or bool(v.strip())) and (not s.suffixes or v.lower().endswith(s.suffixes)))
+    if typing.get_origin(base) is tuple and typing.get_args(base)[0] is str:
+        return isinstance(v, tuple) and len(v) <= s.max_items and all(_scaled_ok(e, s) for e in v)
     if typing.get_origin(base) is tuple:
-        return (isinstance(v, tuple) and 1 <= len(v) <= 16
+        return (isinstance(v, tuple) and 1 <= len(v) <= s.max_items
                 and all(_is_number(e) and _in_range(e, s) for e in v))
     if base is int:
         return _is_int(v) and _in_range(v, s) and (not s.multiple or v % s.multiple == 0)
@@ -392,6 +399,26 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def split_scaled(entry: str) -> tuple[str, float | None]:
+    """``"style.safetensors:0.8"`` -> ``("style.safetensors", 0.8)``; no number after the last colon: no scale (a
+    Windows path's drive colon stays in the name)."""
+    name, colon, tail = entry.rpartition(":")
+    if colon and name:
+        try:
+            return name, float(tail)
+        except ValueError:
+            pass
+    return entry, None
+
+
+def _scaled_ok(entry: Any, s: Spec) -> bool:
+    if not (isinstance(entry, str) and entry.strip() and len(entry) <= s.max_chars and "\0" not in entry
+            and _encodable(entry)):
+        return False
+    _, scale = split_scaled(entry)
+    return scale is None or (math.isfinite(scale) and _in_range(scale, s))
 
 
 def nearest(f: dataclasses.Field, v: Any) -> str:

@@ -101,13 +101,15 @@ def add_request_flags(p: argparse.ArgumentParser, cls: type) -> list[str]:
         if base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
-        if typing.get_origin(base) is tuple:
+        if typing.get_origin(base) is tuple and typing.get_args(base)[0] is str:
+            kw["action"] = "append"  # --lora a --lora b:0.5
+        elif typing.get_origin(base) is tuple:
             kw.update(nargs="+", type=_lenient(float))
         elif base in (int, float):
             kw["type"] = _lenient(base)
         if optional and "type" in kw:
             kw["type"] = _none_or(kw["type"])
-        p.add_argument(flag, metavar=f.name.upper() if schema.choices(base) is None else
+        p.add_argument(flag, metavar=(s.flag or f.name).upper() if schema.choices(base) is None else
                        "{" + ",".join(schema.choices(base)) + "}", **kw)
     return [f.name for f in fields]
 

@@ -294,10 +294,12 @@ def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetSte
                settings: Settings | None = None, on_stage: Callable[[str], None] | None = None) -> AssetResult:
     """Optimise the field for ``req`` (checked once, where it starts: a job's door or here), extract the mesh; the
     caller saves (``save_result``). ``on_stage`` hears when the stage after the iterations starts ("extracting")."""
+    from ..core import lora
     from ..core.checks import ensure_checked
     from ..core.provenance import version
 
     req = ensure_checked(req, models.bundle)
+    provenance = lora.apply(models, req.loras)
     seed = req.seed
     st = settings or settings_for(req)
     with torch.enable_grad():
@@ -319,7 +321,7 @@ def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetSte
             "colours": req.colours, "background": req.background, "size_m": req.size,
             "t_range": [st.sds.t_min, st.sds.t_max, st.sds.t_max_end],
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
-            "sfumato_version": version(), "head": "asset"}
+            "sfumato_version": version(), "head": "asset", **({"loras": provenance} if provenance else {})}
     metrics = {k: v for k, v in stats.items() if k != "losses"}
     metrics.update(extracted.stats)
     return AssetResult(field, extracted, preview, meta, {**metrics, "loss_curve": stats["losses"]})

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..core import latents as latent_space
-from ..core import text
+from ..core import lora, text
 from ..core.checks import ensure_checked
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
 from ..core.image import generate, native_size
@@ -505,7 +505,7 @@ def texture_material(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
     resolution = req.resolution or native_size(models)
     image_req = ImageRequest(prompt=req.prompt, negative=req.negative, bundle=req.bundle, seed=seed, steps=req.steps,
                              guidance=req.guidance, width=resolution, height=resolution, scheduler=req.scheduler,
-                             seamless="xy", fast=req.fast)
+                             seamless="xy", fast=req.fast, loras=req.loras)
 
     def on_step(info: StepInfo) -> None:
         if on_view is not None:
@@ -559,6 +559,8 @@ def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -
     meta["fast"] = req.fast
     if req.mode != "sds":  # score distillation runs its own plain denoiser
         meta.update(Denoiser(models, fast=req.fast).provenance())
+    elif models.extras.get("lora_provenance"):
+        meta["loras"] = models.extras["lora_provenance"]
     if req.mode == "projection":
         meta.update(variant=req.variant, views=req.views, fill_views=req.fill_views, texture_size=req.texture_size,
                     conditioning="depth-controlnet" if use_depth(models, req) else "img2img-shading",
@@ -573,6 +575,7 @@ def texture(req: TextureRequest, models: Models, *, on_view: OnView | None = Non
     """Run a request (checked once, where it starts: a job's door or here) on loaded models (load the ControlNet too
     when the bundle has one)."""
     req = ensure_checked(req, models.bundle)
+    lora.apply(models, req.loras)
     seed = req.seed
     mesh = mesh if mesh is not None else load_mesh(req.mesh, max_faces=req.max_faces)
     mesh = check(mesh, req.mesh)

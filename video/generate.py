@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..core import latents as latent_space
-from ..core import text
+from ..core import lora, text
 from ..core.checks import ensure_checked
 from ..core.denoiser import Denoiser, make_conditioning
 from ..core.errors import BadParameter
@@ -50,6 +50,7 @@ def generate_video(models, req: VideoRequest, *, mesh: Mesh | None = None, motio
     ``req.fast``: the CPU's fast path (a bfloat16 U-Net where the CPU does bfloat16 natively, ``core/fast.py``);
     on a GPU video calls run eagerly (no CUDA graphs for video yet)."""
     req = ensure_checked(req, models.bundle)
+    lora.apply(models, req.loras)
     frames, steps, seed, sync, sync_until = req.frames, req.steps, req.seed, req.sync, req.sync_until
     size = req.resolution or native_size(models)
     use_depth = mesh is not None and req.conditioning != "img2img" and models.controlnet is not None

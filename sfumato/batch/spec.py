@@ -148,8 +148,9 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             return int(text)
         if base is float:
             return float(text)
-        if typing.get_origin(base) is tuple:
-            return tuple(float(x) for x in re.split(r"[;\s]+", text) if x)
+        if typing.get_origin(base) is tuple:  # several values in one cell: separated by ";"
+            convert = typing.get_args(base)[0]
+            return tuple(convert(x.strip()) for x in text.split(";") if x.strip())
     except ValueError:
         return value
     return value
