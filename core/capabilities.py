@@ -5,7 +5,8 @@ Every bundle makes images from text and from an image (restyle, image-to-image t
 textures fall back to it). The rest depends on the components its manifest (or model index) lists:
 
 - ``controlnet_depth``: depth-guided images, and depth-conditioned turntables and projection textures;
-- ``motion_adapter``: frame attention for videos and turntables (without it every frame is made on its own).
+- ``motion_adapter``: frame attention for videos and turntables (without it every frame is made on its own);
+- a ``loras/`` folder: the LoRAs a job may name (``loras``) by their file names.
 
 The native size is the side jobs use when they name none (``core/image.py`` ``native_size``): the manifest's
 ``default_size``, else what the U-Net was built for, its latent ``sample_size`` times the VAE's factor
@@ -53,6 +54,7 @@ def capabilities(bundle: Bundle) -> dict[str, Any]:
 
         {"name": "materials", "family": "mini", "native_size": 256, "default_steps": 16, "text": True,
          "image_to_image": True, "depth": False, "motion_module": True, "motion_frames": 8, "controlnets": [],
+         "loras": [],
          "can": ["text to image", "image to image", "video with its motion module (8 frames)"],
          "cannot": ["depth guidance (depth ControlNet)"]}
 
@@ -62,14 +64,17 @@ def capabilities(bundle: Bundle) -> dict[str, Any]:
     depth = "controlnet_depth" in components
     motion = "motion_adapter" in components
     frames = _config(bundle, "motion_adapter").get("motion_max_seq_length") if motion else None
+    loras = sorted(p.stem for p in (bundle.path / "loras").glob("*.safetensors"))
     can, cannot = ["text to image", "image to image"], []
     (can if depth else cannot).append("depth guidance (depth ControlNet)")
     can.append(f"video with its motion module ({frames} frames)" if motion else "video frame by frame")
     if not motion:
         cannot.append("frame attention (motion module)")
+    if loras:
+        can.append("LoRAs " + ", ".join(loras))
     return {"name": bundle.name, "family": bundle.family, "native_size": native_size(bundle),
             "default_steps": bundle.default_steps, "text": True, "image_to_image": True, "depth": depth,
-            "motion_module": motion, "motion_frames": frames, "controlnets": controlnets, "can": can,
+            "motion_module": motion, "motion_frames": frames, "controlnets": controlnets, "loras": loras, "can": can,
             "cannot": cannot}
 
 

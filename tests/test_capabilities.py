@@ -36,7 +36,7 @@ def test_the_embedded_bundle_says_what_it_can_and_cannot_do():
     caps = capabilities(resolve("materials"))
     assert (caps["text"], caps["image_to_image"], caps["depth"], caps["motion_module"]) == (True, True, False, True)
     assert caps["native_size"] == 256 and caps["default_steps"] == 16  # its manifest's default_size and steps
-    assert caps["motion_frames"] == 8 and caps["controlnets"] == []
+    assert caps["motion_frames"] == 8 and caps["controlnets"] == [] and caps["loras"] == []
     assert caps["can"] == ["text to image", "image to image", "video with its motion module (8 frames)"]
     assert caps["cannot"] == ["depth guidance (depth ControlNet)"]
     assert json.loads(json.dumps(caps)) == caps  # plain data: it crosses the protocol as it is
@@ -47,6 +47,17 @@ def test_native_size_read_from_the_configs_is_the_size_jobs_use(sd15, sd15_model
     assert caps["depth"] and caps["controlnets"] == ["depth"] and not caps["motion_module"]
     assert caps["cannot"] == ["frame attention (motion module)"]
     assert native_size(open_bundle(sd15)) == loaded_native_size(sd15_models)  # no manifest default_size here
+
+
+def test_the_loras_a_bundle_holds_are_listed_by_the_names_a_job_gives(tmp_path, sd15):
+    bundle = tmp_path / "with-loras"
+    shutil.copytree(sd15, bundle)
+    (bundle / "loras").mkdir()
+    for name in ("watercolour", "brick"):
+        (bundle / "loras" / f"{name}.safetensors").write_bytes(b"")
+    (bundle / "loras" / "notes.txt").write_text("not a LoRA")
+    caps = capabilities(open_bundle(bundle))
+    assert caps["loras"] == ["brick", "watercolour"] and caps["can"][-1] == "LoRAs brick, watercolour"
 
 
 def test_a_bundle_whose_configs_cannot_be_read_says_why_and_hides_no_other(tmp_path, sd15):
