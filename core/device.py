@@ -52,9 +52,12 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    """A device's allocation failure: CUDA's, MPS's, or the CPU's (``DefaultCPUAllocator: can't allocate
+    memory``, or Python's ``MemoryError``)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def empty_cache() -> None:
@@ -70,15 +73,19 @@ def empty_cache() -> None:
 @contextlib.contextmanager
 def out_of_memory_as_error(what: str) -> Iterator[None]:
     """Turn a device out-of-memory error inside the block into ``OutOfMemory`` with a hint, after
-    leaving the ``except`` block (whose traceback pins the failed step's tensors) and freeing memory."""
-    failed = False
+    leaving the ``except`` block (whose traceback pins the failed step's tensors) and freeing memory. A CPU
+    allocation failure is reported the same way, with a hint for the computer's memory."""
+    failed: bool | None = None  # None: no failure; else whether the CPU's memory ran out
     try:
         yield
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+    except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
-        failed = True
-    if failed:
+        failed = "can't allocate" in str(exc).lower() or isinstance(exc, MemoryError)
+    if failed is not None:
         empty_cache()
+        if failed:  # the CPU's memory
+            raise OutOfMemory(f"out of memory {what} (the computer's memory)", hint="lower the size, n or "
+                              "batch_size, or close other programs; the job asked for more than is free")
         raise OutOfMemory(f"out of memory {what}", hint="lower the size or batch_size, use dtype fp16/bf16, "
                           "release other GPU memory (Release GPU memory / the worker's release request)")

@@ -104,7 +104,7 @@ def check_writable(output: Path, suffixes: tuple[str, ...] = (".png",)) -> Path:
     """Fail before any work when the outputs cannot or must not be written (the field is ``output``): a wrong
     suffix, a folder, one of the job's inputs, a read-only file, or (without overwrite, the CLI's default) a file
     that exists, the output's companions included. A missing folder is created, and said."""
-    from .provenance import check_target, current_guard, make_folder
+    from .provenance import check_target, current_guard, make_folder, remove_stale_parts
 
     output = Path(output)
     if len(str(output)) > 4096 or "\0" in str(output) or any(len(_bytes(p)) > NAME_MAX for p in output.parent.parts):
@@ -122,6 +122,7 @@ def check_writable(output: Path, suffixes: tuple[str, ...] = (".png",)) -> Path:
         raise BadParameter("output", str(output), f"a {'/'.join(suffixes)} file path, not a folder")
     for target in targets:
         check_target(target)
+        remove_stale_parts(target)  # a crashed run's half-written files
         if not current_guard().overwrite and target.exists():
             raise BadParameter("output", str(output), f"a path where nothing exists yet: {target} is there "
                                "(pass --overwrite to replace it)")

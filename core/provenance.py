@@ -13,6 +13,7 @@ said (``WriteGuard.note``).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import stat
@@ -100,6 +101,32 @@ def parameters_line(meta: dict[str, Any]) -> str:
               ("Version", f"sfumato {meta.get('sfumato_version')}")]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on Windows, where probing can end a process, every pid counts as alive)."""
+    if os.name == "nt" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_parts(path: Path) -> list[Path]:
+    """The temporary ``.NAME.<pid>.part`` files ``atomic_write`` left beside ``path`` when its process died
+    mid-write, removed (those of a live process are kept)."""
+    removed = []
+    for part in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*.part*"):
+        pid = part.name[len(Path(path).name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                part.unlink()
+                removed.append(part)
+    return removed
 
 
 def atomic_write(path: Path, write, *, keep_suffix: bool = False) -> Path:

@@ -51,6 +51,7 @@ from typing import Any
 from .jobs import Kind
 
 PROTOCOL = 1
+PREVIEWS = "sfumato-w"  # step previews go to <temp>/sfumato-w<pid>-<job>-*/, removed when that worker is gone
 MAX_LINE = 1 << 20  # bytes in one request line: far above any real request (texts are at most 10 000 characters)
 log = logging.getLogger("sfumato.worker")
 
@@ -205,8 +206,24 @@ class Worker:
         while len(self.preview_dirs) >= 3:
             shutil.rmtree(self.preview_dirs.pop(0), ignore_errors=True)
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in job_id)[:40]
-        self.preview_dirs.append(Path(tempfile.mkdtemp(prefix=f"sfumato-{safe}-")))
+        self.preview_dirs.append(Path(tempfile.mkdtemp(prefix=f"{PREVIEWS}{os.getpid()}-{safe}-")))
         return self.preview_dirs[-1]
+
+    @staticmethod
+    def remove_stale_previews() -> list[Path]:
+        """Preview folders of workers that died without cleaning up (killed, crashed), removed at start."""
+        import re
+        import shutil
+
+        from .provenance import pid_alive
+
+        removed = []
+        for folder in Path(tempfile.gettempdir()).glob(f"{PREVIEWS}*"):
+            found = re.match(re.escape(PREVIEWS) + r"(\d+)-", folder.name)
+            if found and folder.is_dir() and not pid_alive(int(found.group(1))):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
 
     def cleanup(self) -> None:
         import shutil
@@ -233,10 +250,17 @@ class Worker:
         except SfumatoError as exc:
             final = ("error", {**exc.to_event(), "files": ctx.saved})
         except Exception as exc:  # a bug must not kill the worker: report it and keep serving
+            from .device import is_out_of_memory
+
             traceback.print_exc(file=sys.stderr)
-            final = ("error", {"code": "internal", "message": f"{type(exc).__name__}: {exc}",
-                               "hint": "this is a bug in sfumato; the worker's stderr has the traceback",
-                               "files": ctx.saved})
+            if is_out_of_memory(exc):  # outside a head's own out_of_memory_as_error: said the same way
+                final = ("error", {"code": "out_of_memory", "message": f"out of memory: {str(exc)[:300]}",
+                                   "hint": "lower the size, n or batch_size; the job asked for more memory than "
+                                   "is free", "files": ctx.saved})
+            else:
+                final = ("error", {"code": "internal", "message": f"{type(exc).__name__}: {exc}",
+                                   "hint": "this is a bug in sfumato; the worker's stderr has the traceback",
+                                   "files": ctx.saved})
         else:
             final = ("result", {"seconds": round(time.perf_counter() - started, 3), **result})
         self.pending.pop(job.id, None)  # before the final event, so the id can be reused at once
@@ -293,6 +317,7 @@ def main(kinds: Mapping[str, Kind], device: str = "auto", dtype: str = "auto", t
 
         torch.set_num_threads(threads)
     worker = Worker(out, kinds, device=device, dtype=dtype)
+    worker.remove_stale_previews()
     worker.emit("ready", version=__import__("sfumato").__version__, protocol=PROTOCOL, pid=os.getpid())
 
     def read() -> None:

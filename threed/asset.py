@@ -52,6 +52,8 @@ class Settings:
     entropy_weight: float = 1.0
     coarse_to_fine: float = 0.5  # grid levels switch on one by one over this share of the run (0: all at once)
     probe_views: int = 4  # fixed (view, t, ε) draws for the probe loss measured at the start and the end
+    checkpoint_seconds: float = 60.0  # the state is saved this often while running, so a crash loses at most
+    # this much work (0: saved only on cancel or a non-finite loss); saving changes nothing the run computes
 
 
 def settings_for(req: AssetRequest) -> Settings:
@@ -236,7 +238,7 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
                        {"settings": expect, "losses": losses, "probe_first": probe_first})
 
     last_good = {k: v.detach().clone() for k, v in field.state_dict().items()}
-    started = time.perf_counter()
+    started = saved_at = time.perf_counter()
     shadings = ("albedo", "lambertian", "textureless")
     i = start
     try:
@@ -269,6 +271,9 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
             optim.step()
             losses.append(round(loss, 5))
             last_good = {k: v.detach().clone() for k, v in field.state_dict().items()}
+            if st.checkpoint_seconds and time.perf_counter() - saved_at >= st.checkpoint_seconds:
+                save(i + 1)  # a checkpoint: a crash (killed worker, power cut) resumes from here
+                saved_at = time.perf_counter()
             if on_step is not None:
                 every = req.preview_every
                 show = every > 0 and ((i + 1) % every == 0 or i + 1 == req.iters)
