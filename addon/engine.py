@@ -21,7 +21,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import queue
+import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -33,6 +35,7 @@ from . import client as worker_client
 
 PREFS_HINT = "set Preferences > Add-ons > Sfumato > Engine Python"
 DEVICES = ("auto", "cpu", "cuda")
+STOP_GRACE = 10.0  # seconds a stopped job has to end after its cancel before the worker is killed
 
 
 class EngineError(RuntimeError):
@@ -119,6 +122,22 @@ def find_engine_python(configured: str = "") -> tuple[str, str]:
                             "sfumato is installed (pip install sfumato)")
 
 
+# what to lower when a job's memory ran out, by the job's tag
+LOWER = {"image": "the image size (width, height)", "texture": "the view size, the texture size or the views",
+         "turntable": "the frame size or the frames", "asset": "the render size or the samples per ray"}
+KILLED = (-getattr(signal, "SIGKILL", 9), 128 + getattr(signal, "SIGKILL", 9))  # by the process, or through a shell
+
+
+def stopped_message(returncode: Any, kind: str = "") -> str:
+    """Why the engine stopped during a job. SIGKILL is what the system's out-of-memory killer sends, so a
+    killed engine says memory ran out and what to lower, instead of a bare exit code."""
+    if returncode in KILLED:
+        lower = LOWER.get(kind, "the job's size (image, view, texture or frame size, frames)")
+        return (f"The engine stopped, killed (SIGKILL): memory most likely ran out. Lower {lower}, or free "
+                "memory (close other programs, Release GPU memory); the next job starts a fresh engine")
+    return f"The engine stopped during the job (exit code {returncode}); the next job starts a fresh one"
+
+
 def explain(exc: BaseException, python: str = "", stderr: str = "") -> str:
     """One clear line (or two) for the panel, never a traceback. ``stderr``: the worker's last words."""
     if isinstance(exc, EngineUnavailable):
@@ -136,6 +155,9 @@ def explain(exc: BaseException, python: str = "", stderr: str = "") -> str:
             return (f"The engine did not start with {python or 'its Python'}: {reason[:300]}; "
                     f"{PREFS_HINT} to the python of the environment where sfumato is installed")
         if "exited" in text:
+            code = re.search(r"exited (?:with code )?\(?(-?\d+)", text)
+            if code and int(code.group(1)) in KILLED:
+                return stopped_message(int(code.group(1)))
             first = text.split(":", 1)[0]
             return f"The engine stopped ({first}); the next job starts a fresh one"
         return f"Engine problem: {text[:300]}"
@@ -210,8 +232,7 @@ class JobState:
                 self.message += f" ({event['hint']})"
         elif kind == "worker_exited":
             self.status = "error"
-            self.message = (f"The engine stopped during the job (exit code {event.get('returncode')}); "
-                            "the next job starts a fresh one")
+            self.message = stopped_message(event.get("returncode"), self.tag)
         elif kind == "failed":  # the add-on's own: the job could not be submitted
             self.status, self.message = "error", str(event.get("message"))
 
@@ -335,6 +356,26 @@ class Session:
                 client.cancel(state.job_id)
             except worker_client.WorkerError:
                 pass  # the worker is gone already; its exit event ends the job
+
+    def stop(self, state: JobState, grace: float = STOP_GRACE) -> threading.Thread:
+        """Cancel, then after ``grace`` seconds kill the worker if the job has not ended (a frozen worker, a step
+        that never ends), on a thread so Blender never waits. Finished files stay; the job's stream ends with
+        ``worker_exited`` and the next job starts a fresh worker."""
+        state.cancel_requested = True
+        client = self.client
+
+        def escalate() -> None:
+            if state.job_id and client is not None:
+                client.stop(state.job_id, grace)
+
+        thread = threading.Thread(target=escalate, name="sfumato-stop", daemon=True)
+        thread.start()
+        return thread
+
+    def silent_for(self) -> float:
+        """Seconds the worker has been quiet (it sends a heartbeat every few seconds); 0 when none runs."""
+        client = self.client
+        return client.silent_for() if client is not None and client.alive else 0.0
 
     # ---- blocking: background mode and scripts ------------------------------------------------
     def run(self, config: EngineConfig, state: JobState, kind: str, params: dict[str, Any], output: str,
