@@ -14,8 +14,10 @@ stdout lines as events under their job id (``None`` for events of no job: ready,
 errors about a malformed request); a second thread drains stderr (kept as a tail for error
 messages) so the worker never blocks on a full pipe. Every waiter sees a dead worker: once it has
 exited, each job's event stream ends with a ``worker_exited`` event, and the next ``submit`` starts
-a fresh worker. Each worker process has its own event store, so a late event of an old process can
-never reach a new one. Safe to use from several threads.
+a fresh worker. The worker sends a heartbeat every few seconds (``silent_for`` says how long it has been
+quiet), and ``stop`` escalates from cancel to killing the worker after a grace period. Each worker process
+has its own event store, so a late event of an old process can never reach a new one. Safe to use from
+several threads.
 """
 
 from __future__ import annotations
@@ -63,9 +65,16 @@ class _Events:
         self.by_job: dict[str | None, collections.deque] = collections.defaultdict(collections.deque)
         self.seq = itertools.count()
         self.exited: dict[str, Any] | None = None
+        self.heard = time.monotonic()  # when the worker last wrote a line (heartbeats included)
+        self.finished: set[Any] = set()  # ids of jobs whose final event arrived
 
     def put(self, event: dict[str, Any]) -> None:
+        self.heard = time.monotonic()
+        if event.get("event") == "heartbeat":
+            return  # heard, nothing to file
         with self.cond:
+            if event.get("event") in FINAL:
+                self.finished.add(event.get("id"))
             self.by_job[event.get("id")].append((next(self.seq), event))
             self.cond.notify_all()
 
@@ -212,6 +221,28 @@ class WorkerClient:
     def cancel(self, job_id: str) -> None:
         if self.alive:
             self._send({"type": "cancel", "id": job_id})
+
+    def silent_for(self) -> float:
+        """Seconds since the worker last wrote anything; it sends a heartbeat every few seconds even in the
+        middle of a step, so a long silence means it froze (stopped, swapping, stuck in a library call)."""
+        return time.monotonic() - self._events.heard
+
+    def stop(self, job_id: str, grace: float = 10.0) -> bool:
+        """Stop a job for sure: cancel it, and if it has not ended after ``grace`` seconds (a frozen worker, one
+        long operation with no step in between), kill the worker. Files the job finished stay on disk; every
+        waiter then sees ``worker_exited`` and the next ``submit`` starts a fresh worker. Returns whether the
+        worker was killed."""
+        try:
+            self.cancel(job_id)
+        except WorkerError:
+            return False  # gone already
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if job_id in self._events.finished or not self.alive:
+                return False
+            time.sleep(0.05)
+        self.kill()
+        return True
 
     def info(self, timeout: float = 60.0) -> dict[str, Any]:
         if not self.alive:

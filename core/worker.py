@@ -15,6 +15,7 @@ Events (worker -> client)::
     accepted  {id, position}                                            a submit was queued
     progress  {id, stage, step, total, image, images, preview}          during a job
     note      {id, message}                                             said during a job ("created folder ...")
+    heartbeat {busy}                                                    every few seconds, even mid-step
     result    {id, files, metadata, seconds}                            a job finished
     cancelled {id}                                                      a job stopped on request
     error     {id|null, code, message, hint}                            anything that went wrong
@@ -51,6 +52,7 @@ from typing import Any
 from .jobs import Kind
 
 PROTOCOL = 1
+HEARTBEAT = 5.0  # seconds between heartbeat events ($SFUMATO_WORKER_HEARTBEAT)
 PREVIEWS = "sfumato-w"  # step previews go to <temp>/sfumato-w<pid>-<job>-*/, removed when that worker is gone
 MAX_LINE = 1 << 20  # bytes in one request line: far above any real request (texts are at most 10 000 characters)
 log = logging.getLogger("sfumato.worker")
@@ -334,7 +336,13 @@ def main(kinds: Mapping[str, Kind], device: str = "auto", dtype: str = "auto", t
         finally:
             worker.shutdown()  # stdin closed (the client is gone) or shutdown requested
 
+    def beat() -> None:  # from its own thread: a client that hears nothing for a while knows the worker froze
+        while not worker.stopping.wait(heartbeat):
+            worker.emit("heartbeat", busy=bool(worker.pending))
+
+    heartbeat = float(os.environ.get("SFUMATO_WORKER_HEARTBEAT") or HEARTBEAT)
     threading.Thread(target=read, name="sfumato-reader", daemon=True).start()
+    threading.Thread(target=beat, name="sfumato-heartbeat", daemon=True).start()
     try:
         worker.serve()
     finally:

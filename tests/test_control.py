@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,3 +98,33 @@ def test_preview_folders_of_dead_workers_are_removed_at_start():
         assert not dead.exists() and mine.is_dir()
     finally:
         mine.rmdir()
+
+
+def test_a_frozen_worker_goes_quiet_and_stop_kills_it_keeping_finished_files(bundle_root, tmp_path):
+    import signal
+
+    from conftest import load_client
+
+    client_mod = load_client()
+    env = dict(os.environ, SFUMATO_BUNDLES=str(bundle_root), SFUMATO_WORKER_HEARTBEAT="0.3")
+    with client_mod.WorkerClient(sys.executable, env=env, threads=1, device="cpu") as client:
+        job = client.submit("image", {"prompt": "brick", "bundle": "tiny-sd15", "seed": 1, "steps": 400, "n": 2,
+                                      "batch_size": 1}, str(tmp_path / "o.png"))
+        for event in client.events(job, timeout=120):
+            if event["event"] == "progress" and event.get("image") == 1:
+                break  # the first image is finished and on disk
+        time.sleep(1.0)
+        assert client.silent_for() < 1.0  # heartbeats keep coming while it works
+        os.kill(client.proc.pid, signal.SIGSTOP)  # frozen: no step, no heartbeat, cancel unheard
+        time.sleep(1.5)
+        assert client.silent_for() > 1.0
+        started = time.monotonic()
+        assert client.stop(job, grace=1.0) is True
+        assert time.monotonic() - started < 5
+        with pytest.raises(client_mod.WorkerError, match="exited"):
+            client.wait(job, timeout=30)
+        assert (tmp_path / "o_s1.png").is_file() and not list(tmp_path.glob(".*part"))
+        again = client.submit("image", {"prompt": "brick", "bundle": "tiny-sd15", "seed": 1, "steps": 2},
+                              str(tmp_path / "next.png"))
+        assert client.wait(again, timeout=120)["files"]
+        assert client.stop(again, grace=0.5) is False  # already ended: nothing to kill
