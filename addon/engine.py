@@ -230,6 +230,9 @@ class JobState:
             self.message = str(event.get("message", "unknown error"))
             if event.get("hint"):
                 self.message += f" ({event['hint']})"
+        elif kind == "worker_exited" and self.cancel_requested:  # Stop ended a worker that ignored the cancel
+            self.status = "cancelled"
+            self.message = "stopped: the engine did not answer the cancel and was ended; finished files are kept"
         elif kind == "worker_exited":
             self.status = "error"
             self.message = stopped_message(event.get("returncode"), self.tag)

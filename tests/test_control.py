@@ -128,3 +128,18 @@ def test_a_frozen_worker_goes_quiet_and_stop_kills_it_keeping_finished_files(bun
                               str(tmp_path / "next.png"))
         assert client.wait(again, timeout=120)["files"]
         assert client.stop(again, grace=0.5) is False  # already ended: nothing to kill
+
+
+def test_a_worker_ended_by_stop_reads_as_stopped_not_as_memory():
+    from test_addon_logic import load_addon
+
+    load_addon()
+    from sfumato_addon import engine
+
+    state = engine.JobState(tag="image")
+    state.cancel_requested = True
+    state.apply({"event": "worker_exited", "returncode": -9})
+    assert state.status == "cancelled" and "did not answer the cancel" in state.message
+    unasked = engine.JobState(tag="image")
+    unasked.apply({"event": "worker_exited", "returncode": -9})
+    assert unasked.status == "error" and "memory" in unasked.message
