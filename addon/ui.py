@@ -4,6 +4,8 @@ Turntable, Asset, each a sub-panel with ``bl_parent_id = "SFUMATO_PT_main"``), p
 
 from __future__ import annotations
 
+import time
+
 import bpy
 
 from . import engine, ops, props, runtime
@@ -48,6 +50,21 @@ class SFUMATO_PT_main(SfumatoPanel, bpy.types.Panel):
                 line.label(text=part)
 
 
+def clock(seconds: float) -> str:
+    """``m:ss`` (or ``h:mm:ss``) for the progress bar."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def timing(elapsed: float, fraction: float) -> str:
+    """Elapsed time and, once some of the job is done, the time left at the pace so far (an estimate: the pace
+    includes starting the engine and loading the models, so it errs long early on)."""
+    if fraction <= 0 or fraction >= 1:
+        return clock(elapsed)
+    return f"{clock(elapsed)}, about {clock(elapsed * (1 - fraction) / fraction)} left"
+
+
 def draw_progress(layout) -> None:
     state = runtime.CURRENT
     if state is None:
@@ -55,6 +72,8 @@ def draw_progress(layout) -> None:
     box = layout.box()
     if state.active:
         box.progress(factor=state.fraction, type='BAR', text=state.status_lines()[0][0])
+        if state.status == "running":
+            box.label(text=timing(time.monotonic() - state.started, state.fraction), icon='TIME')
         icon = runtime.preview_icon(state.preview)
         if icon:
             box.template_icon(icon_value=icon, scale=8.0)

@@ -5,6 +5,7 @@ module, headless) with a real worker on the tiny bundles; the enabled add-on com
 from __future__ import annotations
 
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -119,3 +120,17 @@ def test_panels_show_the_new_settings_and_the_api_takes_them():
     assert api.asset_settings(size=0.3, render="latent").size == 0.3
     with pytest.raises(api.BadSetting, match=r"size=0\.0 is not allowed: a number in \(0, 1000\]"):
         _module("request").first_problem(api.asset_settings(size=0.0))
+
+
+def test_a_running_job_shows_its_elapsed_time_and_an_estimate_of_what_is_left():
+    ui = _module("ui")
+    assert (ui.timing(30, 0.25), ui.timing(5, 0.0), ui.clock(3725)) == ("0:30, about 1:30 left", "0:05", "1:02:05")
+    state = _module("engine").JobState(tag="image", status="running", step=2, total=8, started=time.monotonic() - 10)
+    runtime().CURRENT = state
+    try:
+        log: list = []
+        ui.draw_progress(Layout(log))
+    finally:
+        runtime().CURRENT = None
+    assert log[0] == ("Step 2/8", False) and log[1][0].startswith("0:1") and log[1][0].endswith("left")
+    assert ui.timing(10, state.fraction) == "0:10, about 0:30 left"  # a quarter done in 10 s
