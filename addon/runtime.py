@@ -54,8 +54,8 @@ def engine_check_lines() -> list[tuple[str, bool]]:
 def bundle_line(caps: dict[str, Any]) -> str:
     """One bundle's capabilities (the worker's ``info``, ``core/capabilities.py``) as one line of text."""
     if "error" in caps:
-        return f"  {caps.get('name')}: cannot tell what it can do: {caps['error']}"
-    return (f"  {caps.get('name')} ({caps.get('family')}, {caps.get('native_size')} px, "
+        return f"{caps.get('name')}: cannot tell what it can do: {caps['error']}"
+    return (f"{caps.get('name')} ({caps.get('family')}, {caps.get('native_size')} px, "
             f"{caps.get('default_steps')} steps): " + ", ".join(caps.get("can", []))
             + ("; no " + ", no ".join(caps["cannot"]) if caps.get("cannot") else ""))
 

@@ -96,8 +96,10 @@ def scene(blender, tmp_path_factory) -> Path:
     proc = blender([str(EXAMPLES / "headless.py"), "--zip", str(zip_path), "--engine-python", sys.executable,
                     "--device", "cpu", "--save-preferences", "--size", "64", "--steps", "2", "--out", str(blend)])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "sfumato: 'weathered red brick wall s0' -> " in proc.stdout and blend.is_file()
-    assert len(list((folder / "sfumato").glob("*_s0.png"))) == 1  # written next to the .blend
+    made = [ln.rpartition(" -> ")[2] for ln in proc.stdout.splitlines()
+            if ln.startswith("sfumato: 'weathered red brick wall s0' -> ")]
+    assert len(made) == 1 and blend.is_file()
+    assert Path(made[0]).is_file() and Path(made[0]).is_relative_to(folder / "sfumato")  # next to the .blend
     return blend
 
 
@@ -124,8 +126,13 @@ def test_variations_example_runs_on_the_embedded_bundle_as_written(blender, scen
                     "--mode", "restyle", "--steps", "2", "--size", "64x64", "--out", str(tmp_path), "--save"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "sfumato: 4/4 images" in proc.stdout
-    assert len(list(tmp_path.glob("*_s[01].png"))) == 4 and len(list(tmp_path.glob("*contact-sheet*.png"))) == 1
-    assert len(list(tmp_path.glob("*.render.png"))) == 1  # the camera rendered once for the batch
+    made = dict(ln[len("sfumato: "):].split(" -> ") for ln in proc.stdout.splitlines() if " -> " in ln)
+    assert sorted(made) == ["'red brick facade s0'", "'red brick facade s1'", "'white render facade s0'",
+                            "'white render facade s1'"]
+    assert all(Path(f).is_file() and Path(f).is_relative_to(tmp_path) for f in made.values())
+    sheet = next(ln for ln in proc.stdout.splitlines() if ln.startswith("sfumato: contact sheet "))
+    assert Path(sheet.rpartition(" ")[2]).is_file()
+    assert len(list(tmp_path.rglob("*.render.png"))) == 1  # the camera rendered once for the batch
 
 
 def test_variations_depth_mode_says_which_bundle_it_needs_and_stops(blender, scene, tmp_path):

@@ -103,8 +103,8 @@ def main() -> int:
     progress = {"done": 0}
 
     def on_event(state, event):
-        if event.get("event") == "result":
-            progress["done"] += len(event.get("files", []))
+        if event.get("event") in ("result", "job"):  # an engine job's images, or a batch job's
+            progress["done"] += len([f for f in event.get("files") or [] if str(f).endswith(".png")])
             print(f"sfumato: {progress['done']}/{len(args.prompt) * args.seeds} images", flush=True)
 
     try:
