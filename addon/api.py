@@ -32,6 +32,7 @@ camera, a mesh without faces), ``engine.EngineUnavailable`` when the engine cann
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,8 @@ from typing import Any
 import bpy
 
 from . import asset as asset_mode
-from . import engine, imaging, prefs, props, request, runtime, scene_io, texturing
+from . import batch as batch_runner
+from . import batch_results, engine, imaging, prefs, props, request, runtime, scene_io, texturing
 from . import turntable as turntable_mode
 from .asset import Asset  # noqa: F401
 from .engine import EngineError, EngineUnavailable  # noqa: F401  (re-exported for scripts)
@@ -53,6 +55,18 @@ from .turntable import Turntable  # noqa: F401
 HEADS = ("image",)  # the heads ``variations`` runs; texture, turntable and asset have their own functions
 
 OnEvent = Callable[[engine.JobState, dict[str, Any]], None]
+
+
+@dataclass
+class Batch:
+    folder: str
+    jobs: list[dict[str, Any]]  # every row: kind, status, files, metadata (provenance), error
+    failed: list[tuple[str, str]]  # (output, error); the batch went on without them
+    sheets: list[str]  # a contact sheet per prompt of the images
+    images: list[Any] = field(default_factory=list)  # bpy.types.Image, kept in the .blend
+    clips: list[Any] = field(default_factory=list)  # bpy.types.MovieClip
+    objects: list[Any] = field(default_factory=list)  # meshes imported from textures and assets
+    collection: Any = None  # "Sfumato batch <folder>", holding ``objects``
 
 
 @dataclass
@@ -103,27 +117,17 @@ def settings(scene=None, **changes: Any) -> request.ImageSettings:
     return props.settings_from(scene.sfumato).replace(**changes)
 
 
-def _runs(seeds: list[int]) -> list[tuple[int, int]]:
-    """Consecutive seeds as (first, count): one engine job each (the engine batches them)."""
-    runs: list[tuple[int, int]] = []
-    for seed in seeds:
-        if runs and runs[-1][0] + runs[-1][1] == seed:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((seed, 1))
-    return runs
-
-
 def variations(prompts: Iterable[str], seeds: Iterable[int] = range(4), *, mode: str = "image",
                image_mode: str | None = None, scene=None, contact_sheet: bool = True,
                set_background: bool = False, folder: str | Path | None = None, on_event: OnEvent | None = None,
-               **changes: Any) -> Variations:
+               workers: int = 1, **changes: Any) -> Variations:
     """Every prompt with every seed, waited for; images, files and a contact sheet.
 
     ``mode`` is the head ("image"); ``image_mode`` is text, depth or restyle (default: the panel's).
-    Depth and restyle render the camera once and reuse it for every variation. ``folder``: where
-    the files go (default: the add-on's output folder, else next to the .blend). ``on_event(state,
-    event)`` sees every engine event (progress, result, ...)."""
+    Depth and restyle render the camera once and reuse it for every variation. The images are one batch
+    (``batch``): the same call again after a crash or Ctrl-C makes only what is missing. ``folder``: where the
+    files go (default: a folder named by the call's settings in the add-on's output folder). ``on_event(state,
+    event)`` sees every batch event (a job finished, ...)."""
     if mode not in HEADS:
         raise BadSetting("mode", mode, ", ".join(HEADS))
     prompts, seeds = list(prompts), [int(s) for s in seeds]
@@ -132,31 +136,100 @@ def variations(prompts: Iterable[str], seeds: Iterable[int] = range(4), *, mode:
     if not seeds or len(set(seeds)) != len(seeds):
         raise BadSetting("seeds", seeds, "at least one seed, no repeats")
     ctx = _context(scene)
-    base = settings(ctx.scene, **changes, **({"mode": image_mode} if image_mode else {}))
-    base = base.replace(random_seed=False)
+    base = settings(ctx.scene, **changes, **({"mode": image_mode} if image_mode else {})).replace(random_seed=False)
     for prompt in prompts:
         imaging.check(ctx, base.replace(prompt=prompt, seed=seeds[0]))
-    config = prefs.engine_config(ctx)
-    out, inputs = Variations(), None
-    for prompt in prompts:
-        s = base.replace(prompt=prompt)
-        for first, count in _runs(seeds):
-            job = imaging.prepare(ctx, s.replace(seed=first), seed=first, n=count, inputs=inputs,
-                                  set_background=set_background, restyle_source=ctx.scene.sfumato.restyle_source,
-                                  folder=folder)
-            inputs = job.context["inputs"]
-            state = engine.JobState(tag="image", context=job.context)
-            if not runtime.busy():  # the panel keeps showing a job it started itself
-                runtime.CURRENT = state
-            state.result = runtime.SESSION.run(config, state, "image", job.params, job.output, on_event=on_event)
-            out.images += imaging.finish(state, ctx)
-            out.files += state.result["files"]
-            out.metadata += state.result["metadata"]
+    default_bundle = prefs.get(ctx).default_bundle
+    stand_ins = {name: request.INPUT_STAND_INS[name] for name in base.inputs()}  # the camera renders come later
+    plan = [request.params(base.replace(prompt=p), seed=seed, default_bundle=default_bundle, inputs=stand_ins)
+            for p in prompts for seed in seeds]
+    root, pack = imaging.output_folder(ctx)
+    folder = Path(folder) if folder is not None else root / f"variations-{batch_runner.content_name(plan)}"
+    inputs = {}
+    if base.inputs():  # the camera rendered once, for every variation
+        (folder / "inputs").mkdir(parents=True, exist_ok=True)
+        inputs = imaging.render_inputs(ctx, base, folder / "inputs" / "camera", ctx.scene.sfumato.restyle_source)
+    files = {name: inputs[name] for name in base.inputs()}
+    rows = [{**params, **files} for params in plan]  # output names come from each row's content
+    result = _run_batch(ctx, rows, folder, workers, on_event)
+    out = Variations()
+    for row, job in zip(rows, result.jobs):
+        if job.get("status") != "done":
+            continue
+        state = engine.JobState(tag="image", context={
+            "settings": dataclasses.asdict(base.replace(prompt=row["prompt"], seed=row["seed"])),
+            "scene": ctx.scene.name, "camera": ctx.scene.camera.name, "set_background": set_background,
+            "pack": pack, "inputs": inputs})
+        metadata = job.get("metadata") or [{"prompt": row["prompt"], "seed": row["seed"]}]
+        state.result = {"files": job["files"], "metadata": metadata}
+        out.images += imaging.finish(state, ctx)
+        out.files += job["files"]
+        out.metadata += metadata
     if contact_sheet and out.images:
-        sheet_folder = Path(folder) if folder is not None else imaging.output_folder(ctx)[0]
-        path = request.output_stem(sheet_folder, "contact sheet").with_suffix(".png")
+        path = request.output_stem(folder, "contact sheet").with_suffix(".png")
         out.sheet = scene_io.contact_sheet(out.images, path, "sfumato contact sheet", columns=len(seeds))
         out.sheet_file = str(path)
+    if result.failed:
+        raise EngineError(f"{len(result.failed)} of {len(rows)} variations failed (the others are loaded; the "
+                          f"same call again retries them): " + "; ".join(f"{n}: {e}" for n, e in result.failed[:3]))
+    return out
+
+
+def _run_batch(ctx, rows_or_spec, folder: Path, workers: int, on_event: OnEvent | None) -> batch_runner.BatchResult:
+    """Run a batch, blocking; each event goes to ``on_event(state, event)`` with a state the panel can show."""
+    config = prefs.engine_config(ctx)
+    spec = batch_runner.write_rows(rows_or_spec, folder) if isinstance(rows_or_spec, list) else Path(rows_or_spec)
+    state = engine.JobState(tag="batch", title=f"batch {folder.name}", status="running", unit="job")
+    if not runtime.busy():
+        runtime.CURRENT = state
+
+    def forward(event: dict[str, Any]) -> None:
+        if event.get("event") == "job":
+            state.image, state.images = event["finished"], event["total"]
+        if on_event is not None:
+            on_event(state, event)
+
+    try:
+        result = batch_runner.run(config, spec, folder, workers=workers, on_event=forward)
+    except EngineError as exc:
+        state.status, state.message = "error", str(exc)
+        raise
+    state.status = "done"
+    return result
+
+
+def batch_target(ctx, spec: str | Path | list[dict[str, Any]], folder: str | Path | None
+                 ) -> tuple[Path | list[dict[str, Any]], Path, bool]:
+    """(the spec file or rows, the output folder, whether results are packed) of a batch; the folder defaults to
+    one named after the spec file (or after the rows' content) in the add-on's output folder."""
+    if isinstance(spec, list):
+        if not spec or not all(isinstance(r, dict) for r in spec):
+            raise BadSetting("spec", spec, "a spec file, or a list of at least one row (a dict of field: value)")
+        default = prefs.get(ctx).default_bundle  # rows that name no bundle take the preference's, like the panel
+        spec = [{"bundle": default, **row} if default else row for row in spec]
+        name = f"batch-{batch_runner.content_name(spec)}"
+    else:
+        spec = Path(bpy.path.abspath(str(spec)))
+        if not spec.is_file() or spec.suffix.lower() not in (".csv", ".jsonl", ".json"):
+            raise BadSetting("spec", str(spec), "an existing .csv, .jsonl or .json file")
+        name = spec.stem
+    root, pack = imaging.output_folder(ctx)
+    return spec, (Path(bpy.path.abspath(str(folder))) if folder is not None else root / name), pack
+
+
+def batch(spec: str | Path | list[dict[str, Any]], *, folder: str | Path | None = None, workers: int = 1,
+          scene=None, on_event: OnEvent | None = None) -> Batch:
+    """Run a batch spec (a .csv / .jsonl / .json file, or rows as dicts with the jobs' field names plus ``kind``
+    and ``name``), waited for, with the engine's batch runner; every finished job is loaded into Blender.
+
+    Resumable: the same spec (or rows) and folder again make only what is missing. ``folder``: where the files
+    go (default: named after the spec file, or after the rows' content, in the add-on's output folder)."""
+    ctx = _context(scene)
+    spec, folder, pack = batch_target(ctx, spec, folder)
+    result = _run_batch(ctx, spec, folder, workers, on_event)
+    loaded = batch_results.load(result, pack=pack)
+    out = Batch(result.folder, result.jobs, result.failed, result.sheets, loaded.images, loaded.clips,
+                loaded.objects, loaded.collection)
     return out
 
 

@@ -285,6 +285,11 @@ def tile_scale(tile_size: float, object_scale: tuple[float, float, float]) -> tu
 
 
 
+def batch_collection_name(folder_name: str) -> str:
+    """The collection a batch's meshes are imported into, "Sfumato batch <folder>"."""
+    return _named("Sfumato batch ", folder_name)
+
+
 def clip_name(object_name: str) -> str:
     """The turntable's movie clip name, "Sfumato turntable <object>"."""
     return _named("Sfumato turntable ", object_name)

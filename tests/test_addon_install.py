@@ -102,8 +102,10 @@ def test_extension_zip_installs_with_blenders_machinery_and_the_example_runs_una
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "sfumato: 4/4 images" in proc.stdout
     pngs = sorted(p.name for p in results.glob("*.png"))
-    assert len([p for p in pngs if "_s" in p]) == 4 and len([p for p in pngs if "contact-sheet" in p]) == 1
-    assert len(list(results.glob("*.depth.npy"))) == 1  # the depth was rendered once for the batch
+    sheets = [p for p in pngs if "contact-sheet" in p]
+    assert len(pngs) - len(sheets) == 4 and len(sheets) == 1  # the variations (a batch) and their sheet
+    assert len(list(results.glob("inputs/*.depth.npy"))) == 1  # the depth was rendered once for the batch
+    assert len((results / "batch-manifest.jsonl").read_text().splitlines()) == 4
     # a bad value: a one-line reason and exit status 1, no traceback
     proc = _blender(RUN_EXAMPLE, [str(blend), str(ROOT / "docs" / "examples" / "variations.py"),
                                   "--prompt", "x", "--size", "100x64", "--out", str(results)], env)

@@ -41,7 +41,7 @@ from sfumato_addon import depth, engine, request, sheet  # noqa: E402
 
 
 # ---- boundaries -----------------------------------------------------------------------------------
-BLENDER_FREE = ("__init__", "client", "engine", "request", "depth", "sheet")
+BLENDER_FREE = ("__init__", "client", "engine", "request", "depth", "sheet", "batch")
 FORBIDDEN = {"torch", "diffusers", "transformers", "sfumato", "core", "PIL", "safetensors", "accelerate"}
 
 

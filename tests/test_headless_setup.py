@@ -142,3 +142,16 @@ def test_variations_depth_mode_says_which_bundle_it_needs_and_stops(blender, sce
                     "--seeds", "1", "--mode", "depth", "--out", str(tmp_path)])
     assert proc.returncode == 1 and f"sfumato: {sentence} 'materials' has none)" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []  # stopped before rendering anything
+
+
+def test_batch_example_runs_on_the_embedded_bundle_and_resumes(blender, scene, tmp_path):
+    doc = (EXAMPLES / "batch.py").read_text()
+    assert "--spec options.csv --workers 2 --save" in doc
+    args = ["-c", RUN_EXAMPLE, str(scene), str(EXAMPLES / "batch.py"), "--steps", "2", "--size", "64",
+            "--out", str(tmp_path / "night"), "--save"]
+    proc = blender(args, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "sfumato: 8/8 " in proc.stdout and "sfumato: 8 images, 0 clips, 0 objects" in proc.stdout
+    assert len(list((tmp_path / "night" / "sheets").glob("*.png"))) == 4  # a contact sheet per material
+    again = blender(args, timeout=300)  # everything is there: nothing runs, everything is loaded
+    assert again.returncode == 0 and "sfumato: 8 images" in again.stdout and "8/8 " not in again.stdout

@@ -117,11 +117,12 @@ class JobActor:
             ctx = JobContext(job_id, self.cache, self.device, "auto", threading.Event(), lambda *a, **k: None,
                              preview_every=0)
             try:
-                run_job(kind, params, Path(folder) / output, ctx)
+                result = run_job(kind, params, Path(folder) / output, ctx)
             except SfumatoError as exc:
                 return {"status": "failed", "error": str(exc), "code": exc.code, "files": {}}
             files = {Path(p).name: Path(p).read_bytes() for p in ctx.saved}
-        return {"status": "done", "files": files, "seconds": round(time.perf_counter() - started, 3),
+        return {"status": "done", "files": files, "metadata": result.get("metadata"),
+                "seconds": round(time.perf_counter() - started, 3),
                 "worker": f"pid {os.getpid()} on {socket.gethostname()}"}
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import BadParameter
+from .manifest import Manifest
 
 
 def add_parser(sub) -> None:
@@ -56,12 +57,18 @@ def _emit(event: dict) -> None:
 
 def _job_event(job, entry, report) -> None:
     _emit({"event": "job", "row": job.row, "kind": job.kind, "output": job.output, "status": entry.status,
-           "error": entry.error, "files": [f["path"] for f in entry.files],
+           "error": entry.error, "files": [f["path"] for f in entry.files], "metadata": entry.metadata,
            "finished": len(report.done) + len(report.failed) + report.skipped, "total": report.total})
 
 
+def _entry(entry) -> dict:
+    if entry is None:
+        return {"status": "missing", "files": [], "metadata": None, "error": ""}
+    return {"status": entry.status, "files": [f["path"] for f in entry.files], "metadata": entry.metadata,
+            "error": entry.error}
+
+
 def run_command(args: argparse.Namespace) -> int:
-    from .manifest import Manifest
     from .runner import run_batch, summary_table
     from .spec import SpecInvalid, load
 
@@ -93,8 +100,11 @@ def run_command(args: argparse.Namespace) -> int:
         print("\nsfumato: stopped; finished jobs are kept: run the same command again to go on", file=sys.stderr)
         return 130
     if args.events:
+        manifest = Manifest(args.output)
+        jobs = [{"row": j.row, "kind": j.kind, "output": j.output, **_entry(manifest.entries.get(j.id))}
+                for j in spec.jobs]  # in spec order, finished earlier or now
         _emit({"event": "finished", "done": len(report.done), "skipped": report.skipped, "failed": report.failed,
-               "sheets": report.sheets, "manifest": str(Path(args.output).absolute() / "batch-manifest.jsonl")})
+               "sheets": report.sheets, "folder": str(manifest.folder.absolute()), "jobs": jobs})
         return 1 if report.failed else 0
     print(summary_table(report))
     for sheet in report.sheets:

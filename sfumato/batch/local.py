@@ -50,8 +50,8 @@ def serve(conn: Connection, threads: int, device: str) -> None:
         ctx = JobContext(job_id, cache, device, "auto", threading.Event(), lambda *a, **k: None, preview_every=0)
         started = time.perf_counter()
         try:
-            run_job(kind, params, Path(output), ctx)
-            outcome = {"status": "done", "files": list(ctx.saved)}
+            result = run_job(kind, params, Path(output), ctx)
+            outcome = {"status": "done", "files": list(ctx.saved), "metadata": result.get("metadata")}
         except SfumatoError as exc:
             outcome = {"status": "failed", "error": str(exc), "code": exc.code, "files": list(ctx.saved)}
         except Exception as exc:  # a bug must not take the batch down: report it with the job

@@ -29,6 +29,7 @@ class Entry:
     attempts: int = 1
     worker: str = ""
     prompt: str = ""
+    metadata: Any = None  # the job's provenance as its runner returned it (one dict per image for images)
 
 
 def sha256(path: Path) -> str:

@@ -88,7 +88,7 @@ def _finish(job: BatchJob, outcome: dict[str, Any], folder: Path, manifest: Mani
     """Move a finished job's files into ``folder`` and record it; a failure is recorded with its error."""
     entry = Entry(job.id, job.row, job.kind, outcome["status"], seconds=outcome.get("seconds", 0.0),
                   error=outcome.get("error", ""), attempts=outcome.get("attempts", 1), worker=outcome.get("worker", ""),
-                  prompt=str(job.params.get("prompt", "")))
+                  prompt=str(job.params.get("prompt", "")), metadata=outcome.get("metadata"))
     if entry.status == "done":
         try:
             final = []
