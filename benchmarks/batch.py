@@ -37,13 +37,13 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}
 
 
-def sequential(spec, folder: Path) -> float:
+def sequential(spec, folder: Path, threads: int = 1) -> float:
     """The baseline: one process, one warm model cache, one job after the other."""
     from sfumato.core.jobs import JobContext
     from sfumato.core.loading import ModelCache
     from sfumato.kinds import run_job
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     cache, start = ModelCache(), time.perf_counter()
     for job in spec.jobs:
         ctx = JobContext(job.id, cache, "cpu", "auto", threading.Event(), lambda *a, **k: None, preview_every=0)
@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--resume-jobs", type=int, default=200)
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--smoke", action="store_true", help="a quick run: fewer resume jobs")
+    p.add_argument("--baselines-only", action="store_true", help="only the two sequential rows")
     args = p.parse_args()
     quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="sfumato-batch-bench-"))
@@ -73,7 +74,16 @@ def main() -> None:
     (work / "seq").mkdir()
     base_s = sequential(spec, work / "seq")
     base = digests(work / "seq")
-    rows.append(("sequential, one process (today's variations())", base_s, True, 0.0))
+    rows.append(("sequential, one process, 1 thread", base_s, True, 0.0))
+    (work / "seq-all").mkdir()
+    cores = os.cpu_count() or 1
+    all_s = sequential(spec, work / "seq-all", cores)  # today's variations(): one worker with every core
+    rows.append((f"sequential, one process, {cores} threads (today's variations())", all_s,
+                 digests(work / "seq-all") == base, 0.0))
+    if args.baselines_only:
+        rows.clear()
+        rows += [("sequential, one process, 1 thread", base_s, True, 0.0),
+                 (f"sequential, {cores} threads", all_s, digests(work / "seq-all") == base, 0.0)]
 
     def pool_row(label: str, pool, folder: str, workers: int) -> float:
         from sfumato.batch.manifest import Manifest
@@ -85,9 +95,9 @@ def main() -> None:
         rows.append((label, seconds, digests(work / folder) == base, seconds - busy / workers))
         return seconds
 
-    for n in (1, 2):
+    for n in (1, 2) if not args.baselines_only else ():
         pool_row(f"batch, {n} local worker(s)", LocalPool(n, 1, "cpu", 2), f"local{n}", n)
-    if not args.no_ray:
+    if not args.no_ray and not args.baselines_only:
         import ray
 
         from sfumato.batch.cluster import RayPool
@@ -105,7 +115,7 @@ def main() -> None:
         print(f"| {label} | {seconds:.1f} | {60 * args.jobs / seconds:.1f} | {base_s / seconds:.2f}x | {outside:.1f} | "
               f"{'yes' if same else 'NO'} |")
     times = dict((label, s) for label, s, *_ in rows)
-    if not args.no_ray:
+    if not args.no_ray and not args.baselines_only:
         over = (times["batch, 1 Ray actor(s)"] - times["batch, 1 local worker(s)"]) / args.jobs
         print(f"\nRay's overhead per job (1 actor against 1 local worker, start-up included): {over:+.3f} s")
     resume_jobs = 20 if args.smoke else args.resume_jobs

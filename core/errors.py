@@ -64,12 +64,17 @@ class BundleCorrupt(SfumatoError):
 class PickleRefused(SfumatoError):
     code = "pickle_refused"
 
-    def __init__(self, path: Any):
+    def __init__(self, path: Any, *, can_allow: bool = True):
+        """``can_allow``: the command that met it takes ``--allow-pickle`` (``bundle import`` does; jobs that read
+        LoRAs and motion modules do not, so their hint says only what works)."""
+        allow = (", or pass --allow-pickle (allow_pickle=True) to load it with torch.load(weights_only=True) if "
+                 "you trust its source") if can_allow else (" with a tool you trust (for instance safetensors' "
+                                                            "save_file on the loaded state dict); jobs load "
+                                                            "safetensors only")
         super().__init__(
             f"{path}: refusing to load a pickled checkpoint; pickle files can run arbitrary code when "
             "loaded",
-            hint="convert it to .safetensors, or pass --allow-pickle (allow_pickle=True) to load it "
-            "with torch.load(weights_only=True) if you trust its source",
+            hint="convert it to .safetensors" + allow,
         )
         self.path = str(path)
 

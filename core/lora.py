@@ -33,7 +33,7 @@ def locate(name: str, bundle) -> Path:
             return candidate / WEIGHTS
         if candidate.is_file():
             if candidate.suffix.lower() in PICKLES:
-                raise PickleRefused(candidate)
+                raise PickleRefused(candidate, can_allow=False)
             if candidate.suffix.lower() != ".safetensors":
                 raise BadParameter(FIELD, name, "a .safetensors LoRA file or a folder holding one")
             return candidate

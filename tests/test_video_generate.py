@@ -243,3 +243,15 @@ def test_video_takes_the_cpu_fast_path(sd15_models, monkeypatch):
     with pytest.raises(BadParameter) as exc:
         raise_first(schema.problems(VideoRequest(prompt="x", fast="turbo")))
     assert exc.value.field == "fast"
+
+
+def test_a_pickled_motion_module_is_refused_with_a_hint_that_works(sd15_models, tmp_path):
+    """Jobs take no --allow-pickle, so the refusal does not tell the user to pass it."""
+    from sfumato.core.errors import PickleRefused
+    from sfumato.video.adapter import load_motion_adapter
+
+    path = tmp_path / "mm_sd_v15_v2.ckpt"
+    path.write_bytes(b"\x80\x02}q\x00.")  # a pickle
+    with pytest.raises(PickleRefused) as err:
+        load_motion_adapter(path, sd15_models.unet)
+    assert "--allow-pickle" not in str(err.value) and ".safetensors" in str(err.value)

@@ -300,7 +300,7 @@ def read_motion_adapter(path: Path | str, *, unet: Any = None, num_attention_hea
     files, cfg = _weight_files(path)
     for f in files:
         if is_pickle(f):
-            raise PickleRefused(f)
+            raise PickleRefused(f, can_allow=False)  # jobs have no --allow-pickle
         if f.suffix != ".safetensors":
             raise BundleCorrupt(f, f"unknown weight format {f.suffix!r}; allowed: .safetensors")
     shapes: dict[str, tuple[int, ...]] = {}
