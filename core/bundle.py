@@ -283,7 +283,7 @@ def component_weights(folder: Path, *, allow_pickle: bool = False) -> list[Path]
     pickles = sorted(f for f in folder.iterdir() if is_pickle(f))
     if pickles:
         if not allow_pickle:
-            raise PickleRefused(pickles[0], can_allow=False)  # a job has no --allow-pickle
+            raise PickleRefused(pickles[0])
         return pickles
     raise BundleCorrupt(folder, "has no weight file (expected *.safetensors)")
 
