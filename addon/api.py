@@ -280,6 +280,15 @@ def texture(obj=None, prompt: str | None = None, *, seed: int | None = None, sce
     return _mesh_job(texturing, texture_settings, obj, prompt, seed, scene, folder, on_event, changes)
 
 
+def revert(obj=None) -> bool:
+    """Put back the materials a textured object (or its name; default: the active object) had before Sfumato
+    textured it; False when it has nothing to revert. The textures stay in the file."""
+    obj = bpy.data.objects.get(obj) if isinstance(obj, str) else (obj or bpy.context.active_object)
+    if obj is None or obj.type != 'MESH':
+        raise BadSetting("obj", getattr(obj, "name", obj), "a mesh object (or its name)")
+    return texturing.revert(obj)
+
+
 def turntable_settings(scene=None, **changes: Any) -> request.TurntableSettings:
     """The scene panel's turntable settings with ``changes`` (field names of ``request.TurntableSettings``)."""
     scene = scene or bpy.context.scene

@@ -386,6 +386,24 @@ class SFUMATO_OT_cancel(bpy.types.Operator):
         return {'FINISHED'}
 
 
+class SFUMATO_OT_revert_materials(bpy.types.Operator):
+    """Put back the materials the selected meshes had before Sfumato textured them (the textures stay in the
+    file)"""
+
+    bl_idname = "sfumato.revert_materials"
+    bl_label = "Revert materials"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return any(texturing.ORIGINAL in o for o in texturing.selected_meshes(context))
+
+    def execute(self, context):
+        done = [o.name for o in texturing.selected_meshes(context) if texturing.revert(o)]
+        self.report({'INFO'}, f"Sfumato: original materials back on {', '.join(done)}")
+        return {'FINISHED'}
+
+
 class SFUMATO_OT_release(bpy.types.Operator):
     """Drop the engine's loaded models and free their GPU memory (the next job loads them again)"""
 
@@ -482,7 +500,7 @@ class SFUMATO_OT_recall(bpy.types.Operator):
 
 
 classes = (SFUMATO_OT_image, SFUMATO_OT_texture, SFUMATO_OT_turntable, SFUMATO_OT_asset, SFUMATO_OT_cancel,
-           SFUMATO_OT_release, SFUMATO_OT_check_engine, SFUMATO_OT_recall)
+           SFUMATO_OT_revert_materials, SFUMATO_OT_release, SFUMATO_OT_check_engine, SFUMATO_OT_recall)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

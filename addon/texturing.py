@@ -8,8 +8,9 @@
    that UV map;
 4. build the engine's params (``request.params``) and the output path;
 5. the caller runs the job (interactive: queue + timer, one object after the other; background: blocking);
-6. ``finish``: the texture PNG becomes an image datablock and a material "Sfumato texture <object>"
-   replaces the object's materials, with the provenance on both.
+6. ``finish``: the texture PNG becomes an image datablock and a material "Sfumato texture <object>" is shown
+   in every slot of that object alone (``assign``: object-linked slots, faces keep their material index, the
+   mesh keeps its own materials), with the provenance on both; ``revert`` puts the user's materials back.
 
 UV convention: the glTF exporter writes (u, 1 - v) and the engine's loader flips it back, so the
 PNG maps onto the exported UV map exactly as Blender has it: image loaded as it is, no flip.
@@ -20,13 +21,13 @@ coordinates, scaled so that one tile covers ``tile_size`` metres.
 from __future__ import annotations
 
 import dataclasses
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bpy
-import numpy as np
 
 from . import engine, prefs, request, runtime, scene_io
 from .imaging import Prepared, output_folder
@@ -148,6 +149,8 @@ def export_glb(obj: bpy.types.Object, path: Path) -> str:
     for layer in [layer for layer in copy.data.uv_layers if layer.name != uv_map]:
         copy.data.uv_layers.remove(layer)
     material = bpy.data.materials.new(".sfumato export")
+    for slot in copy.material_slots:  # the copy's own links to object-level materials go, users counted right
+        slot.link, slot.material = 'OBJECT', None
     copy.data.materials.clear()
     copy.data.materials.append(material)
     copy.material_slots[0].link = 'DATA'
@@ -338,11 +341,39 @@ def box_material(name: str, image: bpy.types.Image, scale: tuple[float, float, f
     return material
 
 
+ORIGINAL = "sfumato_original_materials"  # the object's slots as the user had them, for ``revert``
+
+
 def assign(obj: bpy.types.Object, material: bpy.types.Material) -> None:
-    """Make ``material`` the object's only material, on every face."""
-    obj.data.materials.clear()
-    obj.data.materials.append(material)
-    obj.material_slots[0].link = 'DATA'
-    faces = obj.data.polygons
-    faces.foreach_set("material_index", np.zeros(len(faces), dtype=np.int32))
-    obj.data.update()
+    """Show ``material`` in every material slot of ``obj`` without touching the user's work: each slot is linked to
+    the object (so the mesh, which other objects may share, keeps its materials), faces keep their material
+    index, and the slots as they were are recorded on the object the first time, for ``revert``. A mesh without
+    slots gets one (``revert`` takes it away again)."""
+    if ORIGINAL not in obj:
+        slots = [{"link": slot.link, "object_material": slot.material.name if slot.link == 'OBJECT' and
+                  slot.material else ""} for slot in obj.material_slots]
+        obj[ORIGINAL] = json.dumps({"slots": slots, "added_slot": not slots})
+    for slot in obj.material_slots:  # an object-linked material replaced here would lose its last user
+        if slot.link == 'OBJECT' and slot.material is not None and not slot.material.get("sfumato"):
+            slot.material.use_fake_user = True
+    if not obj.material_slots:
+        obj.data.materials.append(None)
+    for slot in obj.material_slots:
+        slot.link = 'OBJECT'
+        slot.material = material
+
+
+def revert(obj: bpy.types.Object) -> bool:
+    """Put back the materials ``obj`` had before it was first textured; False when there is nothing to revert.
+    The textures made since stay in the file."""
+    if ORIGINAL not in obj:
+        return False
+    record = json.loads(obj[ORIGINAL])
+    for slot, was in zip(obj.material_slots, record["slots"]):
+        slot.link = 'OBJECT'
+        slot.material = bpy.data.materials.get(was["object_material"]) if was["object_material"] else None
+        slot.link = was["link"]
+    if record["added_slot"] and len(obj.data.materials) == 1 and obj.data.materials[0] is None:
+        obj.data.materials.clear()  # the one empty slot ``assign`` added (``pop`` leaves the object's slot behind)
+    del obj[ORIGINAL]
+    return True

@@ -132,7 +132,9 @@ class SFUMATO_PT_texture(SfumatoPanel, bpy.types.Panel):
         if s.texture_mode == "material":
             layout.prop(s, "tile_size")
         _why_not(layout, ops._texture_reason(context, props.texture_settings_from(s)))
-        layout.operator("sfumato.texture", icon='TEXTURE')
+        row = layout.row(align=True)
+        row.operator("sfumato.texture", icon='TEXTURE')
+        row.operator("sfumato.revert_materials", text="", icon='LOOP_BACK')
 
 
 class SFUMATO_PT_turntable(SfumatoPanel, bpy.types.Panel):

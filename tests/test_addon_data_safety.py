@@ -252,6 +252,40 @@ def test_texturing_one_object_leaves_every_other_mesh_byte_identical(enabled, tm
     assert island > 0.5 and bbox > 0.8  # the bug: island area about 0.1-0.2 (the lawn's islands took the rest)
 
 
+def test_texturing_keeps_slots_and_face_assignment_and_revert_puts_the_materials_back(enabled, tmp_path):
+    """A house with five named slots (and a linked duplicate sharing its mesh): the texture shows in every slot of
+    that object only, the mesh keeps its materials and every face its material index, twice; revert restores."""
+    import sfumato_api
+
+    texturing = _module("texturing")
+    house, _ = _house_lawn_statue()
+    house.data.uv_layers.new(name="UVMap")  # a map of its own: projection adds none, so the mesh is compared whole
+    slots = ["Brick facade", "Roof tiles", "Window frames", "Concrete plinth", "Lawn"]
+    for name in slots:
+        house.data.materials.append(bpy.data.materials.new(name))
+    house.data.polygons.foreach_set("material_index", np.arange(len(house.data.polygons)) % len(slots))
+    plinth = bpy.data.materials.new("Own plinth")  # one slot linked to the object, as a user may have it
+    house.material_slots[3].link, house.material_slots[3].material = 'OBJECT', plinth
+    twin = bpy.data.objects.new("House twin", house.data)  # a linked duplicate: the same mesh
+    bpy.context.scene.collection.objects.link(twin)
+    before = _mesh_bytes(house.data)
+    s = _module("props").texture_settings_from(bpy.context.scene.sfumato).replace(views=1)
+    done = [_finish_fake(texturing.prepare(bpy.context, house, s, seed=seed, folder=tmp_path), tmp_path)
+            for seed in (1, 2)]
+    assert [slot.material for slot in house.material_slots] == [done[1].material] * len(slots)
+    assert _mesh_bytes(house.data) == before  # materials of the mesh, face indices, UVs: as the user made them
+    assert [slot.material.name for slot in twin.material_slots] == slots[:3] + ["Concrete plinth", "Lawn"]
+    assert plinth.users >= 1 and all(bpy.data.materials.get(n) for n in slots)  # nothing dropped on save
+    assert sfumato_api.revert(house) is True
+    assert [slot.material.name for slot in house.material_slots] == slots[:3] + ["Own plinth", "Lawn"]
+    assert [slot.link for slot in house.material_slots] == ['DATA'] * 3 + ['OBJECT', 'DATA']
+    assert _mesh_bytes(house.data) == before and sfumato_api.revert(house) is False
+    bare = bpy.data.objects["Statue"]  # no slots at all: one is added for the texture and taken away on revert
+    _finish_fake(texturing.prepare(bpy.context, bare, s.replace(mode="material"), seed=3, folder=tmp_path), tmp_path)
+    assert len(bare.material_slots) == 1 and bare.active_material.name.startswith("Sfumato texture")
+    assert sfumato_api.revert("Statue") and len(bare.material_slots) == 0
+
+
 def test_a_hidden_object_is_unwrapped_alone_and_stays_hidden(enabled):
     house, lawn = _house_lawn_statue()
     lawn_before = _mesh_bytes(lawn.data)

@@ -74,7 +74,7 @@ def test_texture_sync_variant_and_fill_views_reach_the_engine():
     obj = _mesh_scene("cube")
     result = bpy.ops.sfumato.texture(variant="sync", views=2, fill_views=1, resolution=64, texture_size=64)
     assert result == {"FINISHED"}
-    prov = obj.data.materials[0]["sfumato"].to_dict()
+    prov = obj.material_slots[0].material["sfumato"].to_dict()
     assert (prov["texture_mode"], prov["variant"], prov["views"], prov["fill_views"]) == ("projection", "sync", 2, 1)
 
 
@@ -83,7 +83,7 @@ def test_texture_sds_mode_paints_the_uv_map_it_adds():
     obj.data.uv_layers.remove(obj.data.uv_layers[0])  # no UV map: sds paints one, so the add-on makes it
     assert bpy.ops.sfumato.texture(mode="sds", iters=2, resolution=64, texture_size=64) == {"FINISHED"}
     assert len(obj.data.uv_layers) == 1
-    material = obj.data.materials[0]
+    material = obj.material_slots[0].material
     prov = material["sfumato"].to_dict()
     assert (prov["texture_mode"], prov["iters"], prov["uv_map"], prov["uv_added"]) == (
         "sds", 2, obj.data.uv_layers[0].name, 1)
