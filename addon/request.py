@@ -36,8 +36,6 @@ INPUTS_ALLOWED = {"mesh": "the path of the mesh exported as GLB", "depth_image":
 
 ImageMode = Literal["text", "depth", "restyle"]
 I, T, V, A = schema.ImageRequest, schema.TextureRequest, schema.TurntableRequest, schema.AssetRequest
-# paint the UV map from views | one seamless tile, box-projected | the UV texture optimised by score distillation
-TEXTURE_MODES = schema.choices(schema.field_types(T)["mode"])
 
 
 class BadSetting(ValueError):
@@ -120,7 +118,7 @@ class TextureSettings(Settings):
     steps: int = 0  # 0 = the bundle's default; not sent
     guidance: float = T.guidance
     scheduler: str = T.scheduler
-    mode: str = T.mode  # the panel offers every mode the engine has (TEXTURE_MODES)
+    mode: str = T.mode  # the panel offers every mode the engine has (the schema checks it)
     variant: str = T.variant  # projection: views in turn, or all at once sharing one UV latent
     views: int = T.views  # cameras around the mesh, each generated once
     fill_views: int = T.fill_views  # projection: extra views for what the camera rings missed
@@ -132,11 +130,6 @@ class TextureSettings(Settings):
 
     def inputs(self) -> set[str]:
         return {"mesh"}
-
-    def own_problems(self) -> list[BadSetting]:
-        if self.mode not in TEXTURE_MODES:
-            return [BadSetting("mode", self.mode, schema.one_of(TEXTURE_MODES))]
-        return []
 
 
 @dataclass

@@ -3,8 +3,8 @@
 A job kind is a request class of the schema (``core/schema.py``) and a runner
 ``run(job: Opened, output, ctx) -> result``. ``open_job`` is the door: it parses a job's params, has them
 checked and completed once (``checks.py``: every field, the files it reads, the bundle's ``default_steps`` and a
-random seed, what ties fields together) and picks the device. Runners trust the request they get. The kinds are assembled above core and the heads (``sfumato/kinds.py``),
-so core imports no head.
+random seed, what ties fields together) and picks the device. Runners trust the request they get. The kinds are
+assembled above core and the heads (``sfumato/kinds.py``), so core imports no head.
 
 A runner reads only its own inputs, reports progress through ``ctx.emit``, checks ``ctx.cancel`` between
 denoising steps, and writes its outputs atomically.

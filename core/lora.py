@@ -43,7 +43,19 @@ def locate(name: str, bundle) -> Path:
                        f"{bundle.name}: {', '.join(held) or 'it has none (loras/ is empty)'}")
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> hash: a job's LoRAs are hashed once
+
+
 def file_hash(path: Path) -> str:
+    """The file's sha256 (12 hex digits), computed again only when its size or modification time changed."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = _sha256(path)
+    return _HASHES[key]
+
+
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

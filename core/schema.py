@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import random
@@ -292,6 +293,7 @@ def fields(cls: type) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
 
 
+@functools.lru_cache(maxsize=None)  # checks run on every panel redraw: resolve each class's annotations once
 def field_types(cls: type) -> dict[str, Any]:
     """Each field's annotated type, resolved."""
     return typing.get_type_hints(cls)
