@@ -51,20 +51,49 @@ class GeneratedImage:
 def open_image(field_name: str, path: str) -> Image.Image:
     """The image file at ``path``, read whole; a file that is not an image, or one whose size (read from its
     header, before any pixel is decoded) exceeds PIL's decompression-bomb limit, is a ``BadParameter``."""
-    import warnings
-
-    limit = Image.MAX_IMAGE_PIXELS
+    image = _open_header(field_name, path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # above the limit: refused, not warned
-            image = Image.open(path)
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadParameter(field_name, path, f"an image of at most {limit} pixels, about {int(limit ** 0.5)}² "
-                           f"(PIL: {exc}); scale it down first") from None
+        image.load()
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadParameter(field_name, path, f"a readable image file: PNG, JPEG, TIFF, WebP ({exc})") from None
     return image
+
+
+def check_image_file(field_name: str, path: str) -> None:
+    """Refuse, from its header alone, an image a job would read: a decompression bomb (a few hundred bytes
+    claiming 30000² pixels) or a file that is not an image is a ``BadParameter`` before any pixel is decoded or
+    any model loaded. A ``.npy`` depth array is checked from its header too."""
+    if not path.lower().endswith(".npy"):
+        _open_header(field_name, path).close()
+        return
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            shape = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(fh)[0]
+    except (OSError, ValueError) as exc:
+        raise BadParameter(field_name, path, f"a readable 2-D .npy array of distances ({exc})") from None
+    if int(np.prod(shape, dtype=np.int64)) > Image.MAX_IMAGE_PIXELS:
+        raise BadParameter(field_name, path, f"{_at_most()}, not shape {list(shape)}; scale it down first")
+
+
+def _at_most() -> str:
+    limit = Image.MAX_IMAGE_PIXELS
+    return f"an image of at most {limit} pixels, about {int(limit ** 0.5)}²"
+
+
+def _open_header(field_name: str, path: str) -> Image.Image:
+    """``Image.open``: PIL reads the header only, and its claimed size is checked against PIL's limit."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # above the limit: refused, not warned
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadParameter(field_name, path, f"{_at_most()} (PIL: {exc}); scale it down first") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadParameter(field_name, path, f"a readable image file: PNG, JPEG, TIFF, WebP ({exc})") from None
 
 
 def load_depth(path: str, width: int, height: int) -> torch.Tensor:

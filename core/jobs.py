@@ -155,7 +155,7 @@ def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool) -> Any:
 
 def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     """Generate ``job.request`` (an ``ImageRequest``) into ``output``; each batch is saved as it finishes."""
-    from .image import generate_safely, output_paths
+    from .image import check_image_file, generate_safely, output_paths
     from .latents import preview
     from .provenance import atomic_write, save_png
 
@@ -163,6 +163,9 @@ def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     paths = output_paths(output, list(range(req.seed, req.seed + req.n)))
     for path in paths:
         check_writable(path)
+    for name in ("init_image", "depth_image"):  # from their headers, before any model loads
+        if getattr(req, name):
+            check_image_file(name, getattr(req, name))
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, image=0, images=req.n,
              preview=None)
     models = load_models(job, ctx, need_controlnet=req.depth_image is not None)

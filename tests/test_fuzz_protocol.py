@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from sfumato.core import schema
@@ -211,3 +212,43 @@ def test_a_corrupt_asset_state_is_a_bad_parameter(tmp_path):
         with pytest.raises(BadParameter, match=r"state=.* is not allowed: a state file saved by a cancelled asset "
                                                r"run .*delete it to start over"):
             load_state(state, None, None, None, {})
+
+
+# ---- refused before any model loads: a decompression bomb, a damaged asset state ------------------------
+def _run_in_worker(kind: str, params: dict, output: Path, monkeypatch) -> dict:
+    from sfumato.core import loading
+    from sfumato.core.worker import Worker
+    from sfumato.kinds import KINDS
+
+    monkeypatch.setattr(loading.ModelCache, "get", lambda *a, **k: pytest.fail("a model loaded"))
+    out = io.StringIO()
+    worker = Worker(out, KINDS, device="cpu")
+    worker.handle_line(json.dumps({"v": 1, "type": "submit", "id": "j", "kind": kind, "output": str(output),
+                                   "params": params}))
+    worker.run(worker.jobs.get_nowait())
+    return json.loads(out.getvalue().splitlines()[-1])
+
+
+@pytest.mark.parametrize("field", ["init_image", "depth_image"])
+def test_a_decompression_bomb_is_refused_before_any_model_loads(bundle_root, tmp_path, monkeypatch, field):
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 30000)
+    event = _run_in_worker("image", {"prompt": "x", "bundle": "tiny-sd15", "steps": 2, field: str(bomb)},
+                           tmp_path / "o.png", monkeypatch)
+    assert event["code"] == "bad_parameter" and f"{field}=" in event["message"]
+    assert "an image of at most" in event["message"] and not (tmp_path / "o.png").exists()
+    with open(tmp_path / "d.npy", "wb") as fh:  # the header of a 30000² array of distances, and no data
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (30000, 30000)})
+    event = _run_in_worker("image", {"prompt": "x", "bundle": "tiny-sd15", "steps": 2, "depth_image":
+                                     str(tmp_path / "d.npy")}, tmp_path / "o.png", monkeypatch)
+    assert event["code"] == "bad_parameter" and "not shape [30000, 30000]" in event["message"]
+
+
+def test_a_corrupt_asset_state_is_refused_before_any_model_loads(bundle_root, tmp_path, monkeypatch):
+    state = tmp_path / "o.asset-state.safetensors"
+    for damaged in (b"garbage" * 10, b"\x08" + b"\0" * 7 + b'{"rng": 1}'):
+        state.write_bytes(damaged)
+        event = _run_in_worker("asset", {"prompt": "x", "bundle": "tiny-sd15", "iters": 2, "state": str(state)},
+                               tmp_path / "o.glb", monkeypatch)
+        assert event["code"] == "bad_parameter" and "state=" in event["message"]
+        assert "delete it to start over" in event["message"]

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import BadParameter
 from ..core.jobs import JobContext, Opened, check_writable, load_models
 
 
@@ -53,6 +54,7 @@ def asset_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     output = check_writable(output, (".glb",))
     if req.state is None:
         req.state = str(output.with_name(output.stem + ".asset-state.safetensors"))
+    check_state(Path(req.state))  # a damaged state is refused before any model loads
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.iters, loss=None, preview=None,
              image=0, images=1)
     models = load_models(job, ctx, need_controlnet=False)
@@ -76,3 +78,25 @@ def asset_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     metrics = {k: v for k, v in result.metrics.items() if k != "loss_curve"}
     return {"files": [paths["glb"], paths["preview"]], "glb": paths["glb"], "preview": paths["preview"],
             "sidecar": paths["sidecar"], "metadata": {**result.metadata, "settings": asdict(req)}, "metrics": metrics}
+
+
+def check_state(path: Path) -> None:
+    """A resumable asset state that is there must read as one (``asset.save_state``'s safetensors file with its
+    iteration, its JSON and the random generator's state), before any model loads; its tensors are read on
+    resume, after the models, where a state made with other settings is refused by name."""
+    import json
+
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            int(meta.get("iteration", "0")), json.loads(meta.get("info", "{}"))
+            if "rng" not in f.keys():
+                raise ValueError("no random generator state ('rng')")
+    except Exception as exc:  # safetensors, json and int raise assorted types for a damaged file
+        first = str(exc).splitlines()[0][:200] if str(exc) else "unreadable"
+        raise BadParameter("state", str(path), f"a state file saved by a cancelled asset run ({type(exc).__name__}: "
+                           f"{first}); delete it to start over") from None
