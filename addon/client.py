@@ -13,8 +13,8 @@ loads. A reader thread files its
 stdout lines as events under their job id (``None`` for events of no job: ready, info, released,
 errors about a malformed request); a second thread drains stderr (kept as a tail for error
 messages) so the worker never blocks on a full pipe. Every waiter sees a dead worker: once it has
-exited, each job's event stream ends with a ``worker_exited`` event, and the next ``submit`` starts
-a fresh worker. The worker sends a heartbeat every few seconds (``silent_for`` says how long it has been
+exited, each job's event stream ends with a ``worker_exited`` event naming the files that job had finished
+(the worker says each as it is written, in ``saved`` events), and the next ``submit`` starts a fresh worker. The worker sends a heartbeat every few seconds (``silent_for`` says how long it has been
 quiet), and ``stop`` escalates from cancel to killing the worker after a grace period. Each worker process
 has its own event store, so a late event of an old process can never reach a new one. Safe to use from
 several threads.
@@ -43,7 +43,11 @@ def safe_pythonpath(value: str) -> str:
 
 
 class WorkerError(RuntimeError):
-    """The worker could not be started or stopped answering."""
+    """The worker could not be started or stopped answering; ``files``: what the job had finished before."""
+
+    def __init__(self, message: str, files: list[str] | tuple[str, ...] = ()):
+        super().__init__(message)
+        self.files = list(files)
 
 
 class JobFailed(RuntimeError):
@@ -67,6 +71,7 @@ class _Events:
         self.exited: dict[str, Any] | None = None
         self.heard = time.monotonic()  # when the worker last wrote a line (heartbeats included)
         self.finished: set[Any] = set()  # ids of jobs whose final event arrived
+        self.saved: dict[Any, list[str]] = collections.defaultdict(list)  # files each job finished (``saved``)
 
     def put(self, event: dict[str, Any]) -> None:
         self.heard = time.monotonic()
@@ -75,8 +80,15 @@ class _Events:
         with self.cond:
             if event.get("event") in FINAL:
                 self.finished.add(event.get("id"))
+            if event.get("event") == "saved" and isinstance(event.get("files"), list):
+                self.saved[event.get("id")] += [str(f) for f in event["files"]]
             self.by_job[event.get("id")].append((next(self.seq), event))
             self.cond.notify_all()
+
+    def exited_for(self, job_id: str | None) -> dict[str, Any]:
+        """The exit event as one job sees it: with the files that job had finished before the worker died."""
+        assert self.exited is not None
+        return {**self.exited, "files": list(self.saved.get(job_id, []))}
 
     def exit(self, event: dict[str, Any]) -> None:
         with self.cond:
@@ -95,7 +107,7 @@ class _Events:
                         del queue[i]
                         return event
                 if self.exited is not None:
-                    return self.exited
+                    return self.exited_for(job_id)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -287,7 +299,7 @@ class WorkerClient:
         when the worker is gone."""
         events = self._events.drain(job_id, all_jobs=job_id is None)
         if self._events.exited is not None and (not events or events[-1].get("event") != "worker_exited"):
-            events.append(self._events.exited)
+            events.append(self._events.exited_for(job_id))
         return events
 
     def events(self, job_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
@@ -314,7 +326,7 @@ class WorkerClient:
                 raise JobFailed(event)
             if kind == "worker_exited":
                 raise WorkerError(f"the engine exited with code {event.get('returncode')} during job "
-                                  f"{job_id}: {event.get('stderr', '')[-800:]}")
+                                  f"{job_id}: {event.get('stderr', '')[-800:]}", event.get("files") or ())
         raise WorkerError("event stream ended")  # pragma: no cover
 
     def __enter__(self) -> "WorkerClient":

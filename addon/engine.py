@@ -128,14 +128,25 @@ LOWER = {"image": "the image size (width, height)", "texture": "the view size, t
 KILLED = (-getattr(signal, "SIGKILL", 9), 128 + getattr(signal, "SIGKILL", 9))  # by the process, or through a shell
 
 
-def stopped_message(returncode: Any, kind: str = "") -> str:
-    """Why the engine stopped during a job. SIGKILL is what the system's out-of-memory killer sends, so a
-    killed engine says memory ran out and what to lower, instead of a bare exit code."""
+def stopped_message(returncode: Any, kind: str = "", files: list[str] | tuple[str, ...] = ()) -> str:
+    """Why the engine stopped during a job, and the files it had finished (they are kept). SIGKILL is what the
+    system's out-of-memory killer sends, so a killed engine says memory ran out and what to lower, instead of a
+    bare exit code."""
     if returncode in KILLED:
         lower = LOWER.get(kind, "the job's size (image, view, texture or frame size, frames)")
-        return (f"The engine stopped, killed (SIGKILL): memory most likely ran out. Lower {lower}, or free "
+        text = (f"The engine stopped, killed (SIGKILL): memory most likely ran out. Lower {lower}, or free "
                 "memory (close other programs, Release GPU memory); the next job starts a fresh engine")
-    return f"The engine stopped during the job (exit code {returncode}); the next job starts a fresh one"
+    else:
+        text = f"The engine stopped during the job (exit code {returncode}); the next job starts a fresh one"
+    return text + kept(files)
+
+
+def kept(files: list[str] | tuple[str, ...]) -> str:
+    """What a job had finished before it ended early, said after the reason (nothing when there is none)."""
+    if not files:
+        return ""
+    names = ", ".join(Path(f).name for f in files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+    return f". Finished and kept: {names}"
 
 
 def explain(exc: BaseException, python: str = "", stderr: str = "") -> str:
@@ -157,9 +168,9 @@ def explain(exc: BaseException, python: str = "", stderr: str = "") -> str:
         if "exited" in text:
             code = re.search(r"exited (?:with code )?\(?(-?\d+)", text)
             if code and int(code.group(1)) in KILLED:
-                return stopped_message(int(code.group(1)))
+                return stopped_message(int(code.group(1)), files=exc.files)
             first = text.split(":", 1)[0]
-            return f"The engine stopped ({first}); the next job starts a fresh one"
+            return f"The engine stopped ({first}); the next job starts a fresh one" + kept(exc.files)
         return f"Engine problem: {text[:300]}"
     if isinstance(exc, OSError):
         return f"Cannot start the engine with {python!r}: {exc.strerror or exc}; {PREFS_HINT}"
@@ -189,6 +200,7 @@ class JobState:
     message: str = ""
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
+    saved: list[str] = field(default_factory=list)  # files the job finished so far (``saved`` events)
     started: float = field(default_factory=time.monotonic)
     # called on the main thread with the state and the final event's kind (result, error, cancelled, ...), so
     # the add-on's runtime applies any job's result without knowing the module that started it
@@ -230,12 +242,15 @@ class JobState:
             self.message = str(event.get("message", "unknown error"))
             if event.get("hint"):
                 self.message += f" ({event['hint']})"
+        elif kind == "saved":
+            self.saved += [str(f) for f in event.get("files") or []]
         elif kind == "worker_exited" and self.cancel_requested:  # Stop ended a worker that ignored the cancel
             self.status = "cancelled"
-            self.message = "stopped: the engine did not answer the cancel and was ended; finished files are kept"
+            self.message = ("stopped: the engine did not answer the cancel and was ended"
+                            + (kept(event.get("files") or self.saved) or "; nothing was finished"))
         elif kind == "worker_exited":
             self.status = "error"
-            self.message = stopped_message(event.get("returncode"), self.tag)
+            self.message = stopped_message(event.get("returncode"), self.tag, event.get("files") or self.saved)
         elif kind == "failed":  # the add-on's own: the job could not be submitted
             self.status, self.message = "error", str(event.get("message"))
 

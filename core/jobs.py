@@ -43,6 +43,13 @@ class JobContext:
         if self.cancel.is_set():
             raise Cancelled()
 
+    def keep(self, *paths: Any) -> None:
+        """Record finished outputs and say so at once (a ``saved`` event), so a client whose worker dies later
+        in the job still knows which files are complete."""
+        files = [str(p) for p in paths]
+        self.saved += files
+        self.emit("saved", id=self.job_id, files=files)
+
 
 @dataclass
 class Opened:
@@ -183,7 +190,7 @@ def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
 
     def on_images(batch) -> None:
         for g in batch:
-            ctx.saved.append(str(save_png(g.image, paths[g.seed - req.seed], g.metadata)))
+            ctx.keep(save_png(g.image, paths[g.seed - req.seed], g.metadata))
             metadata.append(g.metadata)
 
     graphs = models.extras.get("graphs")

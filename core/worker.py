@@ -15,12 +15,16 @@ Events (worker -> client)::
     accepted  {id, position}                                            a submit was queued
     progress  {id, stage, step, total, image, images, preview}          during a job
     note      {id, message}                                             said during a job ("created folder ...")
+    saved     {id, files}                                               outputs finished so far (kept if it dies)
     heartbeat {busy}                                                    every few seconds, even mid-step
     result    {id, files, metadata, seconds}                            a job finished
     cancelled {id}                                                      a job stopped on request
     error     {id|null, code, message, hint}                            anything that went wrong
     info      {version, protocol, schema, device, dtype, bundles, loaded} answer to info
     released  {}                                                        models dropped, memory freed
+
+A client ignores events it does not know (``saved`` came later in version 1), so new events
+never break an older add-on.
 
 The job kinds (each a schema request and a runner) are given to the worker by its entry point,
 ``python -m sfumato.worker`` (``sfumato/kinds.py``), so core imports no head.

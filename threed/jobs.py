@@ -37,7 +37,7 @@ def texture_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     with out_of_memory_as_error(f"texturing on {job.device}"):
         result = texture(req, models, on_view=on_view, mesh=mesh)
     paths = save_result(result, output)
-    ctx.saved += [paths["glb"], paths["texture"], paths["sidecar"]]
+    ctx.keep(paths["glb"], paths["texture"], paths["sidecar"])
     return {"files": [paths["glb"], paths["texture"]], "glb": paths["glb"], "texture": paths["texture"],
             "sidecar": paths["sidecar"], "mode": req.mode, "tile_size": req.tile_size,
             "metadata": result.metadata, "metrics": result.metrics, "warnings": result.warnings}
@@ -74,7 +74,7 @@ def asset_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
             "progress", id=ctx.job_id, stage=stage, step=req.iters, total=req.iters, loss=None, preview=None,
             image=0, images=1))
     paths = save_result(result, output)
-    ctx.saved += [paths["glb"], paths["preview"], paths["sidecar"]]
+    ctx.keep(paths["glb"], paths["preview"], paths["sidecar"])
     metrics = {k: v for k, v in result.metrics.items() if k != "loss_curve"}
     return {"files": [paths["glb"], paths["preview"]], "glb": paths["glb"], "preview": paths["preview"],
             "sidecar": paths["sidecar"], "metadata": {**result.metadata, "settings": asdict(req)}, "metrics": metrics}

@@ -55,6 +55,6 @@ def video_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
         meta["motion"] = Path(source).name if req.motion else f"{b.name}/motion_adapter"
     meta["settings"] = {k: v for k, v in asdict(req).items() if k not in ("prompt", "negative", "mesh")}
     video, sidecar = write_video(frames, output, req.fps, meta)
-    ctx.saved += [str(video), str(sidecar)]
+    ctx.keep(video, sidecar)
     return {"files": [str(video)], "video": str(video), "sidecar": str(sidecar), "frames": len(frames),
             "fps": req.fps, "metadata": meta}
