@@ -14,10 +14,10 @@ stdout lines as events under their job id (``None`` for events of no job: ready,
 errors about a malformed request); a second thread drains stderr (kept as a tail for error
 messages) so the worker never blocks on a full pipe. Every waiter sees a dead worker: once it has
 exited, each job's event stream ends with a ``worker_exited`` event naming the files that job had finished
-(the worker says each as it is written, in ``saved`` events), and the next ``submit`` starts a fresh worker. The worker sends a heartbeat every few seconds (``silent_for`` says how long it has been
-quiet), and ``stop`` escalates from cancel to killing the worker after a grace period. Each worker process
-has its own event store, so a late event of an old process can never reach a new one. Safe to use from
-several threads.
+(the worker says each as it is written, in ``saved`` events), and the next ``submit`` starts a fresh worker.
+The worker sends a heartbeat every few seconds (``silent_for`` says how long it has been quiet), and ``stop``
+escalates from cancel to killing the worker after a grace period. Each worker process has its own event store,
+so a late event of an old process can never reach a new one. Safe to use from several threads.
 """
 
 from __future__ import annotations

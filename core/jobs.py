@@ -38,6 +38,7 @@ class JobContext:
     preview_dir: Path | None = None
     saved: list[str] = field(default_factory=list)  # outputs already written (kept on cancel or error)
     overwrite: bool = True  # an existing output may be replaced (the CLI: only with --overwrite)
+    inside: CancelInside | None = None  # set by ``load_models``: the cancel reaches inside the networks
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -89,8 +90,12 @@ def run(kinds: Mapping[str, Kind], kind: str, params: Any, output: Path, ctx: Jo
     job = open_job(kinds[kind].request, params, ctx)
     guard = WriteGuard(inputs=job_inputs(job.request), overwrite=ctx.overwrite,
                        note=lambda text: ctx.emit("note", id=ctx.job_id, message=text))
-    with guarded_writes(guard):
-        return kinds[kind].run(job, Path(output), ctx)
+    try:
+        with guarded_writes(guard):
+            return kinds[kind].run(job, Path(output), ctx)
+    finally:
+        if ctx.inside is not None:
+            ctx.inside.watch(None)  # the cached models outlive the job: its cancel no longer reaches them
 
 
 def job_inputs(req: Any) -> tuple[str, ...]:
@@ -156,8 +161,35 @@ def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool) -> Any:
 
     with out_of_memory_as_error(f"loading bundle {job.bundle.name} on {job.device}"):
         models = ctx.cache.get(job.bundle, job.device, job.dtype, need_controlnet=need_controlnet)
+    ctx.inside = models.extras.setdefault("cancel_inside", CancelInside())
+    ctx.inside.watch(ctx.cancel, models.unet, models.vae, models.controlnet)
     ctx.check_cancel()
     return models
+
+
+class CancelInside:
+    """A cancel that lands inside one long network call, not only between steps: a forward pre-hook on every
+    layer (every module without children) of a job's networks raises ``Cancelled`` once the watched event is
+    set, so a VAE decode of a large latent or a U-Net step at 4096² stops at the next layer. The hooks only read
+    an event, so results are unchanged; they are put on once per loaded network and follow the current job."""
+
+    def __init__(self) -> None:
+        self.event: threading.Event | None = None
+        self.hooked: set[int] = set()  # ids of the networks that carry the hooks
+
+    def watch(self, event: threading.Event | None, *networks: Any) -> None:
+        self.event = event
+        for net in networks:
+            if net is None or id(net) in self.hooked:
+                continue
+            self.hooked.add(id(net))
+            for layer in net.modules():
+                if next(layer.children(), None) is None:
+                    layer.register_forward_pre_hook(self._check)
+
+    def _check(self, layer: Any, args: Any) -> None:
+        if self.event is not None and self.event.is_set():
+            raise Cancelled()
 
 
 def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:

@@ -200,9 +200,11 @@ def probe_loss(field: RadianceField, models: Models, eps, alphas: torch.Tensor, 
 
 
 def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings | None = None,
-             on_step: Callable[[AssetStep], None] | None = None) -> tuple[RadianceField, dict[str, Any]]:
+             on_step: Callable[[AssetStep], None] | None = None,
+             keep_state: bool = False) -> tuple[RadianceField, dict[str, Any]]:
     """Run the SDS loop (module doc); returns the field and run statistics. ``on_step`` may raise
-    ``Cancelled``: the state is saved (when ``req.state``) and the exception goes on."""
+    ``Cancelled``: the state is saved (when ``req.state``) and the exception goes on. A finished run removes its
+    state, or with ``keep_state`` saves it as finished (the caller removes it once the mesh is out)."""
     st = settings or settings_for(req)
     latent_size = check_resolution(models, req)
     size = latent_size if req.render == "latent" else req.resolution
@@ -281,7 +283,9 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
     except Cancelled:
         save(i + 1)
         raise
-    if state_path is not None and state_path.is_file():
+    if keep_state:
+        save(req.iters)  # a cancel while the mesh is extracted resumes with no iteration left
+    elif state_path is not None and state_path.is_file():
         state_path.unlink()  # finished: nothing to resume
     field.active_levels = st.field.levels
     tenth = max(1, len(losses) // 10)
@@ -296,9 +300,11 @@ def optimise(req: AssetRequest, models: Models, *, seed: int, settings: Settings
 
 
 def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetStep], None] | None = None,
-               settings: Settings | None = None, on_stage: Callable[[str], None] | None = None) -> AssetResult:
+               settings: Settings | None = None, on_stage: Callable[[str], None] | None = None,
+               check: Callable[[], None] | None = None) -> AssetResult:
     """Optimise the field for ``req`` (checked once, where it starts: a job's door or here), extract the mesh; the
-    caller saves (``save_result``). ``on_stage`` hears when the stage after the iterations starts ("extracting")."""
+    caller saves (``save_result``). ``on_stage`` hears when the stage after the iterations starts ("extracting");
+    ``check`` is called between the extraction's pieces and may raise ``Cancelled`` (the state stays, finished)."""
     from ..core import lora
     from ..core.checks import ensure_checked
     from ..core.provenance import version
@@ -308,7 +314,7 @@ def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetSte
     seed = req.seed
     st = settings or settings_for(req)
     with torch.enable_grad():
-        field, stats = optimise(req, models, seed=seed, settings=st, on_step=on_step)
+        field, stats = optimise(req, models, seed=seed, settings=st, on_step=on_step, keep_state=True)
     field.eval()
     if on_stage is not None:
         on_stage("extracting")
@@ -316,8 +322,10 @@ def make_asset(req: AssetRequest, models: Models, *, on_step: Callable[[AssetSte
         extracted = extract(field.density, lambda x: field.query(x)[1], st.field.bound,
                             ExtractConfig(resolution=req.mesh_resolution, level=req.mesh_level, colours=req.colours,
                                           smooth=req.mesh_smooth,
-                                          texture_size=req.texture_size, size=req.size))
+                                          texture_size=req.texture_size, size=req.size), check=check)
         preview = preview_views(field, max(req.resolution, 128))
+    if req.state and Path(req.state).is_file():
+        Path(req.state).unlink()  # the mesh is out: nothing to resume
     meta = {"prompt": req.prompt, "negative": req.negative, "negative_weight": req.negative_weight, "seed": seed, "bundle": models.bundle.name,
             "bundle_hash": models.bundle.identity(), "guidance": req.guidance, "iters": req.iters,
             "resolution": req.resolution, "lr": req.lr, "render": req.render, "view_prompts": req.view_prompts,

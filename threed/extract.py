@@ -166,21 +166,25 @@ def to_metres(vertices: torch.Tensor, size: float) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------- main
-def sample_grid(density: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int,
-                chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor, float]:
+def sample_grid(density: Callable[[torch.Tensor], torch.Tensor], bound: float, resolution: int, chunk: int = 1 << 16,
+                check: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """density at (resolution + 1)³ points over [−bound, bound]³ (outer layer forced to 0):
-    values (M, M, M) indexed [x, y, z], origin (3,), step."""
+    values (M, M, M) indexed [x, y, z], origin (3,), step. ``check`` runs before each chunk (a cancel)."""
     m = resolution + 1
     step = 2 * bound / resolution
     axis = torch.linspace(-bound, bound, m)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     with torch.no_grad():
-        values = torch.cat([density(grid[i:i + chunk]).float() for i in range(0, grid.shape[0], chunk)]).view(m, m, m)
+        pieces = []
+        for i in range(0, grid.shape[0], chunk):
+            check()
+            pieces.append(density(grid[i:i + chunk]).float())
+        values = torch.cat(pieces).view(m, m, m)
     values[[0, -1]], values[:, [0, -1]], values[:, :, [0, -1]] = 0, 0, 0
     return values, torch.full((3,), -bound), step
 
 
-def fill_cavities(values: torch.Tensor, level: float) -> torch.Tensor:
+def fill_cavities(values: torch.Tensor, level: float, check: Callable[[], None] = lambda: None) -> torch.Tensor:
     """``values`` with every empty cell that cannot be reached from the grid's border raised above
     ``level``: hollows sealed inside the object become solid, so only its outer shell is extracted (a field
     full of small bubbles would otherwise give a mesh of hundreds of thousands of hidden faces)."""
@@ -189,7 +193,8 @@ def fill_cavities(values: torch.Tensor, level: float) -> torch.Tensor:
     outside[[0, -1]], outside[:, [0, -1]], outside[:, :, [0, -1]] = True, True, True
     outside &= empty
     while True:  # flood fill through empty cells, 6-connected, from the border (rolls wrap onto the border,
-        grown = outside.clone()  # which is a seed already)
+        grown = outside.clone()  # which is a seed already); up to one pass per cell of the grid's side
+        check()
         for axis in range(3):
             grown |= outside.roll(1, axis) | outside.roll(-1, axis)
         grown &= empty
@@ -208,11 +213,13 @@ class Extracted:
 
 
 def extract(density: Callable[[torch.Tensor], torch.Tensor], albedo: Callable[[torch.Tensor], torch.Tensor] | None,
-            bound: float, cfg: ExtractConfig | None = None) -> Extracted:
+            bound: float, cfg: ExtractConfig | None = None, check: Callable[[], None] | None = None) -> Extracted:
     """A coloured, cleaned mesh of the surface density = cfg.level. ``density`` and ``albedo`` map points
-    (P, 3) in field units to (P,) and (P, 3)."""
+    (P, 3) in field units to (P,) and (P, 3). ``check`` runs between the pieces of the work (grid chunks, flood
+    fill passes, stages) and may raise ``Cancelled``."""
     cfg = cfg or ExtractConfig()
-    values, origin, step = sample_grid(density, bound, cfg.resolution)
+    check = check or (lambda: None)
+    values, origin, step = sample_grid(density, bound, cfg.resolution, check=check)
     level, warnings = cfg.level, []
     peak = float(values.max())
     if peak <= level and peak > 1e-2:  # a faint field: take its own half-peak surface instead
@@ -222,11 +229,13 @@ def extract(density: Callable[[torch.Tensor], torch.Tensor], albedo: Callable[[t
     for _ in range(cfg.smooth):
         values = torch.nn.functional.avg_pool3d(values[None, None], 3, stride=1, padding=1,
                                                 count_include_pad=False)[0, 0]
-    vertices, faces = marching_tetrahedra(fill_cavities(values, level), level, origin, step)
+    vertices, faces = marching_tetrahedra(fill_cavities(values, level, check), level, origin, step)
+    check()
     if faces.shape[0] == 0:
         raise SfumatoError(f"the field has no surface at density {cfg.level} (its density ranges "
                            f"{float(values.min()):.3g}..{float(values.max()):.3g}); lower the level, or train longer")
     vertices, faces = clean(vertices, faces, cfg.min_component)
+    check()
     field_vertices = vertices
     scale_mesh = Mesh(to_metres(vertices, cfg.size), faces, source="field")
     stats = {"vertices": int(vertices.shape[0]), "faces": int(faces.shape[0]), "grid": cfg.resolution,

@@ -70,7 +70,7 @@ def asset_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
         ctx.check_cancel()  # after the step's event: a cancel saves the state including this step
 
     with out_of_memory_as_error(f"optimising the asset on {job.device}"):
-        result = make_asset(req, models, on_step=on_step, on_stage=lambda stage: ctx.emit(
+        result = make_asset(req, models, on_step=on_step, check=ctx.check_cancel, on_stage=lambda stage: ctx.emit(
             "progress", id=ctx.job_id, stage=stage, step=req.iters, total=req.iters, loss=None, preview=None,
             image=0, images=1))
     paths = save_result(result, output)
