@@ -276,8 +276,32 @@ def texture(obj=None, prompt: str | None = None, *, seed: int | None = None, sce
     material "Sfumato texture <name>". ``changes``: ``mode`` ("projection" | "material" | "sds"), ``variant``
     ("sequential" | "sync"), ``views``, ``fill_views``, ``iters`` (sds), ``resolution``, ``texture_size``,
     ``tile_size``, ``steps``, ... (``request.TextureSettings`` fields). Projection and sds modes add a UV map
-    (Smart UV Project) to an object that has none."""
+    (Smart UV Project) to an object that has none. Material mode textures each material slot on its own:
+    ``slots={"Brick facade": "weathered red brick"}`` (else the object's slot table, prefilled from the slots'
+    names) and ``only=["Roof"]`` to regenerate some slots and leave the others as they are."""
+    if "slots" in changes:
+        changes.update(slot_changes(changes.pop("slots"), changes.pop("slot_tiles", ())))
+    if isinstance(changes.get("only"), (str, list)):
+        changes["only"] = (changes["only"],) if isinstance(changes["only"], str) else tuple(changes["only"])
     return _mesh_job(texturing, texture_settings, obj, prompt, seed, scene, folder, on_event, changes)
+
+
+def slot_changes(slots: Any, tiles: Any = ()) -> dict[str, tuple[str, ...]]:
+    """``texture(slots={"Brick facade": "red brick", "Lawn": {"prompt": "grass", "tile_size": 2.0}})`` as the
+    settings' ``slots`` and ``slot_tiles`` entries (NAME=PROMPT, NAME=METRES)."""
+    if not isinstance(slots, dict):
+        raise BadSetting("slots", slots, "a dict {slot name: prompt or {\"prompt\": ..., \"tile_size\": metres}}")
+    prompts, sizes = [], list(tiles)
+    for name, entry in slots.items():
+        entry = {"prompt": entry} if isinstance(entry, str) else entry
+        if not isinstance(name, str) or not isinstance(entry, dict) or set(entry) - {"prompt", "tile_size"}:
+            raise BadSetting("slots", {name: entry}, "a slot name with a prompt or {\"prompt\": ..., \"tile_size\": "
+                             "metres}")
+        if entry.get("prompt"):
+            prompts.append(f"{name}={entry['prompt']}")
+        if entry.get("tile_size") is not None:
+            sizes.append(f"{name}={entry['tile_size']}")
+    return {"slots": tuple(prompts), "slot_tiles": tuple(sizes)}
 
 
 def revert(obj=None) -> bool:

@@ -215,15 +215,20 @@ class SFUMATO_OT_texture(_JobOperator, _Sampled, bpy.types.Operator):
                              options={'SKIP_SAVE'})
     guidance: FloatProperty(name="Guidance", **request.property_args(T, "guidance", hard=False),
                             options={'SKIP_SAVE'})
+    only: StringProperty(name="Only slot", description="Material mode: regenerate this slot of the active object "
+                         "only (the slot table's row button)", options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.TextureSettings:
         """The panel's settings with the properties this call set."""
-        return _overlay(self, props.texture_settings_from(context.scene.sfumato),
-                        (*SAMPLED, "mode", "variant", "views", "fill_views", "iters", "resolution", "texture_size",
-                         "tile_size"))
+        s = _overlay(self, props.texture_settings_from(context.scene.sfumato),
+                     (*SAMPLED, "mode", "variant", "views", "fill_views", "iters", "resolution", "texture_size",
+                      "tile_size"))
+        return s.replace(only=(self.only,)) if self.only else s
 
     def execute(self, context):
         objects = texturing.selected_meshes(context)
+        if self.only:  # a slot table row: that slot of the active object
+            objects = [o for o in [context.active_object] if o is not None and o.type == 'MESH']
         if not objects:  # nothing to do is not an error: a warning, no exception from scripts
             self.report({'WARNING'}, "Select one or more mesh objects to texture")
             return {'CANCELLED'}

@@ -127,6 +127,10 @@ class TextureSettings(Settings):
     texture_size: int = T.texture_size  # the texture PNG's side in pixels
     tile_size: float = T.tile_size  # material mode: metres one tile covers
     max_faces: int = T.max_faces  # the engine refuses meshes above this
+    slots: tuple[str, ...] = ()  # material mode: NAME=PROMPT per slot (the object's slot table fills these)
+    slot_tiles: tuple[str, ...] = ()  # material mode: NAME=METRES per slot
+    only: tuple[str, ...] = ()  # material mode: regenerate these slots only
+    maps: bool = T.maps  # material mode: normal, roughness and height maps
 
     def inputs(self) -> set[str]:
         return {"mesh"}
@@ -267,6 +271,11 @@ def _named(head: str, name: str) -> str:
 def material_name(object_name: str) -> str:
     """The texture material's name, "Sfumato texture <object>", within Blender's 63 bytes."""
     return _named("Sfumato texture ", object_name)
+
+
+def slot_material_name(slot: str) -> str:
+    """A slot's new material, "Sfumato <slot>", within Blender's 63 bytes."""
+    return _named("Sfumato ", slot)
 
 
 def tile_scale(tile_size: float, object_scale: tuple[float, float, float]) -> tuple[float, float, float]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import bpy
 
-from . import engine, prefs, request, runtime, scene_io
+from . import engine, prefs, request, runtime, scene_io, slot_table
 from .imaging import Prepared, output_folder
 
 SMART_UV_ANGLE = 1.15192  # radians (66 degrees), Smart UV Project's own default
@@ -48,6 +48,7 @@ class Textured:
     texture: str
     metadata: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    slots: dict[str, Any] = field(default_factory=dict)  # material mode: slot name -> its new material
 
 
 # ---- 1. what can be textured ------------------------------------------------------------------------
@@ -133,12 +134,14 @@ def alone(obj: bpy.types.Object):
 
 
 # ---- 3. the mesh as GLB -----------------------------------------------------------------------------
-def export_glb(obj: bpy.types.Object, path: Path) -> str:
+def export_glb(obj: bpy.types.Object, path: Path, *, by_slot: bool = False) -> str:
     """Export ``obj`` alone, as it renders, to ``path``; returns the UV map exported (``""`` for none).
 
     The export is of a temporary copy: its data keeps only the active UV map (the exporter writes every
     UV map as TEXCOORD_0, 1, ... in their order) and one plain material (trimesh, the engine's loader,
-    drops the UVs of a primitive without one; several materials would split the mesh into primitives)."""
+    drops the UVs of a primitive without one; several materials would split the mesh into primitives).
+    ``by_slot`` (material mode): each slot keeps the material the user gave it (``slot_table.original_materials``),
+    exported by name only (no images), so the engine sees one primitive per material, named as the slot."""
     scene, view_layer = bpy.context.scene, bpy.context.view_layer  # the exporter's
     uv_map = obj.data.uv_layers.active.name if obj.data.uv_layers.active else ""
     copy = obj.copy()
@@ -149,11 +152,14 @@ def export_glb(obj: bpy.types.Object, path: Path) -> str:
     for layer in [layer for layer in copy.data.uv_layers if layer.name != uv_map]:
         copy.data.uv_layers.remove(layer)
     material = bpy.data.materials.new(".sfumato export")
+    originals = slot_table.original_materials(obj) if by_slot else []
     for slot in copy.material_slots:  # the copy's own links to object-level materials go, users counted right
         slot.link, slot.material = 'OBJECT', None
     copy.data.materials.clear()
-    copy.data.materials.append(material)
-    copy.material_slots[0].link = 'DATA'
+    for original in originals or [material]:
+        copy.data.materials.append(original)
+    for slot in copy.material_slots:
+        slot.link = 'DATA'
     selected, active = list(bpy.context.selected_objects), view_layer.objects.active
     scene.collection.objects.link(copy)
     try:
@@ -166,7 +172,8 @@ def export_glb(obj: bpy.types.Object, path: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         bpy.ops.export_scene.gltf(filepath=str(path), export_format='GLB', use_selection=True,
                                   export_apply=True, export_yup=True, export_texcoords=True, export_normals=True,
-                                  export_materials='EXPORT', export_animations=False, export_morph=False,
+                                  export_materials='EXPORT', export_image_format='NONE',
+                                  export_animations=False, export_morph=False,
                                   export_skins=False, export_cameras=False, export_lights=False,
                                   export_extras=False)
     finally:
@@ -190,14 +197,29 @@ def prepare(context, obj: bpy.types.Object, s: request.TextureSettings, *, seed:
     folder, pack = (Path(folder), False) if folder is not None else output_folder(context)
     folder.mkdir(parents=True, exist_ok=True)
     uv_added = ensure_uv_map(obj) if s.mode != "material" else False  # projection and sds paint the UV map
+    if s.mode == "material":
+        s = with_table(obj, s)
     stem = request.output_stem(folder, f"{obj.name} {s.prompt}")
     mesh = stem.with_name(stem.name + ".mesh.glb")
-    uv_map = export_glb(obj, mesh)
+    uv_map = export_glb(obj, mesh, by_slot=s.mode == "material")
     seed = request.pick_seed(s) if seed is None else seed
     params = request.params(s, seed=seed, default_bundle=prefs.get(context).default_bundle, inputs={"mesh": str(mesh)})
     job_context = {"settings": dataclasses.asdict(s), "object": obj.name, "uv_map": uv_map, "uv_added": uv_added,
                    "mesh": str(mesh), "pack": pack, "scene": context.scene.name}
     return Prepared(params, f"{stem}_s{seed}.glb", job_context)
+
+
+def with_table(obj: bpy.types.Object, s: request.TextureSettings) -> request.TextureSettings:
+    """``s`` with the object's slot table (read again first: ``slot_table.sync``); slot prompts, tile sizes and an
+    ``only`` given in ``s`` (scripts) win over the table's rows of the same slots."""
+    slot_table.sync(obj)
+    table = slot_table.entries(obj)
+    merged = {}
+    for name in ("slots", "slot_tiles"):
+        given = {entry.partition("=")[0]: entry for entry in getattr(s, name)}
+        merged[name] = tuple(e for e in table[name] if e.partition("=")[0] not in given) + tuple(given.values())
+    merged["only"] = tuple(s.only) or table["only"]
+    return s.replace(**merged)
 
 
 def run(config: engine.EngineConfig, job: Prepared, *, index: int = 0, count: int = 1,
@@ -280,17 +302,52 @@ def finish(state: engine.JobState) -> Textured:
     image = scene_io.load_result(result["texture"], request.result_name(f"{obj.name}: {s.prompt}", int(seed)),
                                  provenance, pack=jc["pack"])
     name = request.material_name(obj.name)
-    if mode == "material":
-        scale = request.tile_scale(tile_size, tuple(obj.matrix_world.to_scale()))
-        material = box_material(name, image, scale)
+    made: dict[str, Any] = {}
+    if mode == "material" and result.get("slots"):
+        for record in result["slots"]:
+            made[record["name"] or slot_table.NO_MATERIAL] = slot_material(obj, record, provenance, jc["pack"])
+        material = next(iter(made.values()))
+        image = bpy.data.images.get(material["sfumato_images"][0]) or image
+        assign_slots(obj, made)
     else:
-        material = uv_material(name, image, jc["uv_map"])
-    material["sfumato"] = provenance
-    scene_io.keep(material)  # an earlier result stays in the .blend when a later one replaces it
-    assign(obj, material)
+        if mode == "material":
+            scale = request.tile_scale(tile_size, tuple(obj.matrix_world.to_scale()))
+            material = box_material(name, image, scale)
+        else:
+            material = uv_material(name, image, jc["uv_map"])
+        material["sfumato"] = provenance
+        scene_io.keep(material)  # an earlier result stays in the .blend when a later one replaces it
+        assign(obj, material)
     scene_io.show_in_image_editors(image)
     return Textured(obj, material, image, str(result.get("glb", "")), result["texture"], meta,
-                    list(result.get("warnings") or []))
+                    list(result.get("warnings") or []), made)
+
+
+MAPS = ("normal", "roughness", "height")  # the maps a material-mode slot comes with, all Non-Color data
+
+
+def slot_material(obj: bpy.types.Object, record: dict[str, Any], provenance: dict[str, Any],
+                  pack: bool) -> bpy.types.Material:
+    """One slot's result as a material "Sfumato <slot>": its colour tile and maps as images (kept in the .blend),
+    box-mapped at the slot's real tile size, with the slot's provenance on each."""
+    label = record["name"] or slot_table.NO_MATERIAL
+    own = request.id_properties({**provenance, "prompt": record["prompt"], "seed": record["seed"],
+                                 "tile_size": record["tile_size"], "slot": label, "file": record["texture"]})
+    images = {"colour": scene_io.load_result(record["texture"], request.result_name(f"{label}: {record['prompt']}",
+                                                                                     int(record["seed"])), own,
+                                             pack=pack)}
+    for kind in MAPS:
+        if record.get(kind):
+            image = scene_io.load_result(record[kind], request.result_name(f"{label} {kind}: {record['prompt']}",
+                                                                           int(record["seed"])),
+                                         {**own, "map": kind, "file": record[kind]}, pack=pack)
+            image.colorspace_settings.name = 'Non-Color'
+            images[kind] = image
+    scale = request.tile_scale(float(record["tile_size"]), tuple(obj.matrix_world.to_scale()))
+    material = pbr_box_material(request.slot_material_name(label), images, scale)
+    material["sfumato"] = own
+    material["sfumato_images"] = [image.name for image in images.values()]
+    return scene_io.keep(material)
 
 
 def _material(name: str) -> tuple[bpy.types.Material, Any, Any]:
@@ -341,14 +398,63 @@ def box_material(name: str, image: bpy.types.Image, scale: tuple[float, float, f
     return material
 
 
-ORIGINAL = "sfumato_original_materials"  # the object's slots as the user had them, for ``revert``
+def pbr_box_material(name: str, images: dict[str, bpy.types.Image],
+                     scale: tuple[float, float, float]) -> bpy.types.Material:
+    """``box_material`` with the maps: normal through a Normal Map node, roughness into Roughness, height through a
+    Displacement node (bump, at a few millimetres) into the output's Displacement; every map box-projected with the
+    colour so they stay aligned."""
+    material = box_material(name, images["colour"], scale)
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    bsdf = next(n for n in nodes if n.type == 'BSDF_PRINCIPLED')
+    colour = next(n for n in nodes if n.type == 'TEX_IMAGE')
+    vector = colour.inputs["Vector"].links[0].from_socket
+    output = next(n for n in nodes if n.type == 'OUTPUT_MATERIAL')
+
+    def tex(kind: str, y: int):
+        node = nodes.new("ShaderNodeTexImage")
+        node.image, node.location = images[kind], (-450, y)
+        node.projection, node.projection_blend, node.extension = 'BOX', BOX_BLEND, 'REPEAT'
+        links.new(vector, node.inputs["Vector"])
+        return node
+
+    if "roughness" in images:
+        links.new(tex("roughness", -300).outputs["Color"], bsdf.inputs["Roughness"])
+    if "normal" in images:
+        normal_map = nodes.new("ShaderNodeNormalMap")
+        normal_map.location = (-200, -600)
+        links.new(tex("normal", -600).outputs["Color"], normal_map.inputs["Color"])
+        links.new(normal_map.outputs["Normal"], bsdf.inputs["Normal"])
+    if "height" in images:
+        displacement = nodes.new("ShaderNodeDisplacement")
+        displacement.location = (0, -900)
+        displacement.inputs["Scale"].default_value = DISPLACEMENT_METRES
+        links.new(tex("height", -900).outputs["Color"], displacement.inputs["Height"])
+        links.new(displacement.outputs["Displacement"], output.inputs["Displacement"])
+    return material
 
 
-def assign(obj: bpy.types.Object, material: bpy.types.Material) -> None:
-    """Show ``material`` in every material slot of ``obj`` without touching the user's work: each slot is linked to
-    the object (so the mesh, which other objects may share, keeps its materials), faces keep their material
-    index, and the slots as they were are recorded on the object the first time, for ``revert``. A mesh without
-    slots gets one (``revert`` takes it away again)."""
+DISPLACEMENT_METRES = 0.005  # how deep the height map's relief reads (a brick joint is about this deep)
+ORIGINAL = slot_table.ORIGINAL  # the object's slots as the user had them, for ``revert``
+
+
+def assign_slots(obj: bpy.types.Object, made: dict[str, bpy.types.Material]) -> None:
+    """Each slot whose own material (as the user had it) is named in ``made`` shows its new material, linked to the
+    object; slots not in ``made`` (``only``) keep what they show; faces keep their material index."""
+    record_original(obj)
+    for slot, original in zip(obj.material_slots, slot_table.original_materials(obj)):
+        name = original.name if original is not None else slot_table.NO_MATERIAL
+        if name in made:
+            slot.link = 'OBJECT'
+            slot.material = made[name]
+    if not obj.material_slots and slot_table.NO_MATERIAL in made:
+        obj.data.materials.append(None)
+        obj.material_slots[0].link = 'OBJECT'
+        obj.material_slots[0].material = made[slot_table.NO_MATERIAL]
+
+
+def record_original(obj: bpy.types.Object) -> None:
+    """The first time: the slots as they are, on the object, for ``revert``; object-linked materials get a fake user
+    so they survive being replaced."""
     if ORIGINAL not in obj:
         slots = [{"link": slot.link, "object_material": slot.material.name if slot.link == 'OBJECT' and
                   slot.material else ""} for slot in obj.material_slots]
@@ -356,6 +462,14 @@ def assign(obj: bpy.types.Object, material: bpy.types.Material) -> None:
     for slot in obj.material_slots:  # an object-linked material replaced here would lose its last user
         if slot.link == 'OBJECT' and slot.material is not None and not slot.material.get("sfumato"):
             slot.material.use_fake_user = True
+
+
+def assign(obj: bpy.types.Object, material: bpy.types.Material) -> None:
+    """Show ``material`` in every material slot of ``obj`` without touching the user's work: each slot is linked to
+    the object (so the mesh, which other objects may share, keeps its materials), faces keep their material
+    index, and the slots as they were are recorded on the object the first time, for ``revert``. A mesh without
+    slots gets one (``revert`` takes it away again)."""
+    record_original(obj)
     if not obj.material_slots:
         obj.data.materials.append(None)
     for slot in obj.material_slots:

@@ -8,7 +8,7 @@ import time
 
 import bpy
 
-from . import engine, ops, props, runtime
+from . import engine, ops, props, runtime, slot_table
 
 
 class SfumatoPanel:
@@ -131,6 +131,7 @@ class SFUMATO_PT_texture(SfumatoPanel, bpy.types.Panel):
         col.prop(s, "texture_size")
         if s.texture_mode == "material":
             layout.prop(s, "tile_size")
+            slot_table.draw(layout.box(), context)
         _why_not(layout, ops._texture_reason(context, props.texture_settings_from(s)))
         row = layout.row(align=True)
         row.operator("sfumato.texture", icon='TEXTURE')

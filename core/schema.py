@@ -43,6 +43,8 @@ Fast = Literal["auto", "on", "off", "compile"]
 Seamless = Literal["none", "x", "y", "xy"]
 Conditioning = Literal["auto", "depth", "img2img"]
 MESH_FILES = "a path to a .glb, .gltf, .obj or .ply file"
+MAX_SLOTS = 256  # material slots one texture job takes
+NO_MATERIAL = "(no material)"  # the slot name of faces without a material
 REQUIRED = ""  # the placeholder default of a required text field (``parse`` insists on it being given)
 
 
@@ -64,6 +66,7 @@ class Spec:
     flag: str = ""  # the CLI flag when not --field-name
     max_chars: int = 4096  # text: longest allowed
     max_items: int = 16  # lists: most entries
+    pairs: bool = False  # a list of text: each entry NAME=VALUE with a non-empty NAME
 
 
 def param(default: Any, help: str, **limits: Any) -> Any:
@@ -142,10 +145,10 @@ class ImageRequest(SampledRequest):
 
 @dataclass
 class TextureRequest(SampledRequest):
-    """A mesh textured from a prompt: views projected into its UVs, a box-mapped tile, or SDS."""
+    """A mesh textured from a prompt: views projected into its UVs, a box-mapped tile per material slot, or SDS."""
 
-    prompt: str = field(metadata={"spec": Spec("what to generate", required=True, nonempty=True,
-                                               allowed="a non-empty text prompt", max_chars=MAX_PROMPT_CHARS)})
+    prompt: str = field(metadata={"spec": Spec("what to generate; material mode: the style added to every slot's "
+                                               "prompt", required=True, max_chars=MAX_PROMPT_CHARS)})
     mesh: str = param(REQUIRED, "the mesh to texture", required=True, path=True, allowed=MESH_FILES)
     mode: Literal["projection", "material", "sds"] = param(
         "projection", "projection: views painted into the UVs; material: a seamless tile, box-mapped; sds: the "
@@ -155,7 +158,19 @@ class TextureRequest(SampledRequest):
     views: int = param(8, "projection: cameras around the mesh", lo=1, hi=64)
     resolution: int | None = _size("per view (projection) or tile (material)", 2048)
     texture_size: int = param(1024, "the UV texture's side, pixels", lo=16, hi=8192)
-    tile_size: float = param(1.0, "material: metres one tile covers", lo=0, hi=1000, lo_open=True)
+    tile_size: float = param(1.0, "material: metres one tile covers (a slot's own size comes first: --slot-tile, "
+                             "else a default for the material its name says)", lo=0, hi=1000, lo_open=True)
+    slots: tuple[str, ...] = param((), "a material slot's prompt: NAME=PROMPT (NAME is the slot's material); the main "
+                                   "prompt is added to each as a shared style", pairs=True, max_items=MAX_SLOTS,
+                                   flag="slot", allowed=f"NAME=PROMPT entries, at most {MAX_SLOTS}")
+    slot_tiles: tuple[str, ...] = param((), "material: metres one tile covers on a slot, NAME=METRES", pairs=True,
+                                        max_items=MAX_SLOTS, flag="slot-tile",
+                                        allowed=f"NAME=METRES entries, at most {MAX_SLOTS}")
+    slots_file: str | None = param(None, "a JSON slot table: {NAME: PROMPT} or {NAME: {prompt, tile_size, enabled}}",
+                                   path=True, suffixes=(".json",), flag="slots", none="for no table")
+    only: tuple[str, ...] = param((), "regenerate only these slots (material names); the others are left as they are",
+                                  max_items=MAX_SLOTS, allowed=f"slot names, at most {MAX_SLOTS}")
+    maps: bool = param(True, "material: normal, roughness and height maps predicted for each tile")
     control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=4)
     conditioning: Conditioning = param("auto", "auto: the bundle's depth ControlNet when it has one, else "
                                        "image-to-image from the view's shading")
@@ -176,8 +191,17 @@ class TextureRequest(SampledRequest):
                                     "shading", lo=0, hi=1, lo_open=True)
 
     def cross(self) -> list[Problem]:
-        return _strength_problems(self, "img2img_strength",
-                                  self.mode == "projection" and self.conditioning == "img2img")
+        found = _strength_problems(self, "img2img_strength",
+                                   self.mode == "projection" and self.conditioning == "img2img")
+        most = spec_of(TextureRequest.__dataclass_fields__["tile_size"]).hi
+        for entry in self.slot_tiles:
+            metres = _float_or_none(entry.partition("=")[2])
+            if metres is None or not 0 < metres <= most:
+                found.append(Problem("slot_tiles", entry, f"NAME=METRES with METRES a number in (0, {_num(most)}]"))
+        if not self.prompt.strip() and self.mode != "material":
+            found.append(Problem("prompt", self.prompt, f"a non-empty text prompt in {self.mode} mode (material mode "
+                                 "may leave it empty when every slot has a prompt)"))
+        return found
 
 
 @dataclass
@@ -383,7 +407,8 @@ def value_ok(f: dataclasses.Field, t: Any, v: Any) -> bool:
         return (isinstance(v, str) and len(v) <= s.max_chars and "\0" not in v and _encodable(v)
                 and (not s.nonempty or bool(v.strip())) and (not s.suffixes or v.lower().endswith(s.suffixes)))
     if typing.get_origin(base) is tuple and typing.get_args(base)[0] is str:
-        return isinstance(v, tuple) and len(v) <= s.max_items and all(_scaled_ok(e, s) for e in v)
+        entry_ok = _pair_ok if s.pairs else _scaled_ok
+        return isinstance(v, tuple) and len(v) <= s.max_items and all(entry_ok(e, s) for e in v)
     if typing.get_origin(base) is tuple:
         return (isinstance(v, tuple) and 1 <= len(v) <= s.max_items
                 and all(_is_number(e) and _in_range(e, s) for e in v))
@@ -421,6 +446,19 @@ def _scaled_ok(entry: Any, s: Spec) -> bool:
         return False
     _, scale = split_scaled(entry)
     return scale is None or (math.isfinite(scale) and _in_range(scale, s))
+
+
+def _pair_ok(entry: Any, s: Spec) -> bool:
+    return (isinstance(entry, str) and len(entry) <= s.max_chars and "\0" not in entry and _encodable(entry)
+            and "=" in entry and bool(entry.partition("=")[0].strip()))
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def nearest(f: dataclasses.Field, v: Any) -> str:
@@ -513,3 +551,48 @@ def limits(cls: type) -> dict[str, dict[str, Any]]:
             entry["choices"] = list(choices(base))
         out[f.name] = entry
     return out
+
+
+# ---- material slots: a slot's name made into a prompt, and its tile's real size -------------------------
+_EMPTY_WORDS = frozenset({"material", "materials", "mat", "mtl", "m", "default", "sfumato", "none", "untitled",
+                          "new", "slot", "surface", "base", "no", "name", "unnamed", "object", "mesh"})
+_PREFIXES = frozenset({"m", "mat", "mtl"})  # naming conventions' material prefixes: "M_Brick"
+_SLOT_TILE_METRES = (  # words in a slot's name or prompt -> metres one tile covers (about a tile of the trained data)
+    (("shingle", "roof tile", "roofing tile", "pantile"), 2.5),  # ~9 rows of ~0.28 m tiles
+    (("standing seam", "seam"), 2.2),  # ~4 pans of 0.5 m
+    (("corrugated",), 0.9),  # ~12 ribs of 76 mm
+    (("brick", "masonry"), 0.9),  # ~12 courses of 75 mm
+    (("plank", "board", "cladding", "timber", "wood", "deck", "siding"), 0.9),  # ~6 boards of 0.15 m
+    (("parquet", "herringbone"), 1.0),
+    (("slate",), 1.0),
+    (("tile", "tiles"), 1.5),  # ~5 tiles of 0.3 m
+    (("gravel", "pebble"), 1.0),
+    (("marble", "stone"), 1.5),
+    (("concrete", "plinth"), 2.0),
+    (("stucco", "plaster", "render"), 2.0),
+    (("grass", "lawn", "turf"), 2.0),
+)
+
+
+def slot_prompt(name: str) -> str:
+    """A material slot's name as a prompt ("Roof_tiles.001" -> "roof tiles", "M_BrickFacade" -> "brick facade");
+    ``""`` when the name says nothing ("Material.001", "sfumato-default"), so the main prompt stands in."""
+    import re
+
+    text = re.sub(r"\.\d+$", "", name.strip())  # Blender's duplicate suffix
+    text = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", text)  # camelCase
+    words = [w for w in re.split(r"[\s_\-.:/\\|#,;()\[\]{}]+", text.lower())
+             if w and not w.isdigit() and w not in _PREFIXES]
+    return "" if all(w in _EMPTY_WORDS for w in words) else " ".join(words)
+
+
+def slot_tile_metres(text: str) -> float | None:
+    """Metres one tile of a slot's material covers at real scale, from the words of its name or prompt; None when
+    no word names a material this knows (the request's ``tile_size`` then)."""
+    import re
+
+    low = " " + re.sub(r"[^a-z]+", " ", text.lower()) + " "
+    for words, metres in _SLOT_TILE_METRES:
+        if any(f" {w}" in low for w in words):
+            return metres
+    return None

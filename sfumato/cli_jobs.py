@@ -45,8 +45,10 @@ class ProgressBar:
     def __call__(self, event: str, **f: Any) -> None:
         if event != "progress":
             return
-        if f.get("views", 1) > 1:
-            f["stage"], f["images"] = f"view {f.get('view', 0) + 1}/{f['views']}", 1
+        if f.get("views", 1) > 1 or f.get("slot"):
+            what = f"slot {f.get('view', 0) + 1}/{f['views']} {f['slot']}" if f.get("slot") else \
+                f"view {f.get('view', 0) + 1}/{f['views']}"
+            f["stage"], f["images"] = what, 1
         if f.get("loss") is not None:
             f["stage"] = f"asset · loss {f['loss']:.2f}"
         total, step = max(1, f.get("total") or 1), f.get("step") or 0
@@ -199,10 +201,16 @@ def _image_summary(result: dict[str, Any], seconds: float) -> str:
 def _texture_summary(result: dict[str, Any], seconds: float) -> str:
     meta = result["metadata"]
     detail = (f"{meta['views']} views ({meta['variant']}, {meta['conditioning']}) · texture {meta['texture_size']}px"
-              if meta["mode"] == "projection" else f"tile {meta['resolution']}px = {meta['tile_size']} m"
+              if meta["mode"] == "projection" else _slots_detail(meta) if meta.get("slots") else
+              f"tile {meta['resolution']}px = {meta['tile_size']} m"
               if meta["mode"] == "material" else f"{meta['iters']} SDS iterations · texture {meta['texture_size']}px")
     return (f"textured {meta['mesh']} in {seconds:.1f} s · {meta['mode']} · {detail} · bundle {meta['bundle']} · "
             f"seed {meta['seed']}")
+
+
+def _slots_detail(meta: dict[str, Any]) -> str:
+    sizes = ", ".join(f"{s['name'] or 'no material'} {s['tile_size']:g} m" for s in meta["slots"])
+    return f"{len(meta['slots'])} slot{'s' if len(meta['slots']) > 1 else ''} of {meta['resolution']}px ({sizes})"
 
 
 def _video_summary(result: dict[str, Any], seconds: float) -> str:

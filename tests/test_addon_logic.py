@@ -284,10 +284,13 @@ def test_texture_settings_are_checked_with_the_reason():
     s = request.TextureSettings(prompt="bronze")
     assert request.problems(s) == []
     bad = request.problems(s.replace(prompt=" ", views=0, resolution=100, texture_size=8, tile_size=0.0, mode="paint"))
-    assert [p.field for p in bad] == ["prompt", "mode", "views", "resolution", "texture_size", "tile_size"]
-    assert str(bad[3]) == ("resolution=100 is not allowed: a multiple of 8 from 64 to 2048, or none for the bundle's "
+    assert [p.field for p in bad] == ["mode", "views", "resolution", "texture_size", "tile_size"]
+    assert str(bad[2]) == ("resolution=100 is not allowed: a multiple of 8 from 64 to 2048, or none for the bundle's "
                            "native size (nearest: 96 or 104)")
-    assert str(bad[1]) == "mode='paint' is not allowed: projection, material or sds"  # every texture mode the engine has
+    assert str(bad[0]) == "mode='paint' is not allowed: projection, material or sds"  # every texture mode the engine has
+    blank = request.problems(s.replace(prompt=" "))  # projection needs a prompt; material mode may take slot prompts
+    assert [p.field for p in blank] == ["prompt"] and "non-empty" in str(blank[0])
+    assert request.problems(s.replace(prompt=" ", mode="material")) == []
     with pytest.raises(request.BadSetting, match="colour"):
         s.replace(colour="red")
 

@@ -10,10 +10,13 @@ from typing import Any
 from ..core.errors import BadParameter
 from ..core.jobs import JobContext, Opened, check_writable, load_models
 
+MAP_KINDS = ("normal", "roughness", "height")  # the maps a material-mode slot carries beside its colour tile
+
 
 def texture_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     """Texture ``job.request.mesh`` into ``output`` (.glb), with the texture PNG and a JSON sidecar beside it."""
     from ..core.device import out_of_memory_as_error
+    from . import slots
     from .mesh import load_mesh
     from .texture import ViewInfo, save_result, texture
 
@@ -22,6 +25,8 @@ def texture_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     if req.mode == "sds" and req.state is None:  # cancel saves here; the same job again resumes
         req.state = str(output.with_name(output.stem + ".sds-state.safetensors"))
     mesh = load_mesh(req.mesh, max_faces=req.max_faces)  # bad meshes fail before any model loads
+    if req.mode == "material":
+        slots.plan(req, mesh, req.seed)  # and slot tables naming slots the mesh lacks
     views = req.views if req.mode == "projection" and req.variant == "sequential" else 1
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, view=0, views=views,
              image=0, images=1, preview=None)
@@ -32,15 +37,19 @@ def texture_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     def on_view(info: ViewInfo) -> None:
         ctx.check_cancel()
         ctx.emit("progress", id=ctx.job_id, stage="texture", step=info.step.step, total=info.step.total,
-                 view=info.view, views=info.views, image=info.view, images=info.views, preview=None)
+                 view=info.view, views=info.views, image=info.view, images=info.views, preview=None,
+                 **({"slot": info.slot} if info.slot else {}))
 
     with out_of_memory_as_error(f"texturing on {job.device}"):
         result = texture(req, models, on_view=on_view, mesh=mesh)
     paths = save_result(result, output)
-    ctx.keep(paths["glb"], paths["texture"], paths["sidecar"])
-    return {"files": [paths["glb"], paths["texture"]], "glb": paths["glb"], "texture": paths["texture"],
-            "sidecar": paths["sidecar"], "mode": req.mode, "tile_size": req.tile_size,
-            "metadata": result.metadata, "metrics": result.metrics, "warnings": result.warnings}
+    slot_files = [f for s in paths.get("slots") or [] for f in (s["texture"], *(s[k] for k in MAP_KINDS if k in s))]
+    files = [paths["glb"], *(slot_files or [paths["texture"]])]  # the first slot's tile is the texture
+    ctx.keep(*files, paths["sidecar"])
+    return {"files": files, "glb": paths["glb"], "texture": paths["texture"], "sidecar": paths["sidecar"],
+            "mode": req.mode, "tile_size": req.tile_size,
+            "slots": paths.get("slots"), "metadata": result.metadata, "metrics": result.metrics,
+            "warnings": result.warnings}
 
 
 def asset_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class Mesh:
     uv: torch.Tensor | None = None  # (V, 2) float32, origin bottom-left
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    groups: tuple[str, ...] = ()  # material names in the file, in order of first use ("" for faces without one)
+    face_group: torch.Tensor | None = None  # (F,) int64 index into ``groups``
 
     @property
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +69,9 @@ def _flatten(loaded, path: str):
 
     if isinstance(loaded, trimesh.Scene):
         meshes = []
-        for node in loaded.graph.nodes_geometry:
+        order = {name: i for i, name in enumerate(loaded.geometry)}  # the file's order: slots keep their seeds
+        nodes = sorted(loaded.graph.nodes_geometry, key=lambda node: order.get(loaded.graph[node][1], len(order)))
+        for node in nodes:
             transform, name = loaded.graph[node]
             geom = loaded.geometry[name]
             if isinstance(geom, trimesh.Trimesh) and len(geom.faces):
@@ -76,7 +80,10 @@ def _flatten(loaded, path: str):
             raise BadParameter("mesh", path, "a file with at least one triangle mesh; this one has none")
         uv_ok = all(getattr(m.visual, "uv", None) is not None and len(m.visual.uv) == len(m.vertices)
                     for m in meshes)
+        groups = list(dict.fromkeys(material_name(m) for m in meshes))
+        face_group = np.concatenate([np.full(len(m.faces), groups.index(material_name(m))) for m in meshes])
         if len(meshes) == 1:
+            meshes[0].metadata["groups"] = (groups, face_group)
             return meshes[0], uv_ok
         vertices, faces, uvs, offset = [], [], [], 0
         for m in meshes:
@@ -87,11 +94,24 @@ def _flatten(loaded, path: str):
             offset += len(m.vertices)
         out = trimesh.Trimesh(np.concatenate(vertices), np.concatenate(faces), process=False)
         out.metadata["uv"] = np.concatenate(uvs) if uv_ok else None
+        out.metadata["groups"] = (groups, face_group)
         return out, uv_ok
     if isinstance(loaded, trimesh.Trimesh):
         uv = getattr(loaded.visual, "uv", None)
+        loaded.metadata["groups"] = ([material_name(loaded)], np.zeros(len(loaded.faces)))
         return loaded, uv is not None and len(uv) == len(loaded.vertices)
     raise BadParameter("mesh", path, f"a triangle mesh; trimesh read a {type(loaded).__name__} (points or lines?)")
+
+
+PLACEHOLDER_MATERIAL = "sfumato-default"  # given to glTF primitives with UVs but no material (see below)
+
+
+def material_name(geometry) -> str:
+    """The name of a trimesh geometry's material (OBJ ``usemtl`` with its .mtl, glTF material name); ``""`` when it
+    has none or no name."""
+    material = getattr(geometry.visual, "material", None)
+    name = str(getattr(material, "name", None) or "")
+    return "" if name == PLACEHOLDER_MATERIAL else name
 
 
 def _glb_keeping_uvs(path: str) -> bytes | None:
@@ -112,7 +132,7 @@ def _glb_keeping_uvs(path: str) -> bytes | None:
                if "TEXCOORD_0" in p.get("attributes", {}) and "material" not in p]
     if not missing:
         return None
-    doc.setdefault("materials", []).append({"name": "sfumato-default"})
+    doc.setdefault("materials", []).append({"name": PLACEHOLDER_MATERIAL})
     for p in missing:
         p["material"] = len(doc["materials"]) - 1
     chunk = json.dumps(doc, separators=(",", ":")).encode()
@@ -156,8 +176,10 @@ def load_mesh(path: str | Path, *, max_faces: int = DEFAULT_MAX_FACES) -> Mesh:
     if not np.isfinite(vertices).all():
         raise BadParameter("mesh", path, "finite vertex positions; some are NaN or infinite")
     uv = tm.metadata.get("uv") if "uv" in tm.metadata else (np.asarray(tm.visual.uv) if has_uv else None)
+    groups, face_group = tm.metadata.get("groups") or ([""], np.zeros(len(faces)))
     mesh = Mesh(torch.from_numpy(vertices), torch.from_numpy(faces),
-                None if uv is None else torch.from_numpy(np.asarray(uv, dtype=np.float32)), source=path)
+                None if uv is None else torch.from_numpy(np.asarray(uv, dtype=np.float32)), source=path,
+                groups=tuple(groups), face_group=torch.from_numpy(np.asarray(face_group, dtype=np.int64)))
     return check(mesh, path, trimesh_mesh=tm)
 
 
@@ -173,7 +195,8 @@ def check(mesh: Mesh, path: str = "", *, trimesh_mesh=None) -> Mesh:
     warnings = list(mesh.warnings)
     if not bool(good.all()):
         warnings.append(f"dropped {int((~good).sum())} degenerate (zero-area) triangles")
-        mesh = replace(mesh, faces=mesh.faces[good])
+        mesh = replace(mesh, faces=mesh.faces[good],
+                       face_group=None if mesh.face_group is None else mesh.face_group[good])
     edges = torch.sort(mesh.faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), dim=1).values
     _, counts = torch.unique(edges, dim=0, return_counts=True)
     if bool((counts > 2).any()):
@@ -216,6 +239,48 @@ def save_glb(mesh: Mesh, texture, path: str | Path, metadata: dict | None = None
     tm = trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=False,
                          visual=TextureVisuals(uv=mesh.uv.numpy(), material=material))
     scene = trimesh.Scene(tm)
+    if metadata:
+        scene.metadata["sfumato"] = metadata
+    data = scene.export(file_type="glb")
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_slots_glb(mesh: Mesh, slots: list, tiles: list, path: str | Path, metadata: dict | None = None) -> Path:
+    """The mesh as one GLB primitive per material slot, each a glTF PBR material named after the slot: base colour,
+    ``normalTexture`` and ``metallicRoughnessTexture`` (roughness in G, metallic 0 in B) where the slot was
+    generated (``tiles``: ``slots.SlotTile``), a plain material where it was not. ``mesh`` has box UVs (three
+    vertices per face) and ``face_group``."""
+    import trimesh
+    from PIL import Image
+    from trimesh.visual.material import PBRMaterial
+    from trimesh.visual.texture import TextureVisuals
+
+    from ..core.provenance import atomic_write
+
+    made = {t.slot.index: t for t in tiles}
+    scene = trimesh.Scene()
+    for slot in slots:
+        faces = torch.nonzero(mesh.face_group == slot.index).flatten()
+        if not len(faces):
+            continue
+        corners = mesh.faces[faces].reshape(-1)
+        name = f"Sfumato {slot.name}" if slot.name else "Sfumato"
+        tile = made.get(slot.index)
+        if tile is None:
+            material = PBRMaterial(name=slot.name or "no material", metallicFactor=0.0, roughnessFactor=0.8)
+        else:
+            extra = {}
+            if "normal" in tile.maps:
+                extra["normalTexture"] = tile.maps["normal"]
+            if "roughness" in tile.maps:
+                rough = np.asarray(tile.maps["roughness"])
+                mr = np.stack([np.zeros_like(rough), rough, np.zeros_like(rough)], -1)
+                extra["metallicRoughnessTexture"] = Image.fromarray(mr, "RGB")
+            material = PBRMaterial(name=name, baseColorTexture=tile.tile, metallicFactor=0.0,
+                                   roughnessFactor=1.0 if "roughness" in tile.maps else 0.8, **extra)
+        part = trimesh.Trimesh(mesh.vertices[corners].numpy(), np.arange(len(corners)).reshape(-1, 3), process=False,
+                               visual=TextureVisuals(uv=mesh.uv[corners].numpy(), material=material))
+        scene.add_geometry(part, geom_name=name)
     if metadata:
         scene.metadata["sfumato"] = metadata
     data = scene.export(file_type="glb")

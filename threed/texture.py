@@ -53,6 +53,7 @@ from ..core.schedulers import make_scheduler, takes_generator
 from ..core.schema import ImageRequest, TextureRequest
 from .cameras import Cameras, rig, sphere, view_prompt
 from .mesh import Mesh, check, ensure_uv, load_mesh
+from .slots import file_label
 from .raster import Fragments, projection, rasterize, rasterize_uv, sample_texture
 
 @dataclass
@@ -64,6 +65,8 @@ class TextureResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     painted: torch.Tensor | None = None  # (T, T) texels a generation view coloured (projection)
+    slots: list = field(default_factory=list)  # material: a ``slots.SlotTile`` per slot generated
+    all_slots: list = field(default_factory=list)  # material: every ``slots.Slot`` of the mesh, generated or not
 
 
 @dataclass
@@ -73,6 +76,7 @@ class ViewInfo:
     view: int
     views: int
     step: StepInfo
+    slot: str = ""  # material mode: the slot this tile is for
 
 
 OnView = Callable[[ViewInfo], None]
@@ -303,9 +307,9 @@ def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------- projection
 def _conditioning(models: Models, req: TextureRequest, scene: Scene, i: int, resolution: int,
-                  cache: dict[str, Any]) -> Conditioning:
-    prompt = view_prompt(req.prompt, scene.cameras.azimuth[i], scene.cameras.elevation[i]) \
-        if req.view_prompts else req.prompt
+                  cache: dict[str, Any], prompt: str | None = None) -> Conditioning:
+    prompt = req.prompt if prompt is None else prompt
+    prompt = view_prompt(prompt, scene.cameras.azimuth[i], scene.cameras.elevation[i]) if req.view_prompts else prompt
     if prompt not in cache:
         cache[prompt] = text.encode_pair(models, prompt, req.negative)
     positive, negative = cache[prompt]
@@ -314,10 +318,36 @@ def _conditioning(models: Models, req: TextureRequest, scene: Scene, i: int, res
                              control=control, control_scale=req.control_scale)
 
 
+REGION_MIN_SHARE = 0.01  # a slot takes part in a view's regional prompt when it covers this share of the mesh there
+
+
+def view_regions(models: Models, req: TextureRequest, scene: Scene, i: int, resolution: int, prompts: list[str],
+                 denoiser: Denoiser, cache: dict[str, Any]) -> tuple[Any, Conditioning]:
+    """View ``i``'s denoiser and conditioning with a prompt per material slot (``prompts`` by ``Mesh.groups``
+    index): the slots it sees, each where its faces are (``core/regions.py``); the background follows them all
+    equally. One slot in view: a plain denoiser with that slot's prompt."""
+    from ..core.regions import RegionalDenoiser
+
+    face = scene.frags.face[i]
+    on_mesh = face >= 0
+    group = torch.where(on_mesh, scene.mesh.face_group[face.clamp_min(0)], torch.full_like(face, -1))
+    share = torch.bincount(group[on_mesh], minlength=len(prompts)).float() / on_mesh.sum().clamp_min(1)
+    present = [k for k in range(len(prompts)) if share[k] >= REGION_MIN_SHARE] or [int(share.argmax())]
+    conds = [_conditioning(models, req, scene, i, resolution, cache, prompts[k]) for k in present]
+    if len(present) == 1:
+        return denoiser, conds[0]
+    onehot = torch.stack([(group == k) for k in present]).float()
+    onehot[:, ~on_mesh] = 1.0 / len(present)
+    onehot = onehot / onehot.sum(0, keepdim=True).clamp_min(1e-6)  # pixels of slots left out follow the rest
+    masks = F.avg_pool2d(onehot[:, None], models.vae_scale_factor).to(models.device)
+    return RegionalDenoiser(denoiser, conds, masks), conds[0]
+
+
 def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolution: int, seed: int,
                        on_view: OnView | None, *, bake: Bake | None = None, start: int = 0,
-                       total: int | None = None) -> tuple[Bake, list[torch.Tensor]]:
-    """Generate views ``start``.. of ``scene`` in turn into ``bake`` (a new one by default)."""
+                       total: int | None = None, prompts: list[str] | None = None) -> tuple[Bake, list[torch.Tensor]]:
+    """Generate views ``start``.. of ``scene`` in turn into ``bake`` (a new one by default); with ``prompts`` (one
+    per material slot), each slot's pixels follow its own prompt (``view_regions``)."""
     f = models.vae_scale_factor
     denoiser = Denoiser(models, fast=req.fast)
     bake = bake if bake is not None else Bake(req.texture_size)
@@ -368,9 +398,12 @@ def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolu
             if on_view is not None:
                 on_view(ViewInfo(i, total or len(scene.cameras), info))
 
-        cond = _conditioning(models, req, scene, i, resolution, texts)
-        x = sample(denoiser, scheduler, x, cond, timesteps, generator=[g] if takes_generator(scheduler) else None,
-                   on_step=on_step, post_step=post_step)
+        if prompts:
+            view_denoiser, cond = view_regions(models, req, scene, i, resolution, prompts, denoiser, texts)
+        else:
+            view_denoiser, cond = denoiser, _conditioning(models, req, scene, i, resolution, texts)
+        x = sample(view_denoiser, scheduler, x, cond, timesteps,
+                   generator=[g] if takes_generator(scheduler) else None, on_step=on_step, post_step=post_step)
         image = latent_space.decode(models, x)[0].cpu()
         image = torch.where(keep[None], rendered, image)  # kept pixels are exactly what was there
         images.append(image)
@@ -450,6 +483,12 @@ def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: in
     if not use_depth(models, req) and req.conditioning == "auto":
         warnings.append(f"bundle {models.bundle.name} has no depth ControlNet: views are image-to-image from the "
                         f"mesh's shading (strength {req.img2img_strength}), so they follow its geometry loosely")
+    slots = slot_prompts(req, mesh, seed)
+    prompts = [slot.prompt for slot in slots] if slots else None
+    if prompts and req.variant == "sync":
+        warnings.append("the sync variant paints one prompt over every slot; the sequential variant gives each slot "
+                        "its own")
+        prompts = None
     started = time.perf_counter()
     normalised = ensure_uv(mesh, req.texture_size).normalised()
     warnings += [w for w in normalised.warnings if w not in warnings]
@@ -459,14 +498,15 @@ def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: in
         bake, images = project_sync(models, req, scene, resolution, seed, on_view)
     else:
         bake, images = project_sequential(models, req, scene, resolution, seed, on_view,
-                                          total=req.views + req.fill_views)
+                                          total=req.views + req.fill_views, prompts=prompts)
     extra = fill_cameras(scene, bake.seen, req.fill_views)
     if extra is not None:  # views for what the rig missed (concave corners, under eaves), in turn
         scene = concat_scenes(scene, build_scene(normalised, extra, resolution, req.texture_size,
                                                  near_far=scene.near_far, texels=scene.texels,
                                                  inside_mask=scene.texel_mask))
         bake, more = project_sequential(models, req, scene, resolution, seed, on_view, bake=bake,
-                                        start=len(images), total=len(scene.cameras))
+                                        start=len(images), total=len(scene.cameras),
+                                        prompts=prompts if req.variant != "sync" else None)
         images += more
     colour = bake.current()
     filled = push_pull(colour, bake.seen)
@@ -478,16 +518,30 @@ def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: in
     metrics = {"views_coverage": float((bake.seen & inside).sum() / inside.sum().clamp_min(1)),
                "view_psnr_db": [round(a, 2) for a in agree], "seconds": round(time.perf_counter() - started, 2)}
     meta = _metadata(req, models, seed, resolution)
+    if prompts:
+        meta["slots"] = [{"name": slot.name, "prompt": slot.prompt, "prompt_from": slot.source} for slot in slots]
     # the mesh the texture belongs to, back in the file's units (xatlas's UVs when it had none)
     out_mesh = replace(scene.mesh, vertices=scene.mesh.vertices * mesh.radius + mesh.center, warnings=[])
     return TextureResult(texture, out_mesh, meta, latent_space.tensor_to_pil(torch.stack(images)), metrics,
                          warnings, painted=bake.seen)
 
 
+def slot_prompts(req: TextureRequest, mesh: Mesh, seed: int) -> list | None:
+    """Projection: a prompt per material slot (``slots.plan``) when the mesh has several named slots or a table was
+    given; None for one prompt over everything (a mesh of one material, as before)."""
+    from .slots import plan, with_groups
+
+    mesh = with_groups(mesh)
+    if len([g for g in mesh.groups if g]) < 2 and not (req.slots or req.slots_file):
+        return None
+    return plan(req, mesh, seed).slots
+
+
 # --------------------------------------------------------------------------------------- material
-def box_uv(mesh: Mesh, tile_size: float) -> Mesh:
+def box_uv(mesh: Mesh, tile_size: float | torch.Tensor) -> Mesh:
     """Box projection at real scale: each triangle gets the UV plane of its dominant normal axis, in
-    units of ``tile_size``; vertices are split per triangle so every face keeps its own plane."""
+    units of ``tile_size`` (one for all, or one per face); vertices are split per triangle so every face keeps its
+    own plane."""
     n = mesh.face_normals().abs()
     axis = n.argmax(1)  # 0: x faces -> (z, y); 1: y faces (floors, roofs) -> (x, z); 2: z faces -> (x, y)
     corners = mesh.vertices[mesh.faces]  # (F, 3, 3)
@@ -495,33 +549,67 @@ def box_uv(mesh: Mesh, tile_size: float) -> Mesh:
     v_idx = torch.tensor([1, 2, 1])[axis]
     u = torch.gather(corners, 2, u_idx[:, None, None].expand(-1, 3, 1))[..., 0]
     v = torch.gather(corners, 2, v_idx[:, None, None].expand(-1, 3, 1))[..., 0]
-    uv = torch.stack([u, v], -1) / tile_size
+    size = torch.as_tensor(tile_size, dtype=torch.float32)
+    uv = torch.stack([u, v], -1) / (size[:, None, None] if size.ndim else size)
     faces = torch.arange(len(mesh.faces) * 3).view(-1, 3)
     return replace(mesh, vertices=corners.reshape(-1, 3), faces=faces, uv=uv.reshape(-1, 2).float())
 
 
 def texture_material(req: TextureRequest, models: Models, mesh: Mesh, seed: int,
                      on_view: OnView | None = None) -> TextureResult:
+    """A seamless tile per material slot (``slots.plan``), each box-mapped at its own real size, with its normal,
+    roughness and height maps predicted from the colour (``core/maps.py``)."""
+    from .slots import SlotTile, plan, with_groups
+
     resolution = req.resolution or native_size(models)
-    image_req = ImageRequest(prompt=req.prompt, negative=req.negative, bundle=req.bundle, seed=seed, steps=req.steps,
-                             guidance=req.guidance, width=resolution, height=resolution, scheduler=req.scheduler,
-                             seamless="xy", fast=req.fast, loras=req.loras)
-
-    def on_step(info: StepInfo) -> None:
-        if on_view is not None:
-            on_view(ViewInfo(0, 1, info))
-
+    mesh = with_groups(mesh)
+    chosen = plan(req, mesh, seed)
+    todo = chosen.todo
     started = time.perf_counter()
-    tile = generate(image_req, models, on_step=on_step)[0].image
+    tiles = []
+    for i, slot in enumerate(todo):
+        image_req = ImageRequest(prompt=slot.prompt, negative=req.negative, bundle=req.bundle, seed=slot.seed,
+                                 steps=req.steps, guidance=req.guidance, width=resolution, height=resolution,
+                                 scheduler=req.scheduler, seamless="xy", fast=req.fast, loras=req.loras)
+
+        def on_step(info: StepInfo, i=i) -> None:
+            if on_view is not None:
+                on_view(ViewInfo(i, len(todo), info, slot.label))
+
+        tile = generate(image_req, models, on_step=on_step)[0].image
+        tiles.append(SlotTile(slot, tile, pbr_maps(tile) if req.maps else {}))
     extent = (mesh.vertices.max(0).values - mesh.vertices.min(0).values).max().item()
-    warnings = list(mesh.warnings)
-    if extent / req.tile_size > 500:
-        warnings.append(f"the mesh spans {extent:.3g} units, {extent / req.tile_size:.0f} tiles of {req.tile_size} m: "
+    warnings = list(mesh.warnings) + chosen.notes
+    smallest = min(s.tile_size for s in todo)
+    if extent / smallest > 500:
+        warnings.append(f"the mesh spans {extent:.3g} units, {extent / smallest:.0f} tiles of {smallest} m: "
                         "is it in millimetres? (glTF units are metres)")
+    sizes = torch.tensor([s.tile_size for s in chosen.slots])[mesh.face_group]
     meta = _metadata(req, models, seed, resolution)
-    return TextureResult(tile, box_uv(mesh, req.tile_size), meta, [],
-                         {"seconds": round(time.perf_counter() - started, 2), "tiles_across": round(extent / req.tile_size, 2)},
-                         warnings)
+    meta["slots"] = [slot_record(t.slot) for t in tiles]
+    metrics = {"seconds": round(time.perf_counter() - started, 2), "tiles_across": round(extent / todo[0].tile_size, 2),
+               "slots": len(todo)}
+    return TextureResult(tiles[0].tile, box_uv(mesh, sizes), meta, [], metrics, warnings, slots=tiles,
+                         all_slots=chosen.slots)
+
+
+def slot_record(slot) -> dict[str, Any]:
+    """A slot's provenance: what it was called, what it was asked for and why, at what size and seed."""
+    return {"name": slot.name, "prompt": slot.prompt, "prompt_from": slot.source, "tile_size": slot.tile_size,
+            "tile_size_from": slot.tile_source, "seed": slot.seed, "faces": slot.faces}
+
+
+def pbr_maps(tile: Image.Image) -> dict[str, Image.Image]:
+    """Normal (tangent space, OpenGL +Y), roughness and height maps of a colour tile, predicted by the map network
+    shipped with the embedded bundle; they tile as the colour does."""
+    import numpy as np
+
+    from ..core.maps import predict_maps
+
+    maps = predict_maps(np.asarray(tile.convert("RGB")))
+    grey = {k: Image.fromarray((np.clip(maps[k], 0, 1) * 255 + 0.5).astype(np.uint8), "L")
+            for k in ("roughness", "height")}
+    return {"normal": Image.fromarray(maps["normal"], "RGB"), **grey}
 
 
 # -------------------------------------------------------------------------------------------- sds
@@ -566,7 +654,7 @@ def _metadata(req: TextureRequest, models: Models, seed: int, resolution: int) -
                     conditioning="depth-controlnet" if use_depth(models, req) else "img2img-shading",
                     view_prompts=req.view_prompts)
     else:
-        meta.update(tile_size=req.tile_size, seamless="xy")
+        meta.update(tile_size=req.tile_size, seamless="xy", maps=req.maps)
     return meta
 
 
@@ -584,19 +672,39 @@ def texture(req: TextureRequest, models: Models, *, on_view: OnView | None = Non
         return run(req, models, mesh, seed, on_view)
 
 
-def save_result(result: TextureResult, output: Path) -> dict[str, str]:
+def save_result(result: TextureResult, output: Path) -> dict[str, Any]:
     """``out.glb`` with the texture embedded, ``out.png`` beside it (provenance in its text chunk) and
-    ``out.json`` (provenance, metrics, warnings). Returns the paths written."""
+    ``out.json`` (provenance, metrics, warnings). Material mode writes each slot's tile and maps (``out_normal.png``,
+    ``out_roughness.png``, ``out_height.png``; ``out.00-Brick_facade.png``, ... when the mesh has several slots) and
+    a GLB whose every slot is a PBR material. Returns the paths written."""
     import json
 
     from ..core.provenance import atomic_write, save_png
-    from .mesh import save_glb
+    from .mesh import save_glb, save_slots_glb
 
     output = Path(output)
-    png = save_png(result.texture, output.with_suffix(".png"), result.metadata)
-    glb = save_glb(result.mesh, result.texture, output, result.metadata)
+    paths: dict[str, Any] = {}
+    if result.slots:
+        several = len(result.all_slots) > 1
+        records = []
+        for t in result.slots:
+            stem = output.stem + (f".{file_label(t.slot.name, t.slot.index)}" if several else "")
+            meta = {**result.metadata, "prompt": t.slot.prompt, "seed": t.slot.seed, "tile_size": t.slot.tile_size,
+                    "slot": t.slot.name}
+            meta.pop("slots", None)
+            files = {"texture": str(save_png(t.tile, output.with_name(stem + ".png"), meta))}
+            for kind, image in t.maps.items():
+                files[kind] = str(save_png(image, output.with_name(f"{stem}_{kind}.png"), {**meta, "map": kind}))
+            records.append({**slot_record(t.slot), **files})
+        glb = save_slots_glb(result.mesh, result.all_slots, result.slots, output, result.metadata)
+        png = records[0]["texture"]
+        paths["slots"] = records
+    else:
+        png = str(save_png(result.texture, output.with_suffix(".png"), result.metadata))
+        glb = save_glb(result.mesh, result.texture, output, result.metadata)
     sidecar = {"metadata": result.metadata, "metrics": result.metrics, "warnings": result.warnings}
+    if result.slots:
+        sidecar["slots"] = paths["slots"]
     js = atomic_write(output.with_suffix(".json"),
                       lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str)))
-    return {"glb": str(glb), "texture": str(png), "sidecar": str(js)}
-
+    return {"glb": str(glb), "texture": str(png), "sidecar": str(js), **paths}

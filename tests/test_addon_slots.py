@@ -1,0 +1,101 @@
+"""Material slots in real Blender (``bpy``, headless) with a real worker on the embedded bundle (issue 16): a house
+with five named slots gets five PBR materials, faces keep their material index, one slot can be redone alone, the
+slot table follows the object's slots, and revert puts the user's materials back."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from test_addon_blender import NAME, bpy, enabled, prefs  # noqa: F401  (fixtures)
+from test_addon_data_safety import _house_lawn_statue, _mesh_bytes, _pixels
+
+pytestmark = pytest.mark.usefixtures("enabled")
+
+SLOTS = ["Brick facade", "Roof_tiles.001", "Window frames", "Concrete plinth", "Material.001"]
+QUICK = {"mode": "material", "resolution": 64, "steps": 3, "bundle": "materials"}
+
+
+def _module(name: str):
+    return sys.modules[f"{NAME}.{name}"]
+
+
+def _house():
+    house, _ = _house_lawn_statue()
+    for name in SLOTS:
+        house.data.materials.append(bpy.data.materials.new(name))
+    house.data.polygons.foreach_set("material_index", np.arange(len(house.data.polygons)) % len(SLOTS))
+    return house
+
+
+def _image_nodes(material) -> dict[str, object]:
+    """Each image texture node's image by the socket it feeds (Base Color, Roughness, Color of the normal map, ...)."""
+    out = {}
+    for node in material.node_tree.nodes:
+        if node.type == 'TEX_IMAGE':
+            target = node.outputs["Color"].links[0].to_node
+            key = target.type if target.type != 'BSDF_PRINCIPLED' else node.outputs["Color"].links[0].to_socket.name
+            out[key] = node.image
+    return out
+
+
+def test_five_slots_become_five_pbr_materials_and_revert_restores(tmp_path):
+    import sfumato_api
+
+    house = _house()
+    before = _mesh_bytes(house.data)
+    done = sfumato_api.texture(house, "white stucco", seed=4, folder=tmp_path,
+                               slots={"Brick facade": "red brick wall, running bond"}, **QUICK)
+    assert sorted(done.slots) == sorted(SLOTS)
+    assert [slot.material for slot in house.material_slots] == [done.slots[n] for n in SLOTS]
+    assert _mesh_bytes(house.data) == before  # every face keeps its material index; the mesh keeps its materials
+    for name, material in done.slots.items():
+        assert material.name == f"Sfumato {name}"
+        images = _image_nodes(material)
+        assert set(images) == {"Base Color", "Roughness", "NORMAL_MAP", "DISPLACEMENT"}, name
+        for socket, image in images.items():
+            assert _pixels(image).std() > 0.002, (name, socket)  # not blank
+            assert image.colorspace_settings.name == ("sRGB" if socket == "Base Color" else "Non-Color")
+    record = dict(done.slots["Brick facade"]["sfumato"])
+    assert record["prompt"] == "red brick wall, running bond, white stucco" and record["slot"] == "Brick facade"
+    assert dict(done.slots["Material.001"]["sfumato"])["prompt"] == "white stucco"  # the name says nothing
+    assert sfumato_api.revert(house) is True
+    assert [slot.material.name for slot in house.material_slots] == SLOTS and _mesh_bytes(house.data) == before
+
+
+def test_one_slot_redone_leaves_the_others_and_the_table_drives_the_job(tmp_path):
+    import sfumato_api
+
+    slot_table = _module("slot_table")
+    house = _house()
+    first = sfumato_api.texture(house, "", seed=4, folder=tmp_path, slots={"Material.001": "grey slate"}, **QUICK)
+    shown = [slot.material for slot in house.material_slots]
+    again = sfumato_api.texture(house, "", seed=9, folder=tmp_path, only=["Window frames"], **QUICK)
+    assert list(again.slots) == ["Window frames"]
+    after = [slot.material for slot in house.material_slots]
+    assert after[2] == again.slots["Window frames"] != shown[2]
+    assert after[:2] + after[3:] == shown[:2] + shown[3:] and first.slots["Brick facade"] == after[0]
+    # the table: a row per slot, prompts prefilled from the names (read from the user's materials, not Sfumato's)
+    assert [row.name for row in house.sfumato_slots] == SLOTS
+    assert [row.prompt for row in house.sfumato_slots] == ["brick facade", "roof tiles", "window frames",
+                                                          "concrete plinth", ""]
+    house.sfumato_slots["Roof_tiles.001"].enabled = False
+    house.sfumato_slots["Lawn" if "Lawn" in house.sfumato_slots else "Brick facade"].tile_size = 0.45
+    entries = slot_table.entries(house)
+    assert "Roof_tiles.001" not in entries["only"] and len(entries["only"]) == 4
+    assert entries["slot_tiles"] == ("Brick facade=0.45",)
+    house.data.materials.append(bpy.data.materials.new("Lawn"))
+    assert not slot_table.in_sync(house)
+    slot_table.sync(house)
+    assert house.sfumato_slots[-1].name == "Lawn" and house.sfumato_slots["Brick facade"].tile_size == 0.45
+
+
+def test_a_table_naming_a_missing_slot_is_refused_with_the_real_ones(tmp_path):
+    import sfumato_api
+
+    house = _house()
+    with pytest.raises(RuntimeError, match=r"slots='Bricks=red'.*it has 'Brick facade', 'Roof_tiles.001'"):
+        sfumato_api.texture(house, "", seed=1, folder=tmp_path, slots={"Bricks": "red"}, **QUICK)
+    assert [slot.material.name for slot in house.material_slots] == SLOTS  # nothing touched
