@@ -200,6 +200,8 @@ class JobState:
     message: str = ""
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
+    stop_requested: bool = False  # Stop: the cancel escalates to ending the engine after ``STOP_GRACE``
+    estimate: dict[str, Any] | None = None  # the engine's ``estimate`` event: seconds, peak_bytes, text
     saved: list[str] = field(default_factory=list)  # files the job finished so far (``saved`` events)
     started: float = field(default_factory=time.monotonic)
     # called on the main thread with the state and the final event's kind (result, error, cancelled, ...), so
@@ -244,6 +246,8 @@ class JobState:
                 self.message += f" ({event['hint']})"
         elif kind == "saved":
             self.saved += [str(f) for f in event.get("files") or []]
+        elif kind == "estimate":
+            self.estimate = event
         elif kind == "worker_exited" and self.cancel_requested:  # Stop ended a worker that ignored the cancel
             self.status = "cancelled"
             self.message = ("stopped: the engine did not answer the cancel and was ended"
@@ -266,7 +270,8 @@ class JobState:
                 what += f", {self.unit} {self.image + 1}/{self.images}"
             if self.title:
                 what = f"{self.title}: {what}"
-            return [(what + (" (cancelling)" if self.cancel_requested else ""), False)]
+            said = " (stopping)" if self.stop_requested else " (cancelling)" if self.cancel_requested else ""
+            return [(what + said, False)]
         if self.status == "error":
             return [(line, True) for line in wrap(self.message)]
         return [(self.message or self.status, False)]

@@ -391,6 +391,22 @@ class SFUMATO_OT_cancel(bpy.types.Operator):
         return {'FINISHED'}
 
 
+class SFUMATO_OT_stop(bpy.types.Operator):
+    """Stop the running job for sure: cancel it, and if the engine has not ended it after a few seconds (frozen, or
+    in one long operation), end the engine; finished files are kept and the next job starts a fresh engine"""
+
+    bl_idname = "sfumato.stop"
+    bl_label = "Stop"
+
+    @classmethod
+    def poll(cls, context):
+        return runtime.busy()
+
+    def execute(self, context):
+        runtime.stop()
+        return {'FINISHED'}
+
+
 class SFUMATO_OT_revert_materials(bpy.types.Operator):
     """Put back the materials the selected meshes had before Sfumato textured them (the textures stay in the
     file)"""
@@ -505,7 +521,7 @@ class SFUMATO_OT_recall(bpy.types.Operator):
 
 
 classes = (SFUMATO_OT_image, SFUMATO_OT_texture, SFUMATO_OT_turntable, SFUMATO_OT_asset, SFUMATO_OT_cancel,
-           SFUMATO_OT_revert_materials, SFUMATO_OT_release, SFUMATO_OT_check_engine, SFUMATO_OT_recall)
+           SFUMATO_OT_stop, SFUMATO_OT_revert_materials, SFUMATO_OT_release, SFUMATO_OT_check_engine, SFUMATO_OT_recall)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse

@@ -26,6 +26,8 @@ CHECK: dict[str, Any] = {}  # the last "Check engine" outcome: {"info": {...}} o
 LAST_MESSAGE: tuple[str, bool] | None = None  # a note for the panel (released, ...), alert flag
 _previews = None  # bpy.utils.previews collection for the step preview
 INTERVAL = 0.1
+SILENT = 15.0  # seconds without a line from the engine (it sends a heartbeat every 5) before the panel warns
+_redrawn = 0.0  # when ``tick`` last redrew without an event (the clock and the silence warning move on their own)
 
 
 def busy() -> bool:
@@ -135,11 +137,35 @@ def _undo_push(message: str) -> None:
 
 
 def tick() -> float | None:
-    """The ``bpy.app.timers`` function: apply events, redraw, and keep running while work is pending."""
+    """The ``bpy.app.timers`` function: apply events, redraw (on events, and once a second while a job runs, for
+    its clock and a silence warning), and keep running while work is pending."""
+    global _redrawn
+    import time
+
     events = apply_events()
-    if events:
+    if events or (busy() and time.monotonic() - _redrawn > 1.0):
+        _redrawn = time.monotonic()
         scene_io.redraw()
     return INTERVAL if TASKS or not SESSION.events.empty() else None
+
+
+def silence() -> str | None:
+    """The panel's warning while the running job's engine says nothing, not even its heartbeat: frozen (stopped,
+    swapping, stuck in one long library call). None while it answers."""
+    quiet = SESSION.silent_for()
+    if not busy() or CURRENT is None or CURRENT.status == "starting" or quiet < SILENT:
+        return None
+    return (f"The engine has not answered for {int(quiet)} s: it may be frozen. Stop ends it after "
+            f"{int(engine.STOP_GRACE)} s, keeping the finished files")
+
+
+def stop() -> None:
+    """Stop the panel's job for sure: cancel it, and end the engine if it has not stopped after
+    ``engine.STOP_GRACE`` seconds (``engine.Session.stop``); the timer applies the end as for any job."""
+    if CURRENT is None or not CURRENT.active:
+        return
+    CURRENT.stop_requested = True
+    SESSION.stop(CURRENT, engine.STOP_GRACE)
 
 
 def track(state: engine.JobState) -> engine.JobState:

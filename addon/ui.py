@@ -57,9 +57,12 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def timing(elapsed: float, fraction: float) -> str:
+def timing(elapsed: float, fraction: float, estimate: float | None = None) -> str:
     """Elapsed time and, once some of the job is done, the time left at the pace so far (an estimate: the pace
-    includes starting the engine and loading the models, so it errs long early on)."""
+    includes starting the engine and loading the models, so it errs long early on); before that, the engine's
+    estimate from its warm-up step, when it sent one."""
+    if fraction <= 0 and estimate:
+        return f"{clock(elapsed)}, estimated {clock(estimate)} in all"
     if fraction <= 0 or fraction >= 1:
         return clock(elapsed)
     return f"{clock(elapsed)}, about {clock(elapsed * (1 - fraction) / fraction)} left"
@@ -73,11 +76,18 @@ def draw_progress(layout) -> None:
     if state.active:
         box.progress(factor=state.fraction, type='BAR', text=state.status_lines()[0][0])
         if state.status == "running":
-            box.label(text=timing(time.monotonic() - state.started, state.fraction), icon='TIME')
+            estimate = (state.estimate or {}).get("seconds")
+            box.label(text=timing(time.monotonic() - state.started, state.fraction, estimate), icon='TIME')
+        if state.estimate and state.fraction <= 0:
+            box.label(text=f"Estimate: {state.estimate.get('text')}", icon='INFO')
+        for part in engine.wrap(runtime.silence() or ""):  # a frozen engine: say so, Stop ends it
+            line = box.row()
+            line.alert = True
+            line.label(text=part, icon='ERROR')
         icon = runtime.preview_icon(state.preview)
         if icon:
             box.template_icon(icon_value=icon, scale=8.0)
-        box.operator("sfumato.cancel", icon='CANCEL')
+        box.operator("sfumato.stop", icon='CANCEL')
     else:
         for text, alert in state.status_lines():
             line = box.row()

@@ -156,14 +156,23 @@ def _bytes(name: str) -> bytes:
 
 
 def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool) -> Any:
-    """The job's models from the worker's cache (out of memory said clearly), then a cancel check."""
+    """The job's models from the worker's cache (out of memory said clearly), then a cancel check. Before them,
+    the job's memory is estimated and a job that cannot fit is refused; after them, a warm-up step times it and
+    the ``estimate`` event says how long it should take (``estimate.py``)."""
+    from . import estimate
     from .device import out_of_memory_as_error
 
+    work = estimate.workload(job.request, job.bundle)
+    if work is not None:
+        mem = estimate.check_memory(job, work, loaded=ctx.cache.loaded == job.bundle.name,
+                                    note=lambda text: ctx.emit("note", id=ctx.job_id, message=text))
     with out_of_memory_as_error(f"loading bundle {job.bundle.name} on {job.device}"):
         models = ctx.cache.get(job.bundle, job.device, job.dtype, need_controlnet=need_controlnet)
     ctx.inside = models.extras.setdefault("cancel_inside", CancelInside())
     ctx.inside.watch(ctx.cancel, models.unet, models.vae, models.controlnet)
     ctx.check_cancel()
+    if work is not None:
+        estimate.announce(job, models, work, mem, lambda **f: ctx.emit("estimate", id=ctx.job_id, **f))
     return models
 
 

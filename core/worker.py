@@ -16,6 +16,7 @@ Events (worker -> client)::
     progress  {id, stage, step, total, image, images, preview}          during a job
     note      {id, message}                                             said during a job ("created folder ...")
     saved     {id, files}                                               outputs finished so far (kept if it dies)
+    estimate  {id, seconds, peak_bytes, free_bytes, warm_up, text}      before a job's long work (core/estimate.py)
     heartbeat {busy}                                                    every few seconds, even mid-step
     result    {id, files, metadata, seconds}                            a job finished
     cancelled {id}                                                      a job stopped on request
@@ -23,7 +24,7 @@ Events (worker -> client)::
     info      {version, protocol, schema, device, dtype, bundles, loaded} answer to info
     released  {}                                                        models dropped, memory freed
 
-A client ignores events it does not know (``saved`` came later in version 1), so new events
+A client ignores events it does not know (``saved`` and ``estimate`` came later in version 1), so new events
 never break an older add-on.
 
 The job kinds (each a schema request and a runner) are given to the worker by its entry point,

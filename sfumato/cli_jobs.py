@@ -164,6 +164,8 @@ def run_job_command(kind: str, names: list[str], args: argparse.Namespace) -> in
     def emit(event: str, **fields: Any) -> None:
         if event == "note":
             print(f"sfumato: {fields.get('message')}", file=sys.stderr, flush=True)
+        elif event == "estimate":  # from a warm-up step, before the long work (core/estimate.py)
+            print(f"sfumato: estimated {fields.get('text')}", file=sys.stderr, flush=True)
         bar(event, **fields)
 
     ctx = JobContext(job_id="cli", cache=ModelCache(), device=params.get("device", "auto"),
