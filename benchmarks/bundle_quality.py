@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def prompt_images(models, k: int, prompt: str, seeds: int, size: int, steps: int, fast: str = "auto",

@@ -9,13 +9,11 @@ sheet with ``--procedural`` shows the training data generator's samples of the s
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PROMPTS = {
     "running_bond_brick": "red brick wall, running bond", "stack_bond_brick": "grey bricks in stack bond",

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from image import bundle_models, random_models  # noqa: E402  (one builder for every benchmark)

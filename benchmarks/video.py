@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PROMPTS = ("red brick wall, running bond", "weathered timber planks", "white stucco facade", "grey slate tiles")
