@@ -171,6 +171,12 @@ class TextureRequest(SampledRequest):
     only: tuple[str, ...] = param((), "regenerate only these slots (material names); the others are left as they are",
                                   max_items=MAX_SLOTS, allowed=f"slot names, at most {MAX_SLOTS}")
     maps: bool = param(True, "material: normal, roughness and height maps predicted for each tile")
+    texture_in: str | None = param(None, "projection: the texture to start from (on the mesh's own UVs); it is kept "
+                                   "except on repaint's faces", path=True, flag="texture-in",
+                                   none="for a new texture")
+    repaint: str | None = param(None, "projection: a mesh of only the faces to paint again (the same UVs as mesh); "
+                                "everything else keeps texture_in", path=True, allowed=MESH_FILES,
+                                none="to paint every face")
     control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=4)
     conditioning: Conditioning = param("auto", "auto: the bundle's depth ControlNet when it has one, else "
                                        "image-to-image from the view's shading")
@@ -198,6 +204,13 @@ class TextureRequest(SampledRequest):
             metres = _float_or_none(entry.partition("=")[2])
             if metres is None or not 0 < metres <= most:
                 found.append(Problem("slot_tiles", entry, f"NAME=METRES with METRES a number in (0, {_num(most)}]"))
+        if (self.repaint is None) != (self.texture_in is None):
+            missing = "texture_in" if self.texture_in is None else "repaint"
+            found.append(Problem(missing, None, "given with " + ("repaint" if missing == "texture_in" else "texture_in")
+                                 + ": the texture to keep and the faces to paint again go together"))
+        elif self.repaint is not None and (self.mode, self.variant) != ("projection", "sequential"):
+            found.append(Problem("repaint", self.repaint, "a repaint in projection mode, sequential variant (the "
+                                 f"mode is {self.mode}, the variant {self.variant}); material mode redoes slots: only"))
         if not self.prompt.strip() and self.mode != "material":
             found.append(Problem("prompt", self.prompt, f"a non-empty text prompt in {self.mode} mode (material mode "
                                  "may leave it empty when every slot has a prompt)"))

@@ -173,3 +173,44 @@ def test_only_regenerates_a_slot_exactly(five_slots, tmp_path):
     loaded = trimesh.load(again["glb"], process=False)
     names = sorted(g.visual.material.name for g in loaded.geometry.values())
     assert "Sfumato Roof_tiles.001" in names and "Brick facade" in names  # the rest keeps its plain material
+
+
+# ---- paint some faces again ----------------------------------------------------------------------------------
+def test_repaint_paints_only_the_chosen_faces_again(tmp_path):
+    """A projection texture, then the roof painted again: every texel off the roof (and its gutter) is kept byte for
+    byte, the roof's texels change, and views that do not see the roof are skipped."""
+    house = write_house(tmp_path / "h.glb")
+    params = {"prompt": "red brick house", "mode": "projection", "views": 3, "fill_views": 0, "resolution": 64,
+              "texture_size": 128, "steps": 3, "seed": 2, "view_prompts": False}
+    first = run_job("texture", {**params, "mesh": str(house)}, tmp_path / "first.glb", _ctx([]))
+    textured = trimesh.load(first["glb"], force="mesh", process=False)  # the mesh with the UVs the texture uses
+    centres = textured.triangles_center
+    roof = textured.submesh([np.nonzero(centres[:, 1] > 3.0)[0]], append=True)
+    roof.export(tmp_path / "roof.glb")
+    events: list = []
+    again = run_job("texture", {**params, "mesh": first["glb"], "texture_in": first["texture"],
+                                "repaint": str(tmp_path / "roof.glb"), "seed": 9}, tmp_path / "again.glb", _ctx(events))
+    before, after = np.asarray(Image.open(first["texture"])), np.asarray(Image.open(again["texture"]))
+    from sfumato.threed.mesh import load_mesh as load
+    from sfumato.threed.repaint import load as load_repaint
+
+    req = TextureRequest(prompt="x", mesh=first["glb"], texture_size=128, texture_in=first["texture"],
+                         repaint=str(tmp_path / "roof.glb"))
+    redo = load_repaint(req, load(first["glb"])).redo.numpy()
+    assert np.array_equal(before[~redo], after[~redo])  # kept exactly
+    assert np.abs(before[redo].astype(int) - after[redo].astype(int)).mean() > 2  # painted again
+    assert again["metadata"]["repaint"]["texels"] == int(redo.sum())
+    assert again["metadata"]["repaint"]["views"] <= 3
+
+
+def test_repaint_needs_its_texture_and_the_mesh_uvs(house, tmp_path):
+    with pytest.raises(BadParameter, match="texture_in=None .*go together"):
+        checked(TextureRequest(prompt="x", mesh=str(house), repaint=str(house)))
+    with pytest.raises(BadParameter, match="repaint=.*projection mode, sequential variant"):
+        checked(TextureRequest(prompt="x", mesh=str(house), repaint=str(house), texture_in=str(house),
+                               mode="material"))
+    png = tmp_path / "t.png"
+    Image.new("RGB", (8, 8)).save(png)
+    with pytest.raises(BadParameter, match="repaint=.*a repaint of a mesh with UVs"):
+        run_job("texture", {"prompt": "x", "mesh": str(house), "repaint": str(house), "texture_in": str(png)},
+                tmp_path / "x.glb", _ctx([]))

@@ -16,7 +16,7 @@ MAP_KINDS = ("normal", "roughness", "height")  # the maps a material-mode slot c
 def texture_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     """Texture ``job.request.mesh`` into ``output`` (.glb), with the texture PNG and a JSON sidecar beside it."""
     from ..core.device import out_of_memory_as_error
-    from . import slots
+    from . import repaint, slots
     from .mesh import load_mesh
     from .texture import ViewInfo, save_result, texture
 
@@ -27,6 +27,8 @@ def texture_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     mesh = load_mesh(req.mesh, max_faces=req.max_faces)  # bad meshes fail before any model loads
     if req.mode == "material":
         slots.plan(req, mesh, req.seed)  # and slot tables naming slots the mesh lacks
+    if req.repaint:
+        repaint.load(req, mesh)  # and a repaint that does not fit the mesh
     views = req.views if req.mode == "projection" and req.variant == "sequential" else 1
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, view=0, views=views,
              image=0, images=1, preview=None)

@@ -45,6 +45,7 @@ from ..core import latents as latent_space
 from ..core import lora, text
 from ..core.checks import ensure_checked
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
+from ..core.errors import BadParameter
 from ..core.image import generate, native_size
 from ..core.loading import Models
 from ..core.provenance import version
@@ -53,6 +54,7 @@ from ..core.schedulers import make_scheduler, takes_generator
 from ..core.schema import ImageRequest, TextureRequest
 from .cameras import Cameras, rig, sphere, view_prompt
 from .mesh import Mesh, check, ensure_uv, load_mesh
+from . import repaint as repainting
 from .slots import file_label
 from .raster import Fragments, projection, rasterize, rasterize_uv, sample_texture
 
@@ -345,16 +347,18 @@ def view_regions(models: Models, req: TextureRequest, scene: Scene, i: int, reso
 
 def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolution: int, seed: int,
                        on_view: OnView | None, *, bake: Bake | None = None, start: int = 0,
-                       total: int | None = None, prompts: list[str] | None = None) -> tuple[Bake, list[torch.Tensor]]:
-    """Generate views ``start``.. of ``scene`` in turn into ``bake`` (a new one by default); with ``prompts`` (one
-    per material slot), each slot's pixels follow its own prompt (``view_regions``)."""
+                       total: int | None = None, prompts: list[str] | None = None,
+                       only: list[int] | None = None) -> tuple[Bake, list[torch.Tensor]]:
+    """Generate views ``start``.. of ``scene`` (those in ``only``, when given) in turn into ``bake`` (a new one by
+    default); with ``prompts`` (one per material slot), each slot's pixels follow its own prompt
+    (``view_regions``)."""
     f = models.vae_scale_factor
     denoiser = Denoiser(models, fast=req.fast)
     bake = bake if bake is not None else Bake(req.texture_size)
     texts: dict[str, Any] = {}
     images: list[torch.Tensor] = []
     use_control = use_depth(models, req)
-    for i in range(start, len(scene.cameras)):
+    for n, i in enumerate(i for i in range(start, len(scene.cameras)) if only is None or i in only):
         g = torch.Generator("cpu").manual_seed(seed + i)
         scheduler = make_scheduler(req.scheduler, models.scheduler_config)
         mask = scene.frags.mask[i]
@@ -394,7 +398,7 @@ def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolu
                 else z_known
             return m * target + (1 - m) * x
 
-        def on_step(info: StepInfo, i=i) -> None:
+        def on_step(info: StepInfo, i=i if only is None else start + n) -> None:
             if on_view is not None:
                 on_view(ViewInfo(i, total or len(scene.cameras), info))
 
@@ -489,37 +493,54 @@ def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: in
         warnings.append("the sync variant paints one prompt over every slot; the sequential variant gives each slot "
                         "its own")
         prompts = None
+    redo = repainting.load(req, mesh) if req.repaint else None
     started = time.perf_counter()
     normalised = ensure_uv(mesh, req.texture_size).normalised()
     warnings += [w for w in normalised.warnings if w not in warnings]
     cameras = rig(torch.zeros(3), 1.0, req.views, elevations=req.elevations, top=req.top)
     scene = build_scene(normalised, cameras, resolution, req.texture_size)
+    only = None
+    if redo is not None:
+        only = repainting.views_needed(scene.texel_vis, redo)
+        bake = Bake(req.texture_size)
+        repainting.start(bake, redo)
     if req.variant == "sync":
         bake, images = project_sync(models, req, scene, resolution, seed, on_view)
     else:
         bake, images = project_sequential(models, req, scene, resolution, seed, on_view,
-                                          total=req.views + req.fill_views, prompts=prompts)
+                                          bake=bake if redo is not None else None, prompts=prompts, only=only,
+                                          total=(len(only) if only is not None else req.views) + req.fill_views)
     extra = fill_cameras(scene, bake.seen, req.fill_views)
     if extra is not None:  # views for what the rig missed (concave corners, under eaves), in turn
+        done = len(scene.cameras)
         scene = concat_scenes(scene, build_scene(normalised, extra, resolution, req.texture_size,
                                                  near_far=scene.near_far, texels=scene.texels,
                                                  inside_mask=scene.texel_mask))
         bake, more = project_sequential(models, req, scene, resolution, seed, on_view, bake=bake,
-                                        start=len(images), total=len(scene.cameras),
+                                        start=done, total=len(images) + len(scene.cameras) - done,
                                         prompts=prompts if req.variant != "sync" else None)
         images += more
+    if not images:
+        raise BadParameter("repaint", req.repaint, f"faces a camera sees; none of the {len(scene.cameras)} views "
+                           "does: raise views or fill_views")
     colour = bake.current()
+    if redo is not None:
+        colour = repainting.finish(colour, redo)
     filled = push_pull(colour, bake.seen)
     texture = latent_space.tensor_to_pil(filled[None])[0]
     # how well the baked texture reproduces each generated view where the view saw the mesh
     rerender = sample_texture(filled, scene.uv_pix, scene.frags.mask)
-    agree = [_psnr(rerender[i], images[i], scene.frags.mask[i] & (scene.cos[i] > 0.3)) for i in range(len(images))]
+    made = (only or []) + list(range(len(cameras), len(scene.cameras))) if only is not None else range(len(images))
+    agree = [_psnr(rerender[i], image, scene.frags.mask[i] & (scene.cos[i] > 0.3)) for i, image in zip(made, images)]
     inside = scene.texel_mask
     metrics = {"views_coverage": float((bake.seen & inside).sum() / inside.sum().clamp_min(1)),
                "view_psnr_db": [round(a, 2) for a in agree], "seconds": round(time.perf_counter() - started, 2)}
     meta = _metadata(req, models, seed, resolution)
     if prompts:
         meta["slots"] = [{"name": slot.name, "prompt": slot.prompt, "prompt_from": slot.source} for slot in slots]
+    if redo is not None:
+        meta["repaint"] = {"texture_in": Path(req.texture_in).name, "faces_from": Path(req.repaint).name,
+                           "texels": int(redo.redo.sum()), "views": len(only)}
     # the mesh the texture belongs to, back in the file's units (xatlas's UVs when it had none)
     out_mesh = replace(scene.mesh, vertices=scene.mesh.vertices * mesh.radius + mesh.center, warnings=[])
     return TextureResult(texture, out_mesh, meta, latent_space.tensor_to_pil(torch.stack(images)), metrics,
