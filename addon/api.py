@@ -286,6 +286,31 @@ def texture(obj=None, prompt: str | None = None, *, seed: int | None = None, sce
     return _mesh_job(texturing, texture_settings, obj, prompt, seed, scene, folder, on_event, changes)
 
 
+def repaint(obj=None, prompt: str | None = None, *, faces: Iterable[int] | None = None, seed: int | None = None,
+            scene=None, folder: str | Path | None = None, on_event: OnEvent | None = None,
+            **changes: Any) -> texturing.Textured:
+    """Paint some faces of a mesh object (or its name; default: the active object) again with ``prompt``, keeping
+    the rest of the projection texture it wears, waited for. ``faces``: polygon indices (default: the faces
+    selected in Edit Mode). The object gets a new "Sfumato texture <name>" material; the old texture stays."""
+    ctx = _context(scene)
+    obj = bpy.data.objects.get(obj) if isinstance(obj, str) else obj
+    obj = obj if obj is not None else bpy.context.view_layer.objects.active
+    if obj is None or obj.type != 'MESH':
+        raise BadSetting("obj", getattr(obj, "name", obj), "a mesh object (or its name)")
+    texturing.leave_edit_mode()
+    if faces is not None:
+        wanted = set(int(i) for i in faces)
+        if wanted and not wanted <= set(range(len(obj.data.polygons))):
+            raise BadSetting("faces", sorted(wanted - set(range(len(obj.data.polygons))))[:5],
+                             f"face indices of {obj.name!r}: 0..{len(obj.data.polygons) - 1}")
+        obj.data.polygons.foreach_set("select", [i in wanted for i in range(len(obj.data.polygons))])
+    s = texture_settings(ctx.scene, **changes, **({"prompt": prompt} if prompt is not None else {}))
+    if seed is not None:
+        s = s.replace(seed=int(seed), random_seed=False)
+    job = texturing.prepare(ctx, obj, s, folder=Path(folder) if folder is not None else None, repaint=True)
+    return texturing.run(prefs.engine_config(ctx), job, on_event=on_event)
+
+
 def slot_changes(slots: Any, tiles: Any = ()) -> dict[str, tuple[str, ...]]:
     """``texture(slots={"Brick facade": "red brick", "Lawn": {"prompt": "grass", "tile_size": 2.0}})`` as the
     settings' ``slots`` and ``slot_tiles`` entries (NAME=PROMPT, NAME=METRES)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import asset, engine, imaging, prefs, props, request, runtime, scene_io, texturing, turntable
 
@@ -217,6 +217,9 @@ class SFUMATO_OT_texture(_JobOperator, _Sampled, bpy.types.Operator):
                             options={'SKIP_SAVE'})
     only: StringProperty(name="Only slot", description="Material mode: regenerate this slot of the active object "
                          "only (the slot table's row button)", options={'SKIP_SAVE'})
+    repaint: BoolProperty(name="Repaint selected faces", description="Paint the faces selected in Edit Mode again "
+                          "(projection), keeping the rest of the texture the active object wears",
+                          options={'SKIP_SAVE'})
 
     def settings(self, context) -> request.TextureSettings:
         """The panel's settings with the properties this call set."""
@@ -227,7 +230,7 @@ class SFUMATO_OT_texture(_JobOperator, _Sampled, bpy.types.Operator):
 
     def execute(self, context):
         objects = texturing.selected_meshes(context)
-        if self.only:  # a slot table row: that slot of the active object
+        if self.only or self.repaint:  # a slot table row, or faces of the active object
             objects = [o for o in [context.active_object] if o is not None and o.type == 'MESH']
         if not objects:  # nothing to do is not an error: a warning, no exception from scripts
             self.report({'WARNING'}, "Select one or more mesh objects to texture")
@@ -239,7 +242,7 @@ class SFUMATO_OT_texture(_JobOperator, _Sampled, bpy.types.Operator):
                 texturing.check(obj, s)
             config = prefs.engine_config(context)
             engine.find_engine_python(config.python)
-            jobs = [texturing.prepare(context, obj, s) for obj in objects]
+            jobs = [texturing.prepare(context, obj, s, repaint=self.repaint) for obj in objects]
         except (request.BadSetting, scene_io.SceneProblem, engine.EngineUnavailable, OSError) as exc:
             runtime.LAST_MESSAGE = (str(exc), True)
             self.report({'ERROR'}, str(exc))

@@ -153,11 +153,15 @@ def export_glb(obj: bpy.types.Object, path: Path, *, by_slot: bool = False) -> s
         copy.data.uv_layers.remove(layer)
     material = bpy.data.materials.new(".sfumato export")
     originals = slot_table.original_materials(obj) if by_slot else []
+    indices = [0] * len(copy.data.polygons)
+    copy.data.polygons.foreach_get("material_index", indices)
     for slot in copy.material_slots:  # the copy's own links to object-level materials go, users counted right
         slot.link, slot.material = 'OBJECT', None
     copy.data.materials.clear()
     for original in originals or [material]:
         copy.data.materials.append(original)
+    if originals:  # clearing the slots put every face on the first one
+        copy.data.polygons.foreach_set("material_index", indices)
     for slot in copy.material_slots:
         slot.link = 'DATA'
     selected, active = list(bpy.context.selected_objects), view_layer.objects.active
@@ -191,19 +195,35 @@ def export_glb(obj: bpy.types.Object, path: Path, *, by_slot: bool = False) -> s
 
 # ---- 4. the job --------------------------------------------------------------------------------------
 def prepare(context, obj: bpy.types.Object, s: request.TextureSettings, *, seed: int | None = None,
-            folder: Path | None = None) -> Prepared:
-    """Steps 1-4 for one object. Projection mode may add a UV map to ``obj`` (``context["uv_added"]``)."""
+            folder: Path | None = None, repaint: bool = False) -> Prepared:
+    """Steps 1-4 for one object. Projection mode may add a UV map to ``obj`` (``context["uv_added"]``). ``repaint``:
+    paint the faces selected in Edit Mode again, keeping the rest of the projection texture ``obj`` wears."""
     check(obj, s)
     folder, pack = (Path(folder), False) if folder is not None else output_folder(context)
     folder.mkdir(parents=True, exist_ok=True)
+    inputs: dict[str, str] = {}
+    if repaint:
+        from . import repaint as repainting
+
+        s = s.replace(mode="projection", variant="sequential")
+        inputs["texture_in"], uv_map = repainting.current_texture(obj)
+        layers = obj.data.uv_layers
+        if uv_map and layers.get(uv_map) is not None and layers.active.name != uv_map:
+            raise scene_io.SceneProblem(f"the active UV map of {obj.name!r} is {layers.active.name!r}, its texture "
+                                        f"lies on {uv_map!r}: make that one active to paint faces again")
     uv_added = ensure_uv_map(obj) if s.mode != "material" else False  # projection and sds paint the UV map
     if s.mode == "material":
         s = with_table(obj, s)
     stem = request.output_stem(folder, f"{obj.name} {s.prompt}")
     mesh = stem.with_name(stem.name + ".mesh.glb")
     uv_map = export_glb(obj, mesh, by_slot=s.mode == "material")
+    if repaint:
+        part = stem.with_name(stem.name + ".repaint.glb")
+        repainting.export_selection(obj, part, export_glb)
+        inputs["repaint"] = str(part)
     seed = request.pick_seed(s) if seed is None else seed
-    params = request.params(s, seed=seed, default_bundle=prefs.get(context).default_bundle, inputs={"mesh": str(mesh)})
+    params = request.params(s, seed=seed, default_bundle=prefs.get(context).default_bundle,
+                            inputs={"mesh": str(mesh), **inputs})
     job_context = {"settings": dataclasses.asdict(s), "object": obj.name, "uv_map": uv_map, "uv_added": uv_added,
                    "mesh": str(mesh), "pack": pack, "scene": context.scene.name}
     return Prepared(params, f"{stem}_s{seed}.glb", job_context)

@@ -146,6 +146,8 @@ class SFUMATO_PT_texture(SfumatoPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("sfumato.texture", icon='TEXTURE')
         row.operator("sfumato.revert_materials", text="", icon='LOOP_BACK')
+        if s.texture_mode == "projection":
+            layout.operator("sfumato.texture", text="Repaint selected faces", icon='BRUSH_DATA').repaint = True
 
 
 class SFUMATO_PT_turntable(SfumatoPanel, bpy.types.Panel):

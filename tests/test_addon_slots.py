@@ -99,3 +99,22 @@ def test_a_table_naming_a_missing_slot_is_refused_with_the_real_ones(tmp_path):
     with pytest.raises(RuntimeError, match=r"slots='Bricks=red'.*it has 'Brick facade', 'Roof_tiles.001'"):
         sfumato_api.texture(house, "", seed=1, folder=tmp_path, slots={"Bricks": "red"}, **QUICK)
     assert [slot.material.name for slot in house.material_slots] == SLOTS  # nothing touched
+
+
+def test_selected_faces_painted_again_keep_the_rest_of_the_texture(tmp_path):
+    import sfumato_api
+
+    house = _house()
+    quick = {"mode": "projection", "views": 2, "fill_views": 0, "resolution": 64, "texture_size": 64, "steps": 2,
+             "bundle": "materials"}
+    first = sfumato_api.texture(house, "red brick house", seed=2, folder=tmp_path, **quick)
+    top = [p.index for p in house.data.polygons if p.center.z > 0]  # the upper half of the box
+    again = sfumato_api.repaint(house, "grey slate", faces=top, seed=5, folder=tmp_path,
+                                **{k: v for k, v in quick.items() if k != "mode"})
+    assert again.material != first.material and house.material_slots[0].material == again.material
+    assert first.image.name in bpy.data.images  # the earlier texture stays in the file
+    old, new = _pixels(first.image), _pixels(again.image)
+    same = np.isclose(old, new, atol=1e-6).mean()
+    assert 0.2 < same < 0.98, same  # most of the texture kept exactly, the top painted again
+    record = dict(again.material["sfumato"])
+    assert "repaint" in record and house.data.uv_layers.active.name == record["uv_map"]
