@@ -214,3 +214,30 @@ def test_repaint_needs_its_texture_and_the_mesh_uvs(house, tmp_path):
     with pytest.raises(BadParameter, match="repaint=.*a repaint of a mesh with UVs"):
         run_job("texture", {"prompt": "x", "mesh": str(house), "repaint": str(house), "texture_in": str(png)},
                 tmp_path / "x.glb", _ctx([]))
+
+
+def test_fifty_slots_show_progress_and_a_cancel_leaves_no_files(tmp_path):
+    from sfumato.core.errors import Cancelled
+
+    boxes = [trimesh.creation.box((0.5, 0.5, 0.5)).apply_translation((i % 10, 0, i // 10)) for i in range(50)]
+    for i, box in enumerate(boxes):
+        box.visual = trimesh.visual.texture.TextureVisuals(
+            material=trimesh.visual.material.PBRMaterial(name=f"Stone {i:02d}"))
+    path = tmp_path / "fifty.glb"
+    path.write_bytes(trimesh.Scene(boxes).export(file_type="glb"))
+    events: list = []
+    with pytest.raises(Cancelled):
+        run_job("texture", {"mesh": str(path), "prompt": "", "mode": "material", "resolution": 64, "steps": 2,
+                            "maps": False}, tmp_path / "out.glb", _ctx(events, cancel_after=5))
+    slots = [f["slot"] for e, f in events if f.get("stage") == "texture"]
+    assert slots[0] == "Stone 00" and {f["views"] for e, f in events if f.get("stage") == "texture"} == {50}
+    assert not list(tmp_path.glob("out*"))  # nothing half-written: results are saved only at the end
+
+
+def test_a_glb_whose_materials_have_no_names_takes_the_main_prompt(tmp_path):
+    path = write_house(tmp_path / "h.glb", names=["", "", "", "", ""])
+    mesh = load_mesh(path)
+    chosen = plan(_req(path, prompt="white stucco"), mesh, 1)
+    assert [s.prompt for s in chosen.slots] == ["white stucco"] * len(mesh.groups)
+    with pytest.raises(BadParameter, match="prompt='' .*a prompt: the slot '\\(no material\\)' has a name"):
+        plan(_req(path), mesh, 1)
