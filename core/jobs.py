@@ -39,6 +39,7 @@ class JobContext:
     saved: list[str] = field(default_factory=list)  # outputs already written (kept on cancel or error)
     overwrite: bool = True  # an existing output may be replaced (the CLI: only with --overwrite)
     inside: CancelInside | None = None  # set by ``load_models``: the cancel reaches inside the networks
+    estimate: dict[str, Any] | None = None  # the ``estimate`` event ``load_models`` sent, if any
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -172,7 +173,11 @@ def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool) -> Any:
     ctx.inside.watch(ctx.cancel, models.unet, models.vae, models.controlnet)
     ctx.check_cancel()
     if work is not None:
-        estimate.announce(job, models, work, mem, lambda **f: ctx.emit("estimate", id=ctx.job_id, **f))
+        def said(**fields: Any) -> None:
+            ctx.estimate = fields
+            ctx.emit("estimate", id=ctx.job_id, **fields)
+
+        estimate.announce(job, models, work, mem, said)
     return models
 
 

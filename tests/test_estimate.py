@@ -125,3 +125,17 @@ def test_the_cli_prints_the_estimate(bundle_root, tmp_path, capsys):
                  "-o", str(tmp_path / "o.png")]) == 0
     err = capsys.readouterr().err
     assert "sfumato: estimated about " in err and "of memory at peak" in err
+
+
+def test_an_asset_says_the_time_again_from_the_pace_of_its_first_iterations(monkeypatch):
+    from sfumato.core import estimate
+
+    clock = iter([100.0, 102.0, 104.0, 106.0, 108.0])
+    monkeypatch.setattr(estimate.time, "perf_counter", lambda: next(clock))
+    said: list[dict] = []
+    pace = estimate.Pace(600, lambda **f: said.append(f), 3 << 30)
+    for done in range(1, 6):
+        pace.step(done)
+    (event,) = said  # once, after 3 iterations past the first seen: 2 s each, 596 left
+    assert event["seconds"] == 1192.0 and event["peak_bytes"] == 3 << 30
+    assert event["text"] == "about 20 min more, 3.0 GiB of memory at peak (the pace of iterations 2-4)"

@@ -58,6 +58,7 @@ def asset_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     """Text → 3-D asset into ``output`` (.glb), with a four-view preview PNG and a JSON sidecar beside it.
     A cancelled job leaves its state in ``<output stem>.asset-state.safetensors``; the same job again resumes."""
     from ..core.device import out_of_memory_as_error
+    from ..core.estimate import Pace
     from ..core.provenance import atomic_write
     from .asset import AssetStep, make_asset, save_result
 
@@ -69,8 +70,10 @@ def asset_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.iters, loss=None, preview=None,
              image=0, images=1)
     models = load_models(job, ctx, need_controlnet=False)
+    pace = Pace(req.iters, lambda **f: ctx.emit("estimate", id=ctx.job_id, **f), (ctx.estimate or {}).get("peak_bytes"))
 
     def on_step(info: AssetStep) -> None:
+        pace.step(info.step)  # the warm-up had no field to render: its first iterations say the time again
         path = None
         if info.preview is not None and ctx.preview_every:
             folder = ctx.preview_dir or output.with_name(output.stem + "_previews")
