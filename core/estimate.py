@@ -94,7 +94,9 @@ def _image(req: schema.ImageRequest, bundle: Any) -> Workload:
 
 def _video(req: schema.VideoRequest, bundle: Any) -> Workload:
     side = req.resolution or _native(bundle)
-    length = min(req.window or 16, req.frames)
+    temporal = req.temporal != "off" and req.motion is None and "motion_adapter" in bundle.components
+    window = _config(bundle, "motion_adapter").get("motion_max_seq_length") if temporal else None
+    length = min(req.window or int(window or 16), req.frames)  # as the head picks it (video/generate.py)
     windows = 1 if req.frames <= length else math.ceil(req.frames / max(1, length // 2))
     return Workload((side, side), length, req.steps * windows, req.frames, min(8, req.frames),
                     guidance=req.guidance > 1, lower="resolution, frames or window", eager=True,
