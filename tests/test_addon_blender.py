@@ -606,7 +606,8 @@ def test_texture_refuses_what_it_cannot_texture(enabled):
     ui = sys.modules[f"{NAME}.ui"]
     log: list = []
     ui.SFUMATO_PT_texture.draw(SimpleNamespace(layout=Layout(log)), bpy.context)
-    assert ("prompt='' is not allowed: a non-empty text prompt", True) in log
+    assert ("prompt='' is not allowed: a non-empty text prompt in projection mode (material mode may leave it empty "
+            "when every slot has a prompt)", True) in log
     bpy.context.scene.sfumato.prompt = "x"
     bpy.ops.object.select_all(action='DESELECT')
     log.clear()

@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from test_addon_blender import NAME, bpy, enabled, prefs  # noqa: F401  (fixtures)
+from types import SimpleNamespace
+
+from test_addon_blender import NAME, Layout, bpy, enabled, prefs  # noqa: F401  (fixtures)
 from test_addon_data_safety import _house_lawn_statue, _mesh_bytes, _pixels
 
 pytestmark = pytest.mark.usefixtures("enabled")
@@ -118,3 +120,24 @@ def test_selected_faces_painted_again_keep_the_rest_of_the_texture(tmp_path):
     assert 0.2 < same < 0.98, same  # most of the texture kept exactly, the top painted again
     record = dict(again.material["sfumato"])
     assert "repaint" in record and house.data.uv_layers.active.name == record["uv_map"]
+
+
+def test_the_slot_table_draws_with_valid_calls():
+    """The Texture section in material mode, drawn against Blender's own UILayout signatures: the table of the
+    active object (and its 'read them again' line when its slots changed), in both modes' buttons."""
+    house = _house()
+    ui, slot_table = _module("ui"), _module("slot_table")
+    bpy.context.view_layer.objects.active = house
+    bpy.context.scene.sfumato.texture_mode = "material"
+    log: list = []
+    ui.SFUMATO_PT_texture.draw(SimpleNamespace(layout=Layout(log)), bpy.context)
+    assert any("read them again" in text for text, _ in log)  # no table read yet
+    slot_table.sync(house)
+    log.clear()
+    ui.SFUMATO_PT_texture.draw(SimpleNamespace(layout=Layout(log)), bpy.context)
+    assert any(text == f"Slots of {house.name}" for text, _ in log)
+    assert not any("read them again" in text for text, _ in log)
+    row = house.sfumato_slots[0]
+    slot_table.SFUMATO_UL_slots.draw_item(None, bpy.context, Layout(log), house, row, 0, house, "sfumato_slot_index", 0)
+    bpy.context.scene.sfumato.texture_mode = "projection"
+    ui.SFUMATO_PT_texture.draw(SimpleNamespace(layout=Layout(log)), bpy.context)  # with the repaint button
