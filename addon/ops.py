@@ -180,6 +180,8 @@ def _overlay(op, s, names: tuple[str, ...]):
 
 
 def _print_progress(state: engine.JobState, event: dict) -> None:
+    if event.get("event") == "estimate":  # blocking scripts see the engine's estimate before the long work
+        print(f"sfumato: {state.title + ' ' if state.title else ''}estimated {event.get('text')}", flush=True)
     if event.get("event") != "progress" or event.get("step") != event.get("total") or not event.get("total"):
         return
     title = state.title + " " if state.title else ""

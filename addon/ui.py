@@ -78,7 +78,7 @@ def draw_progress(layout) -> None:
         if state.status == "running":
             estimate = (state.estimate or {}).get("seconds")
             box.label(text=timing(time.monotonic() - state.started, state.fraction, estimate), icon='TIME')
-        if state.estimate and state.fraction <= 0:
+        if state.estimate:
             box.label(text=f"Estimate: {state.estimate.get('text')}", icon='INFO')
         for part in engine.wrap(runtime.silence() or ""):  # a frozen engine: say so, Stop ends it
             line = box.row()

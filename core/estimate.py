@@ -26,8 +26,8 @@ time from a short measured warm-up.
    iteration for the encode's backward pass). On a GPU the second of two calls is timed (the first builds kernels),
    and the peak memory both allocate is measured too: there the estimate's peak is the larger of the model above
    and what the warm-up took (cuDNN picks workspaces the model cannot see). An asset's warm-up has no radiance
-   field to render yet (core knows no head), so its time runs short: 15.7 s said for 44.5 s taken on a CPU (64²,
-   48 samples, 30 iterations); the panel's pace-based time left takes over once it runs.
+   field to render yet (core knows no head), so its first estimate runs short (10 s said for 58 s taken on a CPU:
+   64², 48 samples, 30 iterations); its first iterations say the time again (``Pace``: 40 s said for 51 s).
 """
 
 from __future__ import annotations
