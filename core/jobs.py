@@ -188,8 +188,11 @@ class CancelInside:
     an event, so results are unchanged; they are put on once per loaded network and follow the current job."""
 
     def __init__(self) -> None:
+        import torch
+
         self.event: threading.Event | None = None
         self.hooked: set[int] = set()  # ids of the networks that carry the hooks
+        self.compiling = torch.compiler.is_compiling  # True while torch.compile traces (fast="compile")
 
     def watch(self, event: threading.Event | None, *networks: Any) -> None:
         self.event = event
@@ -202,6 +205,8 @@ class CancelInside:
                     layer.register_forward_pre_hook(self._check)
 
     def _check(self, layer: Any, args: Any) -> None:
+        if self.compiling():  # torch.compile traces through hooks: keep the event out of its graph
+            return
         if self.event is not None and self.event.is_set():
             raise Cancelled()
 
