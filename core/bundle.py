@@ -54,6 +54,7 @@ COMPONENT_CLASSES = {
     "scheduler": ("diffusers", None),
     "controlnet_depth": ("diffusers", "ControlNetModel"),
     "motion_adapter": ("diffusers", "MotionAdapter"),
+    "maps": ("sfumato", "MapNet"),  # colour -> height, normal, roughness (core/maps.py)
 }
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")

@@ -131,6 +131,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_maps(args: argparse.Namespace) -> int:
+    from .core.bundle import embedded_dir, user_dir
+    from .core.train.maps_train import MapTrainConfig, train_and_export
+
+    work = Path(args.work) if args.work else user_dir().parent / "training" / "maps"
+    cfg = MapTrainConfig(seed=args.seed, threads=args.threads, budget_minutes=args.budget_minutes)
+    if args.steps:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    out = Path(args.out) if args.out else embedded_dir() / "materials"
+    if args.quick:  # a smoke run in seconds; nothing exported
+        cfg = dataclasses.replace(cfg, steps=4, batch=2, validation_tiles=2, checkpoint_every=2)
+        out = None
+    train_and_export(cfg, work, out, log=lambda m: print(m, flush=True))
+    return 0
+
+
 def _train_motion(args: argparse.Namespace) -> int:
     from .core.bundle import user_dir
     from .video.train import MotionTrainConfig, MotionTrainer
@@ -236,6 +252,17 @@ def parser() -> argparse.ArgumentParser:
                     help="stop at the first checkpoint past this total time")
     tm.add_argument("--quick", action="store_true", help="tiny smoke run")
     tm.set_defaults(run=_train_motion)
+
+    tp = tsub.add_parser("maps", help="train the PBR map network (colour -> height, normal, roughness)")
+    tp.add_argument("--out", default=None, help="bundle folder to write maps/ into (default: embedded materials)")
+    tp.add_argument("--work", default=None, help="checkpoints and logs (default: user data folder)")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--threads", type=int, default=1)
+    tp.add_argument("--steps", type=int, default=None, help="training steps (default 1800)")
+    tp.add_argument("--budget-minutes", type=float, default=None,
+                    help="stop at the first checkpoint past this much training time")
+    tp.add_argument("--quick", action="store_true", help="tiny smoke run, nothing exported")
+    tp.set_defaults(run=_train_maps)
 
     ad = sub.add_parser("addon", help="the Blender add-on")
     asub = ad.add_subparsers(dest="addon_cmd", required=True)

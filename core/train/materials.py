@@ -16,7 +16,9 @@ Everything is built on a torus, so every sample tiles: its left/right and top/bo
   coincides with a joint (the wrap-around is then statistically like any interior column).
 
 ``sample(seed, size, family, colour)`` returns an ``(size, size, 3)`` uint8 image and its labels;
-captions, prompt sets and the tokenizer corpus come from :mod:`.captions`.
+``render(..., fields={})`` the same, plus the painters' joint distances and relief fields, from which
+:mod:`.surfaces` makes height and roughness. Captions, prompt sets and the tokenizer corpus come from
+:mod:`.captions`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 from .captions import FAMILIES, FamilySpec, caption, colour_words, corpus, prompt_set
 
 __all__ = ["COLOURS", "DATA_VERSION", "FAMILIES", "FamilySpec", "caption", "colour_words",
-           "corpus", "prompt_set", "sample"]
+           "corpus", "prompt_set", "render", "sample"]
 
 DATA_VERSION = "materials-v1"
 
@@ -56,7 +58,7 @@ _FAMILY_RGB: dict[tuple[str, str], tuple[int, int, int]] = {
     ("gravel", "grey"): (132, 132, 130), ("gravel", "red"): (150, 66, 48),
 }
 
-Painter = Callable[[np.random.Generator, int, np.ndarray], tuple[np.ndarray, dict]]
+Painter = Callable[..., tuple[np.ndarray, dict]]  # (rng, size, rgb, out=None) -> (image, params)
 
 
 # ----------------------------------------------------------------------------- periodic primitives
@@ -172,6 +174,13 @@ def _worley(rng: np.random.Generator, size: int, cells: int):
     return f1, f2, ids, ddx, ddy
 
 
+def _keep(out: dict | None, **fields) -> None:
+    """Hand a painter's intermediate fields (joint distances, relief noise) to :mod:`.surfaces`, which
+    turns them into height and roughness; drawing nothing, so the image stays what it was."""
+    if out is not None:
+        out.update(fields)
+
+
 def _px(size: int, v: float) -> float:
     """A length given in pixels at 128 px, at ``size``."""
     return v * size / 128.0
@@ -220,7 +229,7 @@ def _contrasting(rng: np.random.Generator, rgb: np.ndarray, options: dict) -> tu
     return name, np.array(options[name], np.float32)
 
 
-def _bricks(rng: np.random.Generator, size: int, rgb: np.ndarray, stack: bool):
+def _bricks(rng: np.random.Generator, size: int, rgb: np.ndarray, stack: bool, out: dict | None = None):
     X, Y, _, _ = _grid(size)
     rows = int(rng.choice([8, 10, 12, 14, 16]))
     per_row = max(2, int(round(rows / rng.uniform(2.5, 3.4))))
@@ -237,18 +246,20 @@ def _bricks(rng: np.random.Generator, size: int, rgb: np.ndarray, stack: bool):
     ids = ((r % rows) * per_row + c % per_row).astype(int)
     spread = rng.uniform(0.04, 0.12)
     tone = 1 + rng.normal(0, spread, rows * per_row).astype(np.float32)[ids]
-    tone = tone + 0.05 * noise(rng, size, 0.004) + 0.04 * noise(rng, size, 0.02)
+    fine = noise(rng, size, 0.004)
+    tone = tone + 0.05 * fine + 0.04 * noise(rng, size, 0.02)
     tone = tone * (1 - 0.18 * np.exp(-np.maximum(d - joint / 2, 0) / _px(size, 1.5)))
     brick = _rgb(rgb, tone) * _warmth(rng, rows * per_row, spread / 3)[ids]
     mortar_name, mortar = _contrasting(rng, rgb, _MORTARS)
     shadow = np.where(fv < 0.5, 0.75, 1.0)  # the joint's upper half lies under the brick above
     mtone = (1 + 0.06 * noise(rng, size, 0.003)) * shadow
     img = _mix(brick, _rgb(mortar, mtone), _joint(d, joint))
+    _keep(out, d=d, joint=joint, fine=fine)
     return img, {"courses": rows, "bricks_per_course": per_row, "joint_px": round(joint, 2),
                  "mortar": mortar_name, "bond": "stack" if stack else "running"}
 
 
-def _square_tiles(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _square_tiles(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     X, Y, _, _ = _grid(size)
     n = int(rng.choice([3, 4, 5, 6, 8]))
     tw = size / n
@@ -264,13 +275,14 @@ def _square_tiles(rng: np.random.Generator, size: int, rgb: np.ndarray):
     tone = tone + 0.015 * noise(rng, size, 0.01)
     name, gcol = _contrasting(rng, rgb, _MORTARS)
     img = _mix(_rgb(rgb, tone), _rgb(gcol, 1 + 0.05 * noise(rng, size, 0.003)), _joint(d, grout))
+    _keep(out, d=d, joint=grout)
     return img, {"tiles_per_side": n, "grout_px": round(grout, 2), "grout": name}
 
 
 _HEX_COUNTS = ((5, 3), (7, 4), (9, 5), (12, 7))  # columns, row pairs: nearly regular hexagons
 
 
-def _hex_tiles(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _hex_tiles(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     X, Y, _, _ = _grid(size)
     kx, ky = _HEX_COUNTS[int(rng.integers(len(_HEX_COUNTS)))]
     w, h = size / kx, size / (2 * ky)  # column pitch, row pitch (pointy-top hexagons)
@@ -300,13 +312,14 @@ def _hex_tiles(rng: np.random.Generator, size: int, rgb: np.ndarray):
     tone = tone * (1 - 0.2 * np.exp(-np.maximum(d - grout / 2, 0) / _px(size, 1.2)))
     name, gcol = _contrasting(rng, rgb, _MORTARS)
     img = _mix(_rgb(rgb, tone), _rgb(gcol, 1 + 0.05 * noise(rng, size, 0.003)), _joint(d, grout))
+    _keep(out, d=d, joint=grout)
     return img, {"hex_columns": kx, "hex_rows": 2 * ky, "grout_px": round(grout, 2), "grout": name}
 
 
 # ----------------------------------------------------------------------------- wood
 
 
-def _parquet(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _parquet(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     """Herringbone of n:1 blocks: a cell (i, j) of the unit grid lies in a horizontal block when
     (i - j) mod 2n < n, otherwise in a vertical one; the pattern repeats every 2n units."""
     X, Y, _, _ = _grid(size)
@@ -332,10 +345,11 @@ def _parquet(rng: np.random.Generator, size: int, rgb: np.ndarray):
     tone = 1 + rng.normal(0, spread, count).astype(np.float32)[ids] + 0.07 * grain
     joint = _px(size, rng.uniform(0.6, 1.3))
     tone = tone * (1 - 0.6 * _joint(d, joint))
+    _keep(out, d=d, joint=joint, grain=grain)
     return _rgb(rgb, tone), {"block_ratio": n, "units": units, "joint_px": round(joint, 2)}
 
 
-def _planks(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _planks(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     X, Y, _, _ = _grid(size)
     rows = int(rng.choice([4, 5, 6, 7, 8]))
     bh = size / rows
@@ -353,6 +367,7 @@ def _planks(rng: np.random.Generator, size: int, rgb: np.ndarray):
     joint = _px(size, rng.uniform(0.8, 1.8))
     tone = tone * (1 - 0.5 * knots) * (1 - 0.6 * _joint(d, joint))
     tone = tone * (1 - 0.08 * np.exp(-np.minimum(fv, 1 - fv) * bh / _px(size, 2)))
+    _keep(out, d=d, joint=joint, grain=grain, knots=knots, edge=np.minimum(fv, 1 - fv) * bh)
     return _rgb(rgb, tone), {"planks_across": rows, "boards_per_row": nseg,
                              "joint_px": round(joint, 2)}
 
@@ -360,7 +375,7 @@ def _planks(rng: np.random.Generator, size: int, rgb: np.ndarray):
 # ----------------------------------------------------------------------------- concrete and stone
 
 
-def _board_concrete(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _board_concrete(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     X, Y, _, _ = _grid(size)
     rows = int(rng.choice([4, 5, 6, 7, 8]))
     bh = size / rows
@@ -370,7 +385,8 @@ def _board_concrete(rng: np.random.Generator, size: int, rgb: np.ndarray):
     ids, cut, _ = _segments(rng, X / size, r, rows, (1, 2))
     grain = _shifted(_wood(rng, size, 0.0), ids, rng, rows * 2)
     tone = 1 + rng.normal(0, 0.04, rows * 2).astype(np.float32)[ids] + 0.05 * grain
-    tone = tone + 0.05 * noise(rng, size, 0.08) + 0.03 * noise(rng, size, 0.004)
+    broad = noise(rng, size, 0.08)
+    tone = tone + 0.05 * broad + 0.03 * noise(rng, size, 0.004)
     d = np.minimum(np.minimum(fv, 1 - fv) * bh, cut * size)
     tone = tone * (1 - 0.22 * np.exp(-d / _px(size, 0.8)))
     pores = np.clip(noise(rng, size, 0.006) - 2.4, 0, 1)
@@ -381,10 +397,11 @@ def _board_concrete(rng: np.random.Generator, size: int, rgb: np.ndarray):
     hole = np.hypot(hx, ((Y / py + 0.5) % 1 - 0.5) * py)
     rad = _px(size, rng.uniform(2.0, 3.2))
     tone = tone * (1 - 0.45 * _joint(hole, 2 * rad)) * (1 + 0.1 * _joint(np.abs(hole - rad - 1), 1.2))
+    _keep(out, d=d, grain=grain, broad=broad, pores=pores, hole=_joint(hole, 2 * rad))
     return _rgb(rgb, tone), {"boards": rows, "tie_holes_across": tx}
 
 
-def _polished_concrete(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _polished_concrete(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     tone = 1 + 0.06 * noise(rng, size, 0.06) + 0.03 * noise(rng, size, 0.015)
     grit = rng.uniform(0.004, 0.01)
     light = np.clip(noise(rng, size, grit) - 1.7, 0, 1)
@@ -400,10 +417,12 @@ def _polished_concrete(rng: np.random.Generator, size: int, rgb: np.ndarray):
         fu, fv = (X / pw + 0.5) % 1, (Y / pw + 0.5) % 1
         d = np.minimum(np.minimum(fu, 1 - fu), np.minimum(fv, 1 - fv)) * pw
         img = img * (1 - 0.45 * _joint(d, _px(size, 1.0)))[..., None]
+        _keep(out, cut=_joint(d, _px(size, 1.0)))
+    _keep(out, grit=light + dark)
     return img, {"grit": round(float(grit), 4), "saw_cuts": joints}
 
 
-def _marble(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _marble(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     """Veins along integer-frequency stripes (periodic) warped by smooth noise, plus a faint
     network of thin veins on a noise level set."""
     X, Y, _, _ = _grid(size)
@@ -422,10 +441,10 @@ def _marble(rng: np.random.Generator, size: int, rgb: np.ndarray):
         img = _mix(img, vein_layer, np.minimum(strength * vein * fade, 1))
         params["veins"].append([kx, ky])
     web = np.exp(-np.abs(noise(rng, size, 0.03)) / 0.06) * np.clip(noise(rng, size, 0.06), 0, 1)
-    return _mix(img, vein_layer, 0.5 * web), params
+    return _mix(img, vein_layer, 0.5 * web), params  # polished flat: surfaces.py needs no field
 
 
-def _slate(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _slate(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     """Cleft slate: terraces of a laminated height field, step edges lit, facets toned apart."""
     angle = float(rng.uniform(-0.4, 0.4))
     h = noise(rng, size, 0.2, 0.06, angle) + 0.3 * noise(rng, size, 0.06, 0.02, angle)
@@ -436,10 +455,11 @@ def _slate(rng: np.random.Generator, size: int, rgb: np.ndarray):
     grain = noise(rng, size, 0.004)  # fine, isotropic: stone, not wood
     tone = 1 + facet + 0.06 * noise(rng, size, 0.04) + 0.035 * grain
     tone = tone * _shade(q + 0.05 * h + 0.04 * grain, 0.3)
+    _keep(out, relief=q + 0.05 * h + 0.04 * grain)
     return _rgb(rgb, tone), {"cleft_levels": levels, "lamination_angle": round(angle, 3)}
 
 
-def _stucco(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _stucco(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     finish = ["fine", "coarse", "trowelled"][int(rng.integers(3))]
     grain = {"fine": 0.004, "coarse": 0.008, "trowelled": 0.005}[finish]
     h = noise(rng, size, grain) + 0.5 * noise(rng, size, grain * 2.5)
@@ -447,10 +467,11 @@ def _stucco(rng: np.random.Generator, size: int, rgb: np.ndarray):
         t = noise(rng, size, 0.05, 0.02, float(rng.uniform(0, np.pi)))
         h = 0.5 * h + 2.5 * np.clip(t, -0.3, 0.6)
     tone = (1 + 0.04 * noise(rng, size, 0.1)) * _shade(h, 0.12 if finish != "coarse" else 0.16)
+    _keep(out, relief=h, finish=finish)
     return _rgb(rgb, tone), {"finish": finish}
 
 
-def _gravel(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _gravel(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     """Rounded stones on a jittered grid (cellular noise), dark gaps between them."""
     cells = int(rng.choice([10, 12, 14, 16]))
     f1, f2, ids, dx, dy = _worley(rng, size, cells)
@@ -464,10 +485,11 @@ def _gravel(rng: np.random.Generator, size: int, rgb: np.ndarray):
     tone = lum * lit * (0.5 + 0.5 * dome) * (1 + 0.06 * noise(rng, size, 0.004))
     stones = _rgb(rgb, tone) * _warmth(rng, n, 0.03)[ids]
     gaps = _rgb(rgb * 0.35, 1 + 0.1 * noise(rng, size, 0.01))
+    _keep(out, dome=dome, inside=inside)
     return _mix(gaps, stones, inside), {"stones_per_side": cells}
 
 
-def _grass(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _grass(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     blades = np.zeros((size, size), np.float32)
     for _ in range(3):
         angle = np.pi / 2 + float(rng.uniform(-0.4, 0.4))
@@ -478,13 +500,14 @@ def _grass(rng: np.random.Generator, size: int, rgb: np.ndarray):
     img = _rgb(rgb, tone * (1 + 0.08 * patches))
     tips = np.clip(height - 1.2, 0, 1)[..., None] * np.array([0.12, 0.1, -0.02], np.float32)
     dry = np.clip(patches - 0.8, 0, 1)[..., None] * np.array([0.05, 0.02, -0.03], np.float32)
+    _keep(out, blades=height, dry=np.clip(patches - 0.8, 0, 1))
     return img + tips + dry, {"blade_layers": 3}
 
 
 # ----------------------------------------------------------------------------- roofs and metal
 
 
-def _shingles(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _shingles(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     X, Y, _, _ = _grid(size)
     rows = int(rng.choice([6, 8, 10, 12]))
     bh = size / rows
@@ -510,10 +533,11 @@ def _shingles(rng: np.random.Generator, size: int, rgb: np.ndarray):
     tone = tone * (1 - 0.7 * _joint(slot, _px(size, 1.2)))
     tone = tone * (1 - 0.55 * np.exp(-fv * bh / _px(size, 2.0)))  # shadow of the course above
     tone = tone * (1 + 0.12 * np.exp(-(1 - fv) * bh / _px(size, 1.0)))  # lit butt edge
+    _keep(out, fv=fv, slot=_joint(slot, _px(size, 1.2)), texture=texture, style=style)
     return _rgb(rgb, tone), {"courses": rows, "style": style}
 
 
-def _corrugated(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _corrugated(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     X, Y, _, _ = _grid(size)
     ribs = int(rng.choice([8, 10, 12, 16, 20]))
     phi = 2 * np.pi * ribs * X / size + 1.5 * np.pi + rng.uniform(-0.3, 0.3)  # trough on the border
@@ -525,10 +549,12 @@ def _corrugated(rng: np.random.Generator, size: int, rgb: np.ndarray):
         y = size * rng.uniform(0.3, 0.7)
         d = np.abs(Y - y)
         img = img * (1 - 0.4 * _joint(d, _px(size, 1.5)))[..., None]
+        _keep(out, lap=_joint(d, _px(size, 1.5)))
+    _keep(out, phi=phi, ribs=ribs)
     return img, {"ribs": ribs}
 
 
-def _standing_seam(rng: np.random.Generator, size: int, rgb: np.ndarray):
+def _standing_seam(rng: np.random.Generator, size: int, rgb: np.ndarray, out: dict | None = None):
     X, _, _, _ = _grid(size)
     pans = int(rng.choice([3, 4, 5, 6]))
     pw = size / pans
@@ -543,6 +569,7 @@ def _standing_seam(rng: np.random.Generator, size: int, rgb: np.ndarray):
     striated = rng.random() < 0.4
     if striated:
         tone = tone - 0.05 * np.exp(-((np.abs(fu - 0.5) - 0.18) * pw / _px(size, 0.7)) ** 2)
+    _keep(out, s=s, sw=sw, fu=fu, pw=pw, striated=striated)
     return _rgb(rgb, tone), {"pans": pans, "seam_px": round(sw, 2), "striated": striated}
 
 
@@ -586,7 +613,8 @@ def _exposure(img: np.ndarray, rgb: np.ndarray) -> float:
     return float(np.clip(_lum(rgb) / max(median, 1e-3), 0.85, 1.4))
 
 
-def _weather(rng: np.random.Generator, img: np.ndarray, amount: float, surface: str) -> np.ndarray:
+def _weather(rng: np.random.Generator, img: np.ndarray, amount: float, surface: str,
+             out: dict | None = None) -> np.ndarray:
     """Dirt, streaks or stains and colour drift, all periodic; ``amount`` in [0, 1]."""
     size = img.shape[0]
     dirt = np.clip(0.5 * noise(rng, size, 0.05) + 0.3, 0, 1) * 0.28
@@ -596,6 +624,7 @@ def _weather(rng: np.random.Generator, img: np.ndarray, amount: float, surface: 
         dirt = dirt + 0.25 * np.clip(noise(rng, size, 0.025) - 1.0, 0, 1)
     grime = np.array([0.26, 0.23, 0.19], np.float32)
     img = _mix(img, grime[None, None, :] * (0.6 + img.mean(-1, keepdims=True)), amount * dirt)
+    _keep(out, dirt=amount * dirt)
     warm = 0.04 * amount * np.clip(noise(rng, size, 0.1), 0, 2)  # rusty / yellowed patches
     return img * (1 + warm[..., None] * np.array([1.0, 0.2, -1.0], np.float32))
 
@@ -606,6 +635,13 @@ def sample(seed: int, size: int = 128, family: str | None = None,
 
     Family and colour are drawn from ``seed`` when not given (the colour among the family's).
     The same arguments give the same image. ``size`` must be a multiple of 16 (32+)."""
+    return render(seed, size, family, colour)
+
+
+def render(seed: int, size: int = 128, family: str | None = None, colour: str | None = None,
+           fields: dict | None = None) -> tuple[np.ndarray, dict]:
+    """``sample``, and when ``fields`` is a dict, the painter's and the weathering's intermediate fields
+    put into it (for :mod:`.surfaces`); the image is the same either way."""
     if size < 32 or size % 16:
         raise ValueError(f"size must be a multiple of 16 and at least 32, got {size}")
     rng = np.random.default_rng(seed)
@@ -617,11 +653,11 @@ def sample(seed: int, size: int = 128, family: str | None = None,
     if col not in spec.colours:
         raise ValueError(f"{name} comes in {spec.colours}, not {col!r}")
     rgb = _base_rgb(name, col, rng)
-    img, params = _PAINTERS[name](rng, size, rgb)
+    img, params = _PAINTERS[name](rng, size, rgb, out=fields)
     img = img * _exposure(img, rgb)
     amount = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.35, 1.0))
     if amount:
-        img = _weather(rng, img, amount, spec.surface)
+        img = _weather(rng, img, amount, spec.surface, out=fields)
     out = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
     labels = {"family": name, "colour": col, "weathered": amount > 0,
               "weathering": round(amount, 3), **params}
