@@ -164,13 +164,8 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
                                          strength=req.strength if init is not None else 1.0)
             shape = (len(seeds), models.unet.config.in_channels, height // models.vae_scale_factor,
                      width // models.vae_scale_factor)
-            if init is None:
-                x = randn_tensor(shape, generator=generators, device=models.device, dtype=models.dtype)
-                x = x * scheduler.init_noise_sigma
-            else:
-                x0 = latent_space.encode(models, init.repeat(len(seeds), 1, 1, 1), generators)
-                noise = randn_tensor(shape, generator=generators, device=models.device, dtype=models.dtype)
-                x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(seeds)))
+            x = start_latents(models, scheduler, timesteps, shape, generators,
+                              None if init is None else init.repeat(len(seeds), 1, 1, 1))
             # 4. denoise
             x = sample(denoiser, scheduler, x, cond, timesteps,
                        generator=generators if takes_generator(scheduler) else None, on_step=on_step)
@@ -181,6 +176,19 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
             if on_images is not None:
                 on_images(batch)
     return results
+
+
+def start_latents(models: Models, scheduler: Any, timesteps: torch.Tensor, shape: tuple[int, ...],
+                  generators: list[torch.Generator], init: torch.Tensor | None = None) -> torch.Tensor:
+    """Step 3, the starting latents x (B, C, h, w): seeded noise scaled to the scheduler's first sigma
+    (text-to-image), or ``init`` (B, 3, H, W) in [0, 1] encoded and noised to the first of ``timesteps``
+    (image-to-image: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps)."""
+    if init is None:
+        return randn_tensor(shape, generator=generators, device=models.device, dtype=models.dtype) \
+            * scheduler.init_noise_sigma
+    x0 = latent_space.encode(models, init, generators)  # drawn before the noise, as diffusers does
+    noise = randn_tensor(shape, generator=generators, device=models.device, dtype=models.dtype)
+    return scheduler.add_noise(x0, noise, timesteps[:1].repeat(shape[0]))
 
 
 def metadata(req: ImageRequest, models: Models, width: int, height: int) -> dict[str, Any]:

@@ -291,8 +291,37 @@ class AssetRequest(JobRequest):
                               suffixes=(".safetensors",), none="for beside the output")
 
 
+@dataclass
+class UpscaleRequest(SampledRequest):
+    """An image made larger for presentation boards: resized (bicubic, or a super-resolution network), then given
+    detail tile by tile with image-to-image of the same bundle, the tiles blended over their overlaps."""
+
+    prompt: str = param("", "what the picture shows; empty: the prompt in the input PNG's provenance, else a "
+                        "neutral detail prompt", max_chars=MAX_PROMPT_CHARS)
+    image: str = param(REQUIRED, "the image to upscale (its PNG provenance is kept and extended)", required=True,
+                       path=True)
+    scale: int = param(2, "times larger on each side", lo=2, hi=4, multiple=2, allowed="2 or 4")
+    strength: float = param(0.35, "image-to-image strength per tile: share of the schedule re-run (low keeps the "
+                            "picture, high invents detail)", lo=0, hi=1, lo_open=True)
+    tile: int = param(512, "tile side in output pixels (at least the bundle's native size)", lo=64, hi=2048,
+                      multiple=8)
+    overlap: int = param(64, "output pixels neighbouring tiles share, blended with a raised-cosine ramp", lo=0,
+                         hi=1024)
+    sr_model: str | None = param(None, "a super-resolution network (.safetensors, loaded with spandrel) as the "
+                                 "first pass", path=True, suffixes=(".safetensors",), none="for bicubic")
+
+    def cross(self) -> list[Problem]:
+        found = _strength_problems(self, "strength", True)
+        if 2 * self.overlap > self.tile:
+            found.append(Problem("overlap", self.overlap, f"at most half the tile, {self.tile // 2} with "
+                                 f"tile={self.tile}, so each tile's ramps meet only its neighbours'"))
+        return found
+
+
+MAX_UPSCALE_SIDE = 16384  # pixels a side of an upscaled result (a 16k PNG is already ~0.8 GB of pixels)
+
 KINDS: dict[str, type] = {"image": ImageRequest, "texture": TextureRequest, "video": VideoRequest,
-                          "turntable": TurntableRequest, "asset": AssetRequest}
+                          "turntable": TurntableRequest, "asset": AssetRequest, "upscale": UpscaleRequest}
 
 
 # ---- problems --------------------------------------------------------------------------------------

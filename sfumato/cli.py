@@ -4,6 +4,7 @@
     sfumato texture house.glb "weathered red brick" -o house_textured.glb [--mode material --tile-size 1]
     sfumato turntable house.glb "timber house" -o house.mp4 [--frames 24]
     sfumato asset "a park bench" -o bench.glb [--iters 600 --resolution 64 --seed 1 --preview-every 50]
+    sfumato upscale board.png --scale 2 -o board_2x.png [--prompt "red brick" --strength 0.35 --tile 512]
     sfumato bundle list | info NAME | verify NAME | import FILE --family sd15 [--dtype fp32] | make-tiny
     sfumato bundle add-controlnet NAME FOLDER   # a depth ControlNet for depth-guided jobs
     sfumato worker            # JSON lines on stdin/stdout, for the Blender add-on and scripts

@@ -1,4 +1,4 @@
-"""The CLI's job commands (``image``, ``texture``, ``video``, ``turntable``, ``asset``), their flags generated
+"""The CLI's job commands (``image``, ``texture``, ``video``, ``turntable``, ``asset``, ``upscale``), their flags generated
 from the request schema (``core/schema.py``).
 
 Each schema field becomes a flag (``--control-scale`` for ``control_scale``; a field's ``Spec.flag`` renames
@@ -27,10 +27,12 @@ OUTPUTS = {"image": "output .png (several images: NAME_s<seed>.png)",
            "texture": "output .glb (the texture .png and a .json beside it)",
            "video": ".mp4 (needs imageio-ffmpeg) or .gif", "turntable": ".mp4 (needs imageio-ffmpeg) or .gif",
            "asset": "output .glb (a preview .png and a .json beside it); a cancelled run resumes from "
-                    "<output>.asset-state.safetensors"}
+                    "<output>.asset-state.safetensors",
+           "upscale": "output .png (the input's provenance kept, with an upscale record added)"}
 HELP = {"image": "generate images from a prompt", "texture": "texture a mesh from a prompt (GLB + PNG)",
         "video": "a looping video from a prompt", "turntable": "a looping turntable video of a mesh",
-        "asset": "a 3-D asset from a prompt: SDS on a radiance field, then a GLB mesh"}
+        "asset": "a 3-D asset from a prompt: SDS on a radiance field, then a GLB mesh",
+        "upscale": "an image 2 or 4 times larger, given detail tile by tile by the bundle"}
 
 
 class ProgressBar:
@@ -49,6 +51,8 @@ class ProgressBar:
             what = f"slot {f.get('view', 0) + 1}/{f['views']} {f['slot']}" if f.get("slot") else \
                 f"view {f.get('view', 0) + 1}/{f['views']}"
             f["stage"], f["images"] = what, 1
+        if f.get("tiles"):
+            f["stage"], f["images"] = f"tile {f.get('tile', 0) + 1}/{f['tiles']}", 1
         if f.get("loss") is not None:
             f["stage"] = f"asset · loss {f['loss']:.2f}"
         total, step = max(1, f.get("total") or 1), f.get("step") or 0
@@ -227,5 +231,13 @@ def _asset_summary(result: dict[str, Any], seconds: float) -> str:
             f"{m['loss_first']} -> {m['loss_last']} · {m['faces']} faces · bundle {meta['bundle']} · seed {meta['seed']}")
 
 
+def _upscale_summary(result: dict[str, Any], seconds: float) -> str:
+    up = result["metadata"]["upscale"][-1]
+    return (f"upscaled {up['source']} {up['source_size'][0]}x{up['source_size'][1]} -> {up['width']}x{up['height']} "
+            f"in {seconds:.1f} s · {up['first_pass']} + {up['tiles']} tiles of {up['tile']}px (overlap "
+            f"{up['overlap']}) · strength {up['strength']} · {up['scheduler']} {up['steps']} steps · bundle "
+            f"{up['bundle']} · seed {up['seed']}")
+
+
 SUMMARIES = {"image": _image_summary, "texture": _texture_summary, "video": _video_summary,
-             "turntable": _video_summary, "asset": _asset_summary}
+             "turntable": _video_summary, "asset": _asset_summary, "upscale": _upscale_summary}

@@ -32,12 +32,19 @@ def _video(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     return video_job(job, output, ctx)
 
 
+def _upscale(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
+    from .core.upscale import upscale_job
+
+    return upscale_job(job, output, ctx)
+
+
 KINDS: dict[str, Kind] = {
     "image": Kind(schema.ImageRequest, image_job),
     "texture": Kind(schema.TextureRequest, _texture),
     "video": Kind(schema.VideoRequest, _video),
     "turntable": Kind(schema.TurntableRequest, _video),
     "asset": Kind(schema.AssetRequest, _asset),
+    "upscale": Kind(schema.UpscaleRequest, _upscale),
 }
 assert set(KINDS) == set(schema.KINDS), "every schema kind has a runner"
 

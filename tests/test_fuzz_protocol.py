@@ -18,7 +18,8 @@ import pytest
 from sfumato.core import schema
 
 SEED, MESSAGES = 22, 3000
-SUFFIX = {"image": ".png", "texture": ".glb", "video": ".gif", "turntable": ".mp4", "asset": ".glb"}
+SUFFIX = {"image": ".png", "texture": ".glb", "video": ".gif", "turntable": ".mp4", "asset": ".glb",
+          "upscale": ".png"}
 JUNK: list[Any] = [None, True, False, 0, -1, 1.5, 10**40, "", "x", [], [1], [[[]]], {}, {"a": 1}, float("nan"),
                    float("inf")]
 
