@@ -45,6 +45,7 @@ from . import asset as asset_mode
 from . import batch as batch_runner
 from . import batch_results, engine, imaging, prefs, props, request, runtime, scene_io, texturing
 from . import turntable as turntable_mode
+from . import upscaling
 from .asset import Asset  # noqa: F401
 from .engine import EngineError, EngineUnavailable  # noqa: F401  (re-exported for scripts)
 from .request import AssetSettings, BadSetting, ImageSettings, TextureSettings, TurntableSettings  # noqa: F401
@@ -372,3 +373,9 @@ def asset(prompt: str | None = None, *, seed: int | None = None, scene=None, fol
     config = prefs.engine_config(ctx)
     job = asset_mode.prepare(ctx, s, folder=Path(folder) if folder is not None else None)
     return asset_mode.run(config, job, on_event=on_event)
+
+
+def upscale(image=None, scale: int = upscaling.U.scale, **kw: Any) -> upscaling.Upscaled:
+    """``image`` (a datablock, its name or a file; default: the Image Editor's, else the latest result) made
+    ``scale`` (2 or 4) times larger, waited for; ``upscaling.upscale`` says the rest."""
+    return upscaling.upscale(image, scale, **kw)

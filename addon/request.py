@@ -30,12 +30,15 @@ PANEL_SIZE = 512  # the panel's image size (the engine's default is the bundle's
 HISTORY_LIMIT = 50
 # what the add-on writes only when a job starts (the exported mesh, the rendered depth or image): stand-ins
 # for checking settings before that
-INPUT_STAND_INS = {"mesh": "object.glb", "depth_image": "camera.depth.npy", "init_image": "camera.render.png"}
+INPUT_STAND_INS = {"mesh": "object.glb", "depth_image": "camera.depth.npy", "init_image": "camera.render.png",
+                   "image": "source.png"}
 INPUTS_ALLOWED = {"mesh": "the path of the mesh exported as GLB", "depth_image": "a depth file rendered from the "
-                  "camera (depth mode)", "init_image": "a rendered image file (restyle mode)"}
+                  "camera (depth mode)", "init_image": "a rendered image file (restyle mode)",
+                  "image": "the image file to upscale"}
 
 ImageMode = Literal["text", "depth", "restyle"]
 I, T, V, A = schema.ImageRequest, schema.TextureRequest, schema.TurntableRequest, schema.AssetRequest
+U = schema.UpscaleRequest
 
 
 class BadSetting(ValueError):
@@ -179,6 +182,24 @@ class AssetSettings(Settings):
     guidance: float = A.guidance  # classifier-free guidance of the score (large for score distillation)
     size: float = A.size  # metres: the asset's largest side, as imported
     render: str = A.render  # rgb, or latent: renders at latent size (cheaper, coarser)
+
+
+@dataclass
+class UpscaleSettings(Settings):
+    """One upscale of one image (``UpscaleRequest`` fields): the prompt "" takes the image's own from its
+    provenance; the bundle and seed come from the panel."""
+
+    kind: ClassVar[str] = "upscale"
+    steps: int = 0  # 0 = the bundle's default; not sent
+    guidance: float = U.guidance
+    scheduler: str = U.scheduler
+    scale: int = U.scale  # times larger on each side
+    strength: float = U.strength  # image-to-image strength per tile
+    tile: int = U.tile  # tile side in output pixels
+    overlap: int = U.overlap  # pixels neighbouring tiles share
+
+    def inputs(self) -> set[str]:
+        return {"image"}
 
 
 def params(s: Settings, *, seed: int, default_bundle: str = DEFAULT_BUNDLE, inputs: dict[str, str] | None = None,

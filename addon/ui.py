@@ -119,6 +119,7 @@ class SFUMATO_PT_image(SfumatoPanel, bpy.types.Panel):
         layout.prop(s, "set_background")
         _why_not(layout, ops._reason(context, props.settings_from(s)))
         layout.operator("sfumato.image", icon='RENDER_STILL').mode = "scene"
+        layout.operator("sfumato.upscale", icon='FULLSCREEN_ENTER')
 
 
 class SFUMATO_PT_texture(SfumatoPanel, bpy.types.Panel):

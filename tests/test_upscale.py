@@ -166,3 +166,49 @@ def test_cli_upscales_says_what_it_did_and_refuses_bad_input(sd15, tmp_path, cap
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # an existing output, refused
     assert main([*args[:3], "3", *args[4:], "--overwrite"]) == 2
     assert "scale=3 is not allowed: 2 or 4" in capsys.readouterr().err
+
+
+# ---- the add-on, in real Blender -------------------------------------------------------------------------------
+@pytest.fixture()
+def blender(bundle_root, tmp_path):
+    """The add-on enabled on the tiny bundles (CPU, one thread); test_addon_blender isolates Blender's user folders
+    before ``bpy`` loads, and skips without ``bpy``."""
+    tab = pytest.importorskip("test_addon_blender")
+    import addon_utils
+
+    addon_utils.enable(tab.NAME, default_set=True, handle_error=tab._raise)
+    p = tab.prefs()
+    p.bundle_folder, p.device, p.threads, p.default_bundle = str(bundle_root), "cpu", 1, "tiny-sd15"
+    p.output_folder = str(tmp_path / "results")
+    yield tab
+    addon_utils.disable(tab.NAME, default_set=True, handle_error=tab._raise)
+
+
+def test_addon_operator_and_api_upscale_an_image_datablock_with_its_provenance(blender, tmp_path):
+    import json
+    import sys
+
+    bpy = blender.bpy
+    bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.context.scene.sfumato.seed, bpy.context.scene.sfumato.random_seed = 5, False
+    source = _picture(tmp_path / "in.png", meta={"prompt": "red brick wall", "seed": 3, "bundle": "tiny-sd15",
+                                                 "width": 64, "height": 64})
+    image = bpy.data.images.load(str(source))
+    before = set(bpy.data.images.keys())
+    assert bpy.ops.sfumato.upscale(image=image.name, scale="2", tile=64, overlap=16, steps=4, strength=0.5) == {
+        "FINISHED"}
+    (made,) = [bpy.data.images[n] for n in set(bpy.data.images.keys()) - before]
+    assert tuple(made.size) == (128, 128) and made.name.startswith("in x2")
+    prov = made["sfumato"].to_dict()
+    assert prov["prompt"] == "red brick wall" and prov["seed"] == 3  # the source's provenance, kept
+    (record,) = json.loads(prov["upscale"])
+    assert (record["scale"], record["seed"], record["tiles"], record["source"]) == (2, 5, 9, "in.png")
+    # the scripting API: a file path, and an image with no file of its own (written out first, a new record)
+    api = sys.modules["sfumato_api"]
+    done = api.upscale(str(source), 2, tile=64, overlap=16, steps=4, strength=0.5, seed=9)
+    assert tuple(done.image.size) == (128, 128) and done.metadata["upscale"][-1]["seed"] == 9
+    painted = bpy.data.images.new("painted", 48, 40)
+    done = api.upscale(painted, 2, tile=64, overlap=16, steps=4, strength=0.5, seed=1)
+    assert tuple(done.image.size) == (96, 80) and done.metadata["mode"] == "upscale"
+    with pytest.raises(api.BadSetting, match="scale=3 is not allowed: 2 or 4"):
+        api.upscale(image, 3)
