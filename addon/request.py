@@ -197,6 +197,7 @@ class UpscaleSettings(Settings):
     strength: float = U.strength  # image-to-image strength per tile
     tile: int = U.tile  # tile side in output pixels
     overlap: int = U.overlap  # pixels neighbouring tiles share
+    fidelity: float = U.fidelity  # share of the difference to the input put back (back-projection)
 
     def inputs(self) -> set[str]:
         return {"image"}

@@ -307,6 +307,9 @@ class UpscaleRequest(SampledRequest):
                       multiple=8)
     overlap: int = param(64, "output pixels neighbouring tiles share, blended with a raised-cosine ramp", lo=0,
                          hi=1024)
+    fidelity: float = param(1.0, "share of the difference to the input put back after the tiles (back-projection: "
+                            "the result shrunk to the input's size matches it); 0 leaves the tiles as the bundle "
+                            "drew them", lo=0, hi=1)
     sr_model: str | None = param(None, "a super-resolution network (.safetensors, loaded with spandrel) as the "
                                  "first pass", path=True, suffixes=(".safetensors",), none="for bicubic")
 
