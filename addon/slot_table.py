@@ -40,8 +40,8 @@ def original_materials(obj: bpy.types.Object) -> list[Any]:
     out = []
     for i, slot in enumerate(obj.material_slots):
         was = record["slots"][i] if record and i < len(record["slots"]) else None
-        if was is None:
-            out.append(slot.material)
+        if was is None:  # not recorded: as it is, unless it is the slot Sfumato added to a mesh without any
+            out.append(None if record and record.get("added_slot") and i == 0 else slot.material)
         elif was["link"] == 'OBJECT':
             out.append(bpy.data.materials.get(was["object_material"]) if was["object_material"] else None)
         else:

@@ -158,7 +158,7 @@ def export_glb(obj: bpy.types.Object, path: Path, *, by_slot: bool = False) -> s
     for slot in copy.material_slots:  # the copy's own links to object-level materials go, users counted right
         slot.link, slot.material = 'OBJECT', None
     copy.data.materials.clear()
-    for original in originals or [material]:
+    for original in originals if by_slot else [material]:  # a mesh without slots: faces without a material
         copy.data.materials.append(original)
     if originals:  # clearing the slots put every face on the first one
         copy.data.polygons.foreach_set("material_index", indices)
@@ -364,7 +364,8 @@ def slot_material(obj: bpy.types.Object, record: dict[str, Any], provenance: dic
             image.colorspace_settings.name = 'Non-Color'
             images[kind] = image
     scale = request.tile_scale(float(record["tile_size"]), tuple(obj.matrix_world.to_scale()))
-    material = pbr_box_material(request.slot_material_name(label), images, scale)
+    name = request.slot_material_name(label) if record["name"] else request.material_name(obj.name)
+    material = pbr_box_material(name, images, scale)
     material["sfumato"] = own
     material["sfumato_images"] = [image.name for image in images.values()]
     return scene_io.keep(material)
