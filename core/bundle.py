@@ -53,6 +53,9 @@ COMPONENT_CLASSES = {
     "tokenizer_2": ("transformers", "CLIPTokenizer"),
     "scheduler": ("diffusers", None),
     "controlnet_depth": ("diffusers", "ControlNetModel"),
+    "controlnet_normal": ("diffusers", "ControlNetModel"),  # added with `sfumato bundle add` (core/bundle_add.py)
+    "controlnet_lineart": ("diffusers", "ControlNetModel"),
+    "controlnet_canny": ("diffusers", "ControlNetModel"),
     "motion_adapter": ("diffusers", "MotionAdapter"),
     "maps": ("sfumato", "MapNet"),  # colour -> height, normal, roughness (core/maps.py)
 }

@@ -6,7 +6,10 @@
     sfumato asset "a park bench" -o bench.glb [--iters 600 --resolution 64 --seed 1 --preview-every 50]
     sfumato upscale board.png --scale 2 -o board_2x.png [--prompt "red brick" --strength 0.35 --tile 512]
     sfumato bundle list | info NAME | verify NAME | import FILE --family sd15 [--dtype fp32] | make-tiny
-    sfumato bundle add-controlnet NAME FOLDER   # a depth ControlNet for depth-guided jobs
+    sfumato bundle add NAME FILE --as controlnet-depth|controlnet-normal|controlnet-lineart|controlnet-canny|motion|lora
+                       [--name NAME] [--replace]    # original single files are converted, diffusers folders copied
+    sfumato bundle remove NAME COMPONENT_OR_LORA | info NAME [--text]
+    sfumato bundle add-controlnet NAME FOLDER   # the same as add NAME FOLDER --as controlnet-depth
     sfumato worker            # JSON lines on stdin/stdout, for the Blender add-on and scripts
     sfumato info              # device, dtype and bundles
 
@@ -42,10 +45,13 @@ def _bundle(args: argparse.Namespace) -> int:
             print(f"{s['name']:24} {s['family']:5} {s['bytes'] / 1e6:8.1f} MB  {s['hash']}  {s['path']}")
         return 0
     if args.bundle_cmd == "info":
+        from .core.bundle_add import format_holdings, holdings
         from .core.capabilities import capabilities
 
         b = bundles.resolve(args.name)
-        print(json.dumps({**b.summary(), "capabilities": capabilities(b)}, indent=2))
+        held, caps = holdings(b), capabilities(b)
+        print(format_holdings(b, held, caps) if args.text else
+              json.dumps({**b.summary(), "capabilities": caps, "holds": held}, indent=2))
         return 0
     if args.bundle_cmd == "verify":
         b = bundles.resolve(args.name)
@@ -61,9 +67,16 @@ def _bundle(args: argparse.Namespace) -> int:
         path = build_tiny_bundle(dest / name, args.family, controlnet=not args.no_controlnet, name=name)
         print(f"built {path}")
         return 0
-    if args.bundle_cmd == "add-controlnet":
-        path = _add_controlnet(bundles.resolve(args.name), Path(args.folder), overwrite=args.overwrite)
-        print(f"added {path}: {args.name} now does depth guidance")
+    if args.bundle_cmd in ("add", "add-controlnet"):
+        kind = "controlnet-depth" if args.bundle_cmd == "add-controlnet" else args.kind
+        flag = "--overwrite" if args.bundle_cmd == "add-controlnet" else "--replace"
+        path = _bundle_add(args.name, args.file, kind, getattr(args, "as_name", None), args.replace, flag)
+        print(f"added {path}" + (f": {args.name} now does depth guidance" if kind == "controlnet-depth" else ""))
+        return 0
+    if args.bundle_cmd == "remove":
+        from .core.bundle_add import remove
+
+        print(f"removed {remove(args.name, args.what)} from {args.name}")
         return 0
     if args.bundle_cmd == "import":
         from .core.convert import import_checkpoint
@@ -80,41 +93,25 @@ def _bundle(args: argparse.Namespace) -> int:
     raise AssertionError(args.bundle_cmd)
 
 
-def _add_controlnet(b, source: Path, *, overwrite: bool = False) -> Path:
-    """Copy the diffusers depth ControlNet at ``source`` (its config.json and .safetensors weights, nothing
-    else) into bundle ``b`` as ``controlnet_depth/``; a bundle with a manifest uses only the components it lists
-    and loads only weights it hashed, so the manifest gets the component and each weight file's sha256."""
-    import shutil
-
-    from .core.bundle import MANIFEST
+def _bundle_add(bundle: str, source: str, kind: str, name: str | None, replace: bool, flag: str) -> Path:
+    """``sfumato bundle add``: a LoRA is copied into ``loras/``; a ControlNet (core) or a motion module (the video
+    head reads those) becomes a component through ``core.bundle_add.add_component``."""
+    from .core import bundle_add
     from .core.errors import BadParameter
-    from .core.safetensors_check import sha256
 
-    weights = sorted(source.glob("*.safetensors"))
-    if not (source / "config.json").is_file() or not weights:
-        raise BadParameter("folder", str(source), "a diffusers ControlNet folder: config.json and .safetensors "
-                           "weights (save_pretrained writes one)")
-    if "controlnet_depth" in b.components and not overwrite:
-        raise BadParameter("name", b.name, "a bundle without a depth ControlNet",
-                           hint="pass --overwrite to replace the one it has")
-    target = b.path / "controlnet_depth"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir()
-    for f in [source / "config.json", *weights]:
-        shutil.copyfile(f, target / f.name)
-    if b.has_manifest:
-        manifest = json.loads((b.path / MANIFEST).read_text())
-        old = manifest["components"].get("controlnet_depth", "controlnet_depth").rstrip("/") + "/"
-        files = {k: v for k, v in (manifest.get("files") or {}).items() if not k.startswith(old)}
-        for f in weights:
-            files[f"controlnet_depth/{f.name}"] = {"sha256": sha256(target / f.name), "bytes": f.stat().st_size}
-        manifest["components"]["controlnet_depth"] = "controlnet_depth"
-        manifest["files"] = files
-        tmp = b.path / f".{MANIFEST}.part"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, b.path / MANIFEST)
-    return target
+    if kind == "lora":
+        return bundle_add.add_lora(bundle, source, name, replace=replace, replace_flag=flag)
+    if name is not None:
+        raise BadParameter("name", name, f"no --name with --as {kind}: the component is always "
+                           f"{bundle_add.KINDS[kind]} (--name names LoRAs)")
+    b = bundle_add.writable(bundle)
+    if kind == "motion":
+        from .video.motion_add import motion_writer
+
+        writer = motion_writer(b, source)
+    else:
+        writer = bundle_add.controlnet_writer(b, source)
+    return bundle_add.add_component(b, bundle_add.KINDS[kind], writer, replace=replace, replace_flag=flag)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -193,11 +190,15 @@ def parser() -> argparse.ArgumentParser:
     add_job_commands(sub)
     batch_command.add_parser(sub)
 
-    bun = sub.add_parser("bundle", help="list, inspect, verify, import bundles")
+    from .core.bundle_add import KINDS
+
+    bun = sub.add_parser("bundle", help="list, inspect, verify, import, add to and remove from bundles")
     bsub = bun.add_subparsers(dest="bundle_cmd", required=True)
     bsub.add_parser("list")
-    for name in ("info", "verify"):
-        bsub.add_parser(name).add_argument("name")
+    bsub.add_parser("verify").add_argument("name")
+    inf = bsub.add_parser("info", help="what a bundle holds (components with sizes and hashes, LoRAs) and can do")
+    inf.add_argument("name")
+    inf.add_argument("--text", action="store_true", help="lines to read instead of JSON")
     imp = bsub.add_parser("import", help="turn a single-file checkpoint into a bundle")
     imp.add_argument("file")
     imp.add_argument("--family", required=True, choices=["sd15", "sd21", "sdxl"])
@@ -211,11 +212,24 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--config-dir", default=None, metavar="FOLDER",
                      help="a diffusers-layout folder whose configs (and tokenizers, if any) replace the family's, "
                      "for a checkpoint of another size than the family's public models")
-    acn = bsub.add_parser("add-controlnet", help="give a bundle a depth ControlNet (a diffusers folder made for "
-                          "its family), listed in its manifest")
+    add = bsub.add_parser("add", help="add a ControlNet, motion module or LoRA to a user bundle (checked against "
+                          "its family, hashed into its manifest)")
+    add.add_argument("name", help="bundle name or folder (a user bundle: the embedded one is never changed)")
+    add.add_argument("file", help="a .safetensors file (original single-file or diffusers names) or diffusers folder")
+    add.add_argument("--as", dest="kind", required=True, choices=list(KINDS))
+    add.add_argument("--name", dest="as_name", default=None, metavar="NAME", help="the LoRA's name in the bundle (default: the "
+                     "file's)")
+    add.add_argument("--replace", "--overwrite", dest="replace", action="store_true",
+                     help="replace a component or LoRA of that name")
+    rem = bsub.add_parser("remove", help="remove a ControlNet, the motion module or a LoRA from a user bundle")
+    rem.add_argument("name", help="bundle name or folder")
+    rem.add_argument("what", help="a component (controlnet_depth or controlnet-depth, motion_adapter or motion) or "
+                     "a LoRA's name")
+    acn = bsub.add_parser("add-controlnet", help="give a bundle a depth ControlNet (the same as add --as "
+                          "controlnet-depth)")
     acn.add_argument("name", help="bundle name or folder")
-    acn.add_argument("folder", help="the ControlNet's diffusers folder (config.json and .safetensors weights)")
-    acn.add_argument("--overwrite", action="store_true", help="replace the bundle's depth ControlNet")
+    acn.add_argument("file", help="the ControlNet: a diffusers folder or a .safetensors file")
+    acn.add_argument("--overwrite", dest="replace", action="store_true", help="replace the bundle's depth ControlNet")
     tiny = bsub.add_parser("make-tiny", help="build a tiny random bundle (tests, smoke runs)")
     tiny.add_argument("--family", default="sd15", choices=["sd15", "sdxl"])
     tiny.add_argument("--name", default=None)
