@@ -108,17 +108,18 @@ def check_family(b: Bundle, path: Path, theirs: dict[str, Any], unet: Any = None
     ours = _signature((unet or meta_unet(b)).config)
     if theirs == ours:
         return
-    family = _family_of(theirs)
-    this = (f"an {FAMILY_NAMES[family]} {what}" if family and family[0] == "s" and family != b.family
-            else f"a {what} for another U-Net")
-    raise BadParameter("file", str(path), f"a {what} for {FAMILY_NAMES.get(b.family, b.family)}, the family of bundle "
-                       f"{b.name} ({_words(ours)}); this is {this} ({_words(theirs)})",
-                       hint=f"use a {what} made for {FAMILY_NAMES.get(b.family, b.family)}, or add this one to a "
-                       f"bundle of {FAMILY_NAMES.get(family, 'its family') if family else 'its family'}")
+    family, ours_name = _family_of(theirs), FAMILY_NAMES.get(b.family, b.family)
+    this = f"an {FAMILY_NAMES[family]} {what}" if family and family != b.family else f"a {what} for another U-Net"
+    raise BadParameter("file", str(path), f"a {what} for {ours_name}, the family of bundle {b.name} ({_words(ours)}); "
+                       f"this is {this} ({_words(theirs)})",
+                       hint=f"use a {what} made for {ours_name}, or add this one to a bundle of "
+                       f"{FAMILY_NAMES[family] if family else 'the family it was made for'}")
 
 
-_FITS = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim", "down_block_types",
-         "transformer_layers_per_block", "addition_embed_type", "projection_class_embeddings_input_dim")
+# what the U-Net's inputs and the ControlNet's residuals share (a lighter ControlNet, fewer transformer layers as in
+# diffusers' SDXL "small" and "mid" ones, still fits)
+_FITS = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim", "addition_embed_type",
+         "projection_class_embeddings_input_dim")
 
 
 def _normal(value: Any, levels: int) -> Any:
@@ -328,8 +329,8 @@ def add_component(bundle: str | os.PathLike | Bundle, component: str, write: Wri
 
     b = writable(bundle)
     if component in b.components and not replace:
-        raise BadParameter("as", component, f"a component bundle {b.name} does not have yet (it has "
-                           f"{b.components[component]}/)", hint=f"pass {replace_flag} to replace it")
+        raise BadParameter("as", component, f"a component bundle {b.name} does not hold yet; it holds "
+                           f"{b.components[component]}/ already", hint=f"pass {replace_flag} to replace it")
     staging = _staging(b)
     try:
         folder = staging / component

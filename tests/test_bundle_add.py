@@ -166,7 +166,7 @@ def test_a_diffusers_folder_is_taken_as_it_is_and_replaced_only_when_asked(bundl
     before = (bundle / "sfumato.json").read_text()
     code, said = _run(capsys, "bundle", "add", str(bundle), str(files / "control_tiny_depth.safetensors"),
                       "--as", "controlnet-normal")
-    assert code == 2 and "it has controlnet_normal/" in said and "pass --replace" in said
+    assert code == 2 and "it holds controlnet_normal/ already" in said and "pass --replace" in said
     _untouched(bundle, before)
     code, said = _run(capsys, "bundle", "add", str(bundle), str(files / "control_tiny_depth.safetensors"),
                       "--as", "controlnet-normal", "--replace")
