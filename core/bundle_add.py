@@ -147,25 +147,27 @@ def check_fits(b: Bundle, path: Path, config: dict[str, Any]) -> None:
                                "as the bundle's U-Net")
 
 
-def _hint_channels(shapes: dict[str, tuple[int, ...]], conv_in: str, block: str) -> tuple[tuple[int, ...], int]:
+def _hint_channels(path: Path, shapes: dict[str, tuple[int, ...]], conv_in: str,
+                   block: str) -> tuple[tuple[int, ...], int]:
     """(conditioning_embedding_out_channels, conditioning_channels) from the hint encoder's convolutions."""
     if conv_in not in shapes:
-        raise BundleCorrupt("controlnet", f"tensor {conv_in} is missing: cannot tell the condition encoder's size")
+        raise BundleCorrupt(path, f"tensor {conv_in} is missing: cannot tell the condition encoder's size")
     blocks = sorted(int(m[1]) for k in shapes if (m := re.fullmatch(re.escape(block) + r"\.(\d+)\.weight", k)))
     if block == "input_hint_block":  # the original counts conv_in (0) and conv_out (the last) among its layers
         blocks = blocks[1:-1]
     return (shapes[conv_in][0], *(shapes[f"{block}.{i}.weight"][0] for i in blocks[1::2])), shapes[conv_in][1]
 
 
-def _original_signature(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """The family signature of an original-layout ControlNet, from its header alone."""
+def _file_signature(path: Path, shapes: dict[str, tuple[int, ...]], conv_in: str, sdxl: str) -> dict[str, Any]:
+    """The family signature of a single-file ControlNet from its header alone: ``conv_in`` names the first
+    convolution (out, in, 3, 3), ``sdxl`` the prefix of SDXL's text/time embedding."""
     cross = next((v[1] for k, v in shapes.items() if k.endswith("attn2.to_k.weight")), None)
-    first = shapes.get("input_blocks.0.0.weight")
+    first = shapes.get(conv_in)
     if cross is None or first is None:
-        raise BundleCorrupt("controlnet", "an original-layout ControlNet needs input_blocks.0.0.weight and "
-                            "cross-attention layers (…attn2.to_k.weight)")
+        raise BundleCorrupt(path, f"a ControlNet file needs {conv_in} and cross-attention layers (…attn2.to_k.weight)",
+                            hint="the file is partial, or not a ControlNet")
     return {"cross_attention_dim": cross, "in_channels": first[1], "channels": first[0],
-            "sdxl": any(k.startswith("label_emb.") for k in shapes)}
+            "sdxl": any(k.startswith(sdxl) for k in shapes)}
 
 
 def controlnet_writer(b: Bundle, source: str | os.PathLike) -> Writer:
@@ -189,7 +191,8 @@ def controlnet_writer(b: Bundle, source: str | os.PathLike) -> Writer:
         return copy
     shapes = {k: tuple(v.shape) for k, v in read_header(path).items()}
     if any(k.startswith("controlnet_cond_embedding.") for k in shapes):  # diffusers' names in one file
-        channels, cond = _hint_channels(shapes, "controlnet_cond_embedding.conv_in.weight",
+        check_family(b, path, _file_signature(path, shapes, "conv_in.weight", "add_embedding."))
+        channels, cond = _hint_channels(path, shapes, "controlnet_cond_embedding.conv_in.weight",
                                         "controlnet_cond_embedding.blocks")
         state = _load(path)
     else:  # the original layout, with or without the control_model. prefix
@@ -198,11 +201,11 @@ def controlnet_writer(b: Bundle, source: str | os.PathLike) -> Writer:
             raise BundleCorrupt(path, f"none of its {len(shapes)} tensors belongs to a ControlNet (e.g. "
                                 f"{next(iter(shapes), 'none')!r}; expected control_model.input_hint_block… or "
                                 "controlnet_cond_embedding…)", hint="wrong file? --as controlnet-* takes ControlNets")
-        check_family(b, path, _original_signature(plain))
+        check_family(b, path, _file_signature(path, plain, "input_blocks.0.0.weight", "label_emb."))
         if any(k.startswith("label_emb.") for k in plain):
             raise BadParameter("file", str(path), "a diffusers-format folder for an SDXL ControlNet: diffusers' "
                                "single-file converter reads original SD 1.x/2.x ControlNets only")
-        channels, cond = _hint_channels(plain, "input_hint_block.0.weight", "input_hint_block")
+        channels, cond = _hint_channels(path, plain, "input_hint_block.0.weight", "input_hint_block")
         state = None
     config = _config_from_unet(b, channels, cond)
     if state is None:

@@ -62,6 +62,7 @@ def files(sd15, sdxl, tmp_path_factory):
     """A diffusers ControlNet for the sd15 bundle, the same in the original layout, an SDXL one, a LoRA saved by
     diffusers, and a motion adapter as a diffusers folder and as an original AnimateDiff file."""
     from diffusers import MotionAdapter, StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_kohya
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
@@ -80,8 +81,10 @@ def files(sd15, sdxl, tmp_path_factory):
     unet = UNet2DConditionModel.from_pretrained(sd15 / "unet")
     unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                                 init_lora_weights="gaussian"))
-    StableDiffusionPipeline.save_lora_weights(root / "lora", unet_lora_layers=get_peft_model_state_dict(unet),
-                                              safe_serialization=True)
+    layers = get_peft_model_state_dict(unet)
+    StableDiffusionPipeline.save_lora_weights(root / "lora", unet_lora_layers=layers, safe_serialization=True)
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in layers.items()})
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(root / "style_kohya.safetensors"))
 
     torch.manual_seed(3)
     adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=8,
@@ -176,6 +179,13 @@ def test_a_diffusers_folder_is_taken_as_it_is_and_replaced_only_when_asked(bundl
     code, said = _run(capsys, "bundle", "add-controlnet", str(bundle), str(files / "cn_diffusers"))
     assert code == 0 and "now does depth guidance" in said
     assert capabilities(open_bundle(bundle))["controlnets"] == ["depth", "normal"]
+    # one file in diffusers' names, without its config: the config comes from the bundle's U-Net
+    code, said = _run(capsys, "bundle", "add", str(bundle), str(files / "cn_diffusers" /
+                      "diffusion_pytorch_model.safetensors"), "--as", "controlnet-canny")
+    assert code == 0, said
+    b = open_bundle(bundle)
+    canny, depth = (load_component(b, c, CPU, torch.float32) for c in ("controlnet_canny", "controlnet_depth"))
+    assert (_control_out(canny) - _control_out(depth)).abs().max() == 0
 
 
 def test_an_sdxl_controlnet_is_refused_by_an_sd15_bundle_in_one_sentence(bundle, files, capsys):
@@ -188,8 +198,10 @@ def test_an_sdxl_controlnet_is_refused_by_an_sd15_bundle_in_one_sentence(bundle,
     assert refused.value.field == "file" and "a ControlNet for SD 1.5, the family of bundle tiny-sd15" in said
     assert "this is an SDXL ControlNet (cross-attention width 64" in said and "cross-attention width 32" in said
     _untouched(bundle, before)
-    code, said = _run(capsys, "bundle", "add", str(bundle), str(files / "cn_sdxl"), "--as", "controlnet-depth")
-    assert code == 2 and "this is an SDXL ControlNet" in said
+    for source in (files / "cn_sdxl", files / "cn_sdxl" / "diffusion_pytorch_model.safetensors"):  # folder, file
+        code, said = _run(capsys, "bundle", "add", str(bundle), str(source), "--as", "controlnet-depth")
+        assert code == 2 and "this is an SDXL ControlNet" in said, said
+    _untouched(bundle, before)
 
 
 def test_pickles_are_refused_for_every_kind(bundle, files, tmp_path, capsys):
@@ -253,6 +265,8 @@ def test_a_lora_is_checked_copied_listed_usable_and_removed(bundle, sdxl, files,
     assert provenance[0]["name"] == "style.safetensors" and provenance[0]["scale"] == 0.5
     code, said = _run(capsys, "bundle", "add", str(bundle), str(files / "lora"), "--as", "lora", "--name", "style")
     assert code == 2 and "pass --replace" in said
+    code, said = _run(capsys, "bundle", "add", str(bundle), str(files / "style_kohya.safetensors"), "--as", "lora")
+    assert code == 0 and capabilities(open_bundle(bundle))["loras"] == ["style", "style_kohya"], said
     code, said = _run(capsys, "bundle", "add", str(bundle), str(files / "lora"), "--as", "controlnet-depth",
                       "--name", "x")
     assert code == 2 and "--name names LoRAs" in said
@@ -267,7 +281,7 @@ def test_a_lora_is_checked_copied_listed_usable_and_removed(bundle, sdxl, files,
     code, said = _run(capsys, "bundle", "remove", str(bundle), "style")
     assert code == 0 and "removed loras/style.safetensors" in said
     b = open_bundle(bundle)
-    assert capabilities(b)["loras"] == [] and "loras/style" not in json.dumps(b.manifest)
+    assert capabilities(b)["loras"] == ["style_kohya"] and "loras/style.safetensors" not in json.dumps(b.manifest)
     verify(b)
 
 
@@ -313,3 +327,20 @@ def test_a_failure_while_writing_leaves_the_bundle_as_it_was(bundle, files):
         add_component(bundle, "controlnet_depth", half)
     _untouched(bundle, before)
     assert not (bundle / "controlnet_depth").exists()
+
+
+def test_a_plain_diffusers_folder_gets_a_manifest_with_what_it_holds(sd15, files, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    shutil.copytree(sd15, plain, ignore=shutil.ignore_patterns("sfumato.json", "controlnet_depth"))
+    index = {"_class_name": "StableDiffusionPipeline", **{c: ["diffusers", "x"] for c in
+                                                            ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}}
+    (plain / "model_index.json").write_text(json.dumps(index))
+    family = open_bundle(plain).family  # from the text encoder's width: "mini" for the tiny one
+    code, said = _run(capsys, "bundle", "add", str(plain), str(files / "control_tiny_depth.safetensors"),
+                      "--as", "controlnet-depth")
+    assert code == 0, said
+    b = open_bundle(plain)
+    assert b.has_manifest and capabilities(b)["depth"] and b.family == family
+    assert {"unet/diffusion_pytorch_model.safetensors", "controlnet_depth/diffusion_pytorch_model.safetensors"} <= \
+        set(b.manifest["files"])
+    verify(b)
