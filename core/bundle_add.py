@@ -164,7 +164,8 @@ def _file_signature(path: Path, shapes: dict[str, tuple[int, ...]], conv_in: str
     cross = next((v[1] for k, v in shapes.items() if k.endswith("attn2.to_k.weight")), None)
     first = shapes.get(conv_in)
     if cross is None or first is None:
-        raise BundleCorrupt(path, f"a ControlNet file needs {conv_in} and cross-attention layers (…attn2.to_k.weight)",
+        raise BundleCorrupt(path, f"a ControlNet file needs {conv_in} and cross-attention layers "
+                            "(…attn2.to_k.weight)",
                             hint="the file is partial, or not a ControlNet")
     return {"cross_attention_dim": cross, "in_channels": first[1], "channels": first[0],
             "sdxl": any(k.startswith(sdxl) for k in shapes)}
@@ -370,8 +371,9 @@ def remove(bundle: str | os.PathLike | Bundle, name: str) -> str:
         manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(sub + "/")}
         _commit(b, manifest, moves=[], aside=[sub])
         return sub
-    rel = f"{LORAS}/{name.removesuffix('.safetensors')}.safetensors"
-    if (b.path / rel).is_file():
+    stem = name.removesuffix(".safetensors")
+    rel = f"{LORAS}/{stem}.safetensors"
+    if NAME.fullmatch(stem) and (b.path / rel).is_file():  # a plain name: nothing outside loras/ is touched
         manifest["files"].pop(rel, None)
         _commit(b, manifest, moves=[], aside=[rel])
         return rel

@@ -217,8 +217,8 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("name", help="bundle name or folder (a user bundle: the embedded one is never changed)")
     add.add_argument("file", help="a .safetensors file (original single-file or diffusers names) or diffusers folder")
     add.add_argument("--as", dest="kind", required=True, choices=list(KINDS))
-    add.add_argument("--name", dest="as_name", default=None, metavar="NAME", help="the LoRA's name in the bundle (default: the "
-                     "file's)")
+    add.add_argument("--name", dest="as_name", default=None, metavar="NAME",
+                     help="the LoRA's name in the bundle (default: the file's)")
     add.add_argument("--replace", "--overwrite", dest="replace", action="store_true",
                      help="replace a component or LoRA of that name")
     rem = bsub.add_parser("remove", help="remove a ControlNet, the motion module or a LoRA from a user bundle")

@@ -312,8 +312,10 @@ def test_the_embedded_bundle_and_base_components_are_refused(bundle, files, caps
     for base in ("unet", "text_encoder", "scheduler"):
         code, said = _run(capsys, "bundle", "remove", str(bundle), base)
         assert code == 2 and "is part of every bundle" in said
-    code, said = _run(capsys, "bundle", "remove", str(bundle), "nothing-here")
-    assert code == 2 and "a component or LoRA of bundle tiny-sd15" in said
+    for name in ("nothing-here", "../unet/diffusion_pytorch_model"):  # a name, never a path out of loras/
+        code, said = _run(capsys, "bundle", "remove", str(bundle), name)
+        assert code == 2 and "a component or LoRA of bundle tiny-sd15" in said
+    verify(open_bundle(bundle))
 
 
 def test_a_failure_while_writing_leaves_the_bundle_as_it_was(bundle, files):

@@ -27,7 +27,8 @@ def motion_writer(b: Bundle, source: str | os.PathLike) -> Writer:
     except BadParameter as exc:  # made for another U-Net: say it for this bundle
         raise BadParameter("file", str(path), f"a motion module for {FAMILY_NAMES.get(b.family, b.family)}, the "
                            f"family of bundle {b.name}: {exc.field}={exc.value!r} does not fit ({exc.allowed})",
-                           hint="use a motion module made for the bundle's family (mm_sd_v15* for SD 1.5)") from None
+                           hint="use a motion module made for the bundle's family (mm_sd_v15* for SD 1.5, mm_sdxl* "
+                           "for SDXL)") from None
     if path.is_dir():
         files = [path / "config.json", *component_weights(path), *path.glob("*.safetensors.index.json")]
 
