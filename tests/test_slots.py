@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,12 @@ from PIL import Image
 
 from sfumato.core.checks import checked
 from sfumato.core.errors import BadParameter
-from sfumato.core.jobs import JobContext
-from sfumato.core.loading import ModelCache
 from sfumato.core.schema import TextureRequest, slot_prompt, slot_tile_metres
 from sfumato.kinds import run_job
 from sfumato.threed.mesh import load_mesh
 from sfumato.threed.demo_house import SLOTS, house_parts, write_house
 from sfumato.threed.slots import NO_MATERIAL, file_label, plan
+from test_texture import _ctx  # a job context that records events and cancels after N steps
 
 HOUSE_SLOTS = SLOTS
 
@@ -28,17 +26,6 @@ HOUSE_SLOTS = SLOTS
 @pytest.fixture(scope="module")
 def house(tmp_path_factory) -> Path:
     return write_house(tmp_path_factory.mktemp("slots") / "house.glb")
-
-
-def _ctx(events: list, cancel_after: int | None = None) -> JobContext:
-    cancel = threading.Event()
-
-    def emit(event, **fields):
-        events.append((event, fields))
-        if cancel_after is not None and sum(1 for e, f in events if f.get("stage") == "texture") >= cancel_after:
-            cancel.set()
-
-    return JobContext("t", ModelCache(), "cpu", "fp32", cancel, emit, preview_every=0)
 
 
 def _req(house: Path, **kw) -> TextureRequest:
