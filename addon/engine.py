@@ -194,7 +194,8 @@ class JobState:
     total: int = 0
     image: int = 0  # the image (or view, see ``unit``) being made, 0-based
     images: int = 1
-    unit: str = "image"  # what ``image``/``images`` count: "image", or "view" for texture jobs
+    unit: str = "image"  # what ``image``/``images`` count: "image", or "view" / "slot" for texture jobs
+    slot: str = ""  # material mode: the slot being made
     title: str = ""  # what the job works on, shown before its progress ("Suzanne (1/3)")
     preview: str | None = None
     message: str = ""
@@ -232,6 +233,9 @@ class JobState:
             self.unit = "view" if "views" in event else "image"
             self.image = int(event.get(self.unit) or 0)
             self.images = int(event.get(self.unit + "s") or 1)
+            self.slot = str(event.get("slot") or "")
+            if self.slot:
+                self.unit = "slot"
             if event.get("preview"):
                 self.preview = event["preview"]
         elif kind == "result":
@@ -266,8 +270,8 @@ class JobState:
             return [("Queued", False)]
         if self.status == "running":
             what = "Loading models" if self.stage == "loading" else f"Step {self.step}/{self.total}"
-            if self.images > 1:
-                what += f", {self.unit} {self.image + 1}/{self.images}"
+            if self.images > 1 or self.slot:
+                what += f", {self.unit} {self.image + 1}/{self.images}" + (f" {self.slot}" if self.slot else "")
             if self.title:
                 what = f"{self.title}: {what}"
             said = " (stopping)" if self.stop_requested else " (cancelling)" if self.cancel_requested else ""

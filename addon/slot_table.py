@@ -73,10 +73,20 @@ def sync(obj: bpy.types.Object) -> None:
                                                                  if name != NO_MATERIAL else "", 0.0, True))
 
 
+def used_names(obj: bpy.types.Object) -> set[str]:
+    """The rows whose slots some face uses (a slot no face uses is not in the exported mesh)."""
+    indices = [0] * len(obj.data.polygons)
+    obj.data.polygons.foreach_get("material_index", indices)
+    names = [m.name if m is not None else NO_MATERIAL for m in original_materials(obj)] or [NO_MATERIAL]
+    return {names[min(i, len(names) - 1)] for i in set(indices)}
+
+
 def entries(obj: bpy.types.Object) -> dict[str, tuple[str, ...]]:
     """The rows as the texture job's fields: ``slots`` (NAME=PROMPT for rows with a prompt), ``slot_tiles``
-    (NAME=METRES for rows with a size) and ``only`` (the rows turned on, when some are off)."""
-    rows = list(obj.sfumato_slots)
+    (NAME=METRES for rows with a size) and ``only`` (the rows turned on, when some are off); rows of slots no face
+    uses are left out."""
+    used = used_names(obj)
+    rows = [row for row in obj.sfumato_slots if row.name in used]
     on = [row.name for row in rows if row.enabled]
     return {"slots": tuple(f"{row.name}={row.prompt.strip()}" for row in rows if row.prompt.strip()),
             "slot_tiles": tuple(f"{row.name}={row.tile_size:g}" for row in rows if row.tile_size > 0),

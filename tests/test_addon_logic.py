@@ -324,6 +324,9 @@ def test_job_state_counts_views_for_texture_jobs():
     st.apply({"event": "progress", "stage": "texture", "step": 1, "total": 2, "view": 1, "views": 4})
     assert st.status_lines() == [("Suzanne (1/2): Step 1/2, view 2/4", False)]
     assert st.fraction == pytest.approx((1 + 0.5) / 4)
+    st.apply({"event": "progress", "stage": "texture", "step": 3, "total": 4, "view": 0, "views": 1,
+              "slot": "Roof tiles"})  # material mode counts slots, and names the one being made
+    assert st.status_lines() == [("Suzanne (1/2): Step 3/4, slot 1/1 Roof tiles", False)]
 
 
 # ---- turntable jobs --------------------------------------------------------------------------------

@@ -92,6 +92,8 @@ def test_one_slot_redone_leaves_the_others_and_the_table_drives_the_job(tmp_path
     assert not slot_table.in_sync(house)
     slot_table.sync(house)
     assert house.sfumato_slots[-1].name == "Lawn"
+    house.sfumato_slots["Lawn"].prompt = "green grass"
+    assert not any(e.startswith("Lawn=") for e in slot_table.entries(house)["slots"])  # no face uses it: not sent
     assert house.sfumato_slots["Brick facade"].tile_size == pytest.approx(0.45)  # edits kept
 
 
