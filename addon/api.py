@@ -20,6 +20,9 @@ Once the add-on is enabled this module is also importable as ``sfumato_api``::
     made = sfumato_api.asset("a wooden chair", iters=600)
     made.roots, made.glb                 # the imported objects, placed at the 3D cursor
 
+    big = sfumato_api.upscale(bpy.data.images["render"], scale=2)   # or a file path; tile=, strength=, ...
+    big.image, big.file                  # "render x2 s<seed>", its provenance the source's plus the upscale
+
 Settings not given come from the scene's panel (``scene.sfumato``); the engine comes from the
 add-on's preferences (``sfumato_api.preferences()``), and ``sfumato_api.capabilities("materials")`` says what
 a bundle can do (depth, a motion module, its native size). A fresh headless process first needs the add-on
