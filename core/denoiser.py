@@ -11,7 +11,8 @@ Classifier-free guidance (Ho & Salimans 2022), done here and nowhere else:
 
 The unconditional and conditional halves run as one batch of 2B through the U-Net (and through the
 ControlNet, whose residuals are added to the U-Net's skip connections). With w ≤ 1 only the
-conditional half runs.
+conditional half runs. An inpainting U-Net (9 input channels) gets its mask and masked-image latents
+concatenated to x before every call (``inpaint.py``); the ControlNet still sees the latents alone.
 
 ``Denoiser.unet_call`` is the single place the U-Net is invoked, so a captured CUDA graph or a
 compiled module can replace it without touching the loop (the speed issue).
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .inpaint import Inpaint, unet_input
 from .loading import Models
 from .text import TextEmbeddings
 
@@ -39,6 +41,7 @@ class Conditioning:
     added_negative: dict[str, torch.Tensor] = field(default_factory=dict)
     control: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], e.g. a depth map (near = bright)
     control_scale: float = 1.0
+    inpaint: Inpaint | None = None  # an inpainting U-Net's mask and masked-image latents; None: paint everywhere
 
     @property
     def do_cfg(self) -> bool:
@@ -47,10 +50,12 @@ class Conditioning:
 
 def make_conditioning(models: Models, positive: TextEmbeddings, negative: TextEmbeddings, batch: int,
                       guidance: float, *, width: int, height: int, control: torch.Tensor | None = None,
-                      control_scale: float = 1.0) -> Conditioning:
-    """Repeat the embeddings for a batch of ``batch`` images and add SDXL's size conditioning."""
+                      control_scale: float = 1.0, inpaint: Inpaint | None = None) -> Conditioning:
+    """Repeat the embeddings for a batch of ``batch`` images and add SDXL's size conditioning; ``inpaint``
+    (for ``batch`` images, or one) is kept as it is."""
     rep = lambda e: e.repeat(batch, *([1] * (e.ndim - 1))).to(models.device)  # noqa: E731
-    cond = Conditioning(rep(positive.tokens), rep(negative.tokens), guidance, control_scale=control_scale)
+    cond = Conditioning(rep(positive.tokens), rep(negative.tokens), guidance, control_scale=control_scale,
+                        inpaint=inpaint)
     if models.is_sdxl:
         # (original size, crop top-left, target size), as SDXL was trained: (h, w, 0, 0, h, w)
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=models.dtype)
@@ -117,8 +122,9 @@ class Denoiser:
 
     def unet_call(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
                   control: torch.Tensor | None, control_scale: float, bf16: bool = False) -> torch.Tensor:
-        """One network evaluation on an already-batched input (B', C, h, w) -> (B', C, h, w); ``bf16``: with
-        the networks' bfloat16 weight copies (``fast.bf16_call``, the CPU's fast path)."""
+        """One network evaluation on an already-batched input (B', C_in, h, w) -> (B', C, h, w) (C_in = C, or
+        C + 1 + C for an inpainting U-Net: the ControlNet takes the first C); ``bf16``: with the networks'
+        bfloat16 weight copies (``fast.bf16_call``, the CPU's fast path)."""
         from .fast import bf16_call
 
         m = self.models
@@ -128,7 +134,8 @@ class Denoiser:
             extra["added_cond_kwargs"] = added
         if control is not None:
             assert m.controlnet is not None, "a control image needs the bundle's ControlNet loaded"
-            down, mid = run(m.controlnet, x, t, encoder_hidden_states=text, controlnet_cond=control,
+            latents = x[:, :m.controlnet.config.in_channels]  # an inpainting U-Net's extra channels are its own
+            down, mid = run(m.controlnet, latents, t, encoder_hidden_states=text, controlnet_cond=control,
                             conditioning_scale=control_scale, return_dict=False, **extra)
             extra["down_block_additional_residuals"] = down
             extra["mid_block_additional_residual"] = mid
@@ -137,8 +144,9 @@ class Denoiser:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         if not cond.do_cfg:
-            return self.network(x, t, cond.positive, cond.added_positive, cond.control, cond.control_scale)
-        x2 = torch.cat([x, x])
+            x_in = unet_input(self.models, x, cond.inpaint)
+            return self.network(x_in, t, cond.positive, cond.added_positive, cond.control, cond.control_scale)
+        x2 = unet_input(self.models, torch.cat([x, x]), cond.inpaint)
         text = torch.cat([cond.negative, cond.positive])
         added = {k: torch.cat([cond.added_negative[k], v]) for k, v in cond.added_positive.items()}
         control = torch.cat([cond.control, cond.control]) if cond.control is not None else None

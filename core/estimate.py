@@ -304,7 +304,7 @@ def measure(models: Any, req: Any, work: Workload) -> tuple[Measured, float]:
                                      width=W, height=H)
             denoiser = Denoiser(models, fast=fast)
             g = torch.Generator().manual_seed(0)
-            x = torch.randn((work.batch, models.unet.config.in_channels, H // f, W // f), generator=g)
+            x = torch.randn((work.batch, int(models.vae.config.latent_channels), H // f, W // f), generator=g)
             x = x.to(models.device, models.dtype)
             t = torch.tensor(500, device=models.device)
             call, call_peak = _timed(lambda: denoiser(x, t, cond), models.device)

@@ -162,7 +162,7 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
             # 3. starting latents: noise for text-to-image; the noised init image for image-to-image
             timesteps, _ = timesteps_for(scheduler, req.steps, models.device,
                                          strength=req.strength if init is not None else 1.0)
-            shape = (len(seeds), models.unet.config.in_channels, height // models.vae_scale_factor,
+            shape = (len(seeds), latent_space.latent_channels(models), height // models.vae_scale_factor,
                      width // models.vae_scale_factor)
             x = start_latents(models, scheduler, timesteps, shape, generators,
                               None if init is None else init.repeat(len(seeds), 1, 1, 1))

@@ -16,6 +16,12 @@ from PIL import Image
 from .loading import Models
 
 
+def latent_channels(models: Models) -> int:
+    """C, the channels of the latent space (the VAE's): the shape of noise and of every latent. Not the U-Net's
+    input channels, which an inpainting U-Net widens to C + 1 + C (``inpaint.py``)."""
+    return int(models.vae.config.latent_channels)
+
+
 def pil_to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
     """PIL image -> (1, 3, H, W) in [0, 1], resized (Lanczos) to width × height when it differs."""
     image = image.convert("RGB")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .denoiser import Conditioning, Denoiser
+from .inpaint import unet_input
 
 
 class RegionalDenoiser:
@@ -31,7 +32,8 @@ class RegionalDenoiser:
         added = {name: torch.cat(([first.added_negative[name]] if first.do_cfg else [])
                                  + [c.added_positive[name] for c in self.conds]) for name in first.added_positive}
         control = first.control.repeat(rows, 1, 1, 1) if first.control is not None else None
-        out = self.denoiser.network(x.repeat(rows, 1, 1, 1), t, text, added, control, first.control_scale)
+        x_in = unet_input(self.denoiser.models, x.repeat(rows, 1, 1, 1), first.inpaint)
+        out = self.denoiser.network(x_in, t, text, added, control, first.control_scale)
         eps = out[-k:]
         mixed = (self.masks.to(eps.dtype) * eps).sum(0, keepdim=True)
         if not first.do_cfg:

@@ -6,6 +6,10 @@ two-texel gutter, are the texels to paint; every other texel starts the bake as 
 view holds it exactly (its latents are put back after every step, the projection head's *keep* region: masked
 denoising) and only the repainted faces are generated, in the light of what surrounds them. Views that see no
 repainted texel are skipped. At the end, kept texels are copied from ``texture_in`` byte for byte.
+
+With an inpainting U-Net (9 input channels, e.g. an imported SD 1.5 inpainting checkpoint) each view is also told
+what to paint: its mask is every pixel it does not keep, over its starting image with those pixels blanked
+(``view_inpaint``, ``core/inpaint.py``); the kept latents are still put back after every step.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core import inpaint as inpainting
 from ..core.errors import BadParameter
+from ..core.loading import Models
 from ..core.schema import TextureRequest
 from .mesh import Mesh, load_mesh
 from .raster import rasterize_uv
@@ -74,3 +80,18 @@ def views_needed(texel_vis: torch.Tensor, repaint: Repaint) -> list[int]:
 def finish(colour: torch.Tensor, repaint: Repaint) -> torch.Tensor:
     """The painted texture with every kept texel exactly as it was."""
     return torch.where(repaint.redo[None], colour, repaint.original)
+
+
+def method(models: Models) -> str:
+    """How kept pixels are held: with an inpainting U-Net that is shown them, or by masked denoising alone."""
+    return "inpainting-unet" if inpainting.extra_channels(models) else "masked-denoising"
+
+
+def view_inpaint(models: Models, base: torch.Tensor, keep: torch.Tensor,
+                 generator: torch.Generator) -> inpainting.Inpaint | None:
+    """An inpainting U-Net's condition for one view: paint every pixel of ``keep`` (R, R) that is False, over
+    ``base`` (3, R, R), the view's starting image, with those pixels blanked; None for a plain U-Net."""
+    if not inpainting.extra_channels(models):
+        return None
+    paint = (~keep)[None, None].float().to(models.device)
+    return inpainting.condition(models, base[None].to(models.device), paint, [generator])

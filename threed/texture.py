@@ -8,7 +8,8 @@ Three modes (``TextureRequest.mode``):
   depth (the bundle's ControlNet when it has one; otherwise image-to-image from the view's shading and
   the partial texture rendered into it). What earlier views already painted is split by how head-on
   they saw it into *keep* (preserved exactly, by blending the known latents back after every step),
-  *refine* (preserved for the first part of the schedule, then free) and *generate* (free).
+  *refine* (preserved for the first part of the schedule, then free) and *generate* (free). An inpainting U-Net
+  (9 input channels) is also shown each view's *keep* pixels and told to paint the rest (``repaint.view_inpaint``).
 * ``variant="sync"``: all views are denoised together and share one texture in UV space: after every
   step, each texel takes the latent of the view that sees it most head-on, and every view's pixels are
   re-read from that shared latent texture. Views agree by construction, at the cost of the
@@ -46,6 +47,7 @@ from ..core import lora, text
 from ..core.checks import ensure_checked
 from ..core.denoiser import Conditioning, Denoiser, make_conditioning
 from ..core.errors import BadParameter
+from ..core.inpaint import Inpaint
 from ..core.image import generate, native_size
 from ..core.loading import Models
 from ..core.provenance import version
@@ -309,7 +311,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------- projection
 def _conditioning(models: Models, req: TextureRequest, scene: Scene, i: int, resolution: int,
-                  cache: dict[str, Any], prompt: str | None = None) -> Conditioning:
+                  cache: dict[str, Any], prompt: str | None = None, inpaint: Inpaint | None = None) -> Conditioning:
     prompt = req.prompt if prompt is None else prompt
     prompt = view_prompt(prompt, scene.cameras.azimuth[i], scene.cameras.elevation[i]) if req.view_prompts else prompt
     if prompt not in cache:
@@ -317,14 +319,15 @@ def _conditioning(models: Models, req: TextureRequest, scene: Scene, i: int, res
     positive, negative = cache[prompt]
     control = scene.depth_control[i:i + 1] if use_depth(models, req) else None
     return make_conditioning(models, positive, negative, 1, req.guidance, width=resolution, height=resolution,
-                             control=control, control_scale=req.control_scale)
+                             control=control, control_scale=req.control_scale, inpaint=inpaint)
 
 
 REGION_MIN_SHARE = 0.01  # a slot takes part in a view's regional prompt when it covers this share of the mesh there
 
 
 def view_regions(models: Models, req: TextureRequest, scene: Scene, i: int, resolution: int, prompts: list[str],
-                 denoiser: Denoiser, cache: dict[str, Any]) -> tuple[Any, Conditioning]:
+                 denoiser: Denoiser, cache: dict[str, Any], inpaint: Inpaint | None = None
+                 ) -> tuple[Any, Conditioning]:
     """View ``i``'s denoiser and conditioning with a prompt per material slot (``prompts`` by ``Mesh.groups``
     index): the slots it sees, each where its faces are (``core/regions.py``); the background follows them all
     equally. One slot in view: a plain denoiser with that slot's prompt."""
@@ -335,7 +338,7 @@ def view_regions(models: Models, req: TextureRequest, scene: Scene, i: int, reso
     group = torch.where(on_mesh, scene.mesh.face_group[face.clamp_min(0)], torch.full_like(face, -1))
     share = torch.bincount(group[on_mesh], minlength=len(prompts)).float() / on_mesh.sum().clamp_min(1)
     present = [k for k in range(len(prompts)) if share[k] >= REGION_MIN_SHARE] or [int(share.argmax())]
-    conds = [_conditioning(models, req, scene, i, resolution, cache, prompts[k]) for k in present]
+    conds = [_conditioning(models, req, scene, i, resolution, cache, prompts[k], inpaint) for k in present]
     if len(present) == 1:
         return denoiser, conds[0]
     onehot = torch.stack([(group == k) for k in present]).float()
@@ -375,7 +378,7 @@ def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolu
         strength = 1.0 if use_control else req.img2img_strength
         timesteps, _ = timesteps_for(scheduler, req.steps, models.device, strength=strength,
                                      field="img2img_strength")
-        shape = (1, models.unet.config.in_channels, resolution // f, resolution // f)
+        shape = (1, latent_space.latent_channels(models), resolution // f, resolution // f)
         noise = torch.randn(shape, generator=g).to(models.device, models.dtype)
         z_known = latent_space.encode(models, base[None].to(models.device), [g]) if (painted.any() or not use_control) \
             else None
@@ -386,6 +389,7 @@ def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolu
         m_keep = _latent_mask(keep[None], f).to(models.device, models.dtype)
         m_refine = _latent_mask(refine[None], f).to(models.device, models.dtype)
         hold_refine = int(round(req.refine_until * len(timesteps)))
+        inpaint = repainting.view_inpaint(models, base, keep, g)  # an inpainting U-Net: paint all but keep
 
         def post_step(k: int, x: torch.Tensor, z_known=z_known, m_keep=m_keep, m_refine=m_refine,
                       timesteps=timesteps, scheduler=scheduler, noise=noise, hold=hold_refine) -> torch.Tensor:
@@ -403,9 +407,9 @@ def project_sequential(models: Models, req: TextureRequest, scene: Scene, resolu
                 on_view(ViewInfo(i, total or len(scene.cameras), info))
 
         if prompts:
-            view_denoiser, cond = view_regions(models, req, scene, i, resolution, prompts, denoiser, texts)
+            view_denoiser, cond = view_regions(models, req, scene, i, resolution, prompts, denoiser, texts, inpaint)
         else:
-            view_denoiser, cond = denoiser, _conditioning(models, req, scene, i, resolution, texts)
+            view_denoiser, cond = denoiser, _conditioning(models, req, scene, i, resolution, texts, inpaint=inpaint)
         x = sample(view_denoiser, scheduler, x, cond, timesteps,
                    generator=[g] if takes_generator(scheduler) else None, on_step=on_step, post_step=post_step)
         image = latent_space.decode(models, x)[0].cpu()
@@ -455,7 +459,7 @@ def project_sync(models: Models, req: TextureRequest, scene: Scene, resolution: 
     g = torch.Generator("cpu").manual_seed(seed)
     scheduler = make_scheduler(req.scheduler, models.scheduler_config)
     timesteps, _ = timesteps_for(scheduler, req.steps, models.device)
-    shape = (n, models.unet.config.in_channels, r, r)
+    shape = (n, latent_space.latent_channels(models), r, r)
     x = sync(torch.randn(shape, generator=g)).to(models.device, models.dtype) * scheduler.init_noise_sigma
     texts: dict[str, Any] = {}
     use_control = use_depth(models, req)
@@ -540,7 +544,7 @@ def texture_projection(req: TextureRequest, models: Models, mesh: Mesh, seed: in
         meta["slots"] = [{"name": slot.name, "prompt": slot.prompt, "prompt_from": slot.source} for slot in slots]
     if redo is not None:
         meta["repaint"] = {"texture_in": Path(req.texture_in).name, "faces_from": Path(req.repaint).name,
-                           "texels": int(redo.redo.sum()), "views": len(only)}
+                           "texels": int(redo.redo.sum()), "views": len(only), "method": repainting.method(models)}
     # the mesh the texture belongs to, back in the file's units (xatlas's UVs when it had none)
     out_mesh = replace(scene.mesh, vertices=scene.mesh.vertices * mesh.radius + mesh.center, warnings=[])
     return TextureResult(texture, out_mesh, meta, latent_space.tensor_to_pil(torch.stack(images)), metrics,

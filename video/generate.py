@@ -85,7 +85,7 @@ def generate_video(models, req: VideoRequest, *, mesh: Mesh | None = None, motio
         return replace(c, control=depth[idx.to(depth.device)].to(models.dtype)) if depth is not None else c
 
     sched = make_scheduler(req.scheduler, models.scheduler_config, beta_schedule=req.beta_schedule)
-    channels = models.unet.config.in_channels
+    channels = latent_space.latent_channels(models)
     noise = loop_noise(frames, (channels, size // f, size // f), g)
     cells = surface_cells(norm, cameras, size // f) if mesh is not None and (req.anchored_noise or sync > 0) else None
     if req.anchored_noise and cells is not None:  # the mesh's pixels start from noise fixed on its surface

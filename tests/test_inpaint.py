@@ -1,0 +1,199 @@
+"""An inpainting U-Net (9 input channels): imported from an original-layout checkpoint, run by every head, used to
+repaint faces, and fed exactly what diffusers' StableDiffusionInpaintPipeline feeds it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+from safetensors.torch import save_file
+
+from sfumato.core import convert, inpaint, text
+from sfumato.core import latents as latent_space
+from sfumato.core.bundle import open_bundle, save_component, write_manifest
+from sfumato.core.denoiser import Denoiser, make_conditioning
+from sfumato.core.jobs import JobContext
+from sfumato.core.loading import ModelCache, load_models
+from sfumato.core.sampling import sample, timesteps_for
+from sfumato.core.schedulers import make_scheduler
+from sfumato.core.tiny import build_tiny_bundle
+from sfumato.kinds import run_job
+from sfumato.threed.demo_house import write_house
+from test_convert import assert_same_weights, ldm_checkpoint
+
+CPU = torch.device("cpu")
+
+
+def widen_unet(folder: Path, seed: int = 1) -> None:
+    """The tiny bundle's U-Net made an inpainting one: conv_in reads 4 + 1 + 4 channels, the new ones random
+    (so the mask and the masked image visibly steer it)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    wide = UNet2DConditionModel.from_config({**unet.config, "in_channels": 9})
+    state = unet.state_dict()
+    g = torch.Generator().manual_seed(seed)
+    w = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([w, torch.randn(w.shape[0], 5, *w.shape[2:], generator=g) * w.std()], 1)
+    wide.load_state_dict(state)
+    for f in (folder / "unet").iterdir():
+        f.unlink()
+    save_component(wide, folder / "unet")
+    manifest = json.loads((folder / "sfumato.json").read_text())
+    write_manifest(folder, name=manifest["name"], family="sd15", license=manifest["license"],
+                   description="tiny random sd15-layout bundle with an inpainting U-Net")
+
+
+@pytest.fixture(scope="module")
+def inpaint_bundle(tmp_path_factory) -> Path:
+    """Tiny SD 1.5 layout, 9-channel U-Net, with the (4-channel) depth ControlNet."""
+    folder = build_tiny_bundle(tmp_path_factory.mktemp("src") / "tiny-inpaint", "sd15")
+    widen_unet(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def imported(inpaint_bundle, tmp_path_factory) -> Path:
+    """The bundle written as one original-layout file and imported with the 4-channel family configs."""
+    plain = build_tiny_bundle(tmp_path_factory.mktemp("plain") / "tiny-plain", "sd15", controlnet=False)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-inpainting.safetensors"
+    state = ldm_checkpoint(inpaint_bundle, "sd15")
+    assert state["model.diffusion_model.input_blocks.0.0.weight"].shape[1] == 9
+    save_file(state, str(path))
+    return convert.import_checkpoint(path, "sd15", dest_root=tmp_path_factory.mktemp("out"), config_dir=plain,
+                                     dtype="fp32")
+
+
+def _ctx() -> JobContext:
+    return JobContext("t", ModelCache(), "cpu", "fp32", threading.Event(), lambda e, **f: None, preview_every=0)
+
+
+def test_inpainting_checkpoint_imports_with_nine_input_channels(inpaint_bundle, imported):
+    assert json.loads((imported / "unet" / "config.json").read_text())["in_channels"] == 9
+    assert_same_weights(inpaint_bundle, imported)
+
+
+def test_other_widths_of_the_unet_input_are_refused(inpaint_bundle, tmp_path):
+    state = ldm_checkpoint(inpaint_bundle, "sd15")
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    state[key] = state[key][:, :8].contiguous()  # instruct-pix2pix's 8 channels: not a U-Net sfumato runs
+    save_file(state, str(tmp_path / "p2p.safetensors"))
+    with pytest.raises(Exception, match="reads 8 input channels.*runs 4 .*or 9"):
+        convert.import_checkpoint(tmp_path / "p2p.safetensors", "sd15", dest_root=tmp_path / "out",
+                                  config_dir=inpaint_bundle)
+
+
+def test_plain_generation_paints_everywhere(imported, tmp_path):
+    """Text-to-image on an inpainting U-Net: mask 1 and an all-grey masked image, as diffusers does for a blank."""
+    models = load_models(open_bundle(imported), CPU, torch.float32)
+    cond = inpaint.blank(models, 8, 8)
+    assert cond.mask.shape == (1, 1, 8, 8) and bool((cond.mask == 1).all())
+    grey = models.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean * models.vae.config.scaling_factor
+    assert torch.allclose(cond.masked_latents, grey)
+    result = run_job("image", {"bundle": str(imported), "prompt": "red brick", "width": 64, "height": 64,
+                               "steps": 2, "seed": 3, "n": 2}, tmp_path / "i.png", _ctx())
+    images = [np.asarray(Image.open(tmp_path / name)) for name in ("i_s3.png", "i_s4.png")]
+    assert images[0].shape == (64, 64, 3) and images[0].std() > 1 and not np.array_equal(*images)
+    assert result["metadata"][0]["steps"] == 2
+
+
+def test_repaint_with_an_inpainting_unet_keeps_the_rest(inpaint_bundle, tmp_path, monkeypatch):
+    """Depth ControlNet (fed the 4 latent channels) + 9-channel U-Net, a prompt per slot (regional denoiser): a
+    projection texture, then the roof painted again; every texel off the roof is kept byte for byte, and the views
+    told the U-Net what they keep."""
+    from sfumato.core.schema import TextureRequest
+    from sfumato.threed.mesh import load_mesh
+    from sfumato.threed.repaint import load as load_repaint
+
+    house = write_house(tmp_path / "h.glb")
+    params = {"prompt": "red brick house", "bundle": str(inpaint_bundle), "mode": "projection", "views": 3,
+              "fill_views": 0, "resolution": 64, "texture_size": 128, "steps": 3, "seed": 2, "view_prompts": False}
+    first = run_job("texture", {**params, "mesh": str(house)}, tmp_path / "first.glb", _ctx())
+    assert len(first["metadata"]["slots"]) > 1
+    masks: list[torch.Tensor] = []
+    condition = inpaint.condition
+
+    def spy(*args):
+        out = condition(*args)
+        masks.append(out.mask)
+        return out
+
+    monkeypatch.setattr(inpaint, "condition", spy)
+    textured = trimesh.load(first["glb"], force="mesh", process=False)
+    roof = textured.submesh([np.nonzero(textured.triangles_center[:, 1] > 3.0)[0]], append=True)
+    roof.export(tmp_path / "roof.glb")
+    again = run_job("texture", {**params, "mesh": first["glb"], "texture_in": first["texture"],
+                                "repaint": str(tmp_path / "roof.glb"), "seed": 9}, tmp_path / "again.glb", _ctx())
+    before, after = np.asarray(Image.open(first["texture"])), np.asarray(Image.open(again["texture"]))
+    req = TextureRequest(prompt="x", mesh=first["glb"], texture_size=128, texture_in=first["texture"],
+                         repaint=str(tmp_path / "roof.glb"))
+    redo = load_repaint(req, load_mesh(first["glb"])).redo.numpy()
+    assert np.array_equal(before[~redo], after[~redo])  # kept exactly
+    assert np.abs(before[redo].astype(int) - after[redo].astype(int)).mean() > 2  # painted again
+    assert again["metadata"]["repaint"]["method"] == "inpainting-unet"
+    assert masks and all(m.shape == (1, 1, 8, 8) for m in masks)
+    assert any(bool((m == 0).any() and (m == 1).any()) for m in masks)  # some latents kept, some painted
+
+
+# ---------------------------------------------------------------- parity with diffusers
+def _capture_inputs(unet) -> tuple[list[torch.Tensor], list[torch.Tensor], object]:
+    inputs, outputs = [], []
+    pre = unet.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+    post = unet.register_forward_hook(lambda m, args, out: outputs.append(out[0].detach().clone()))
+    return inputs, outputs, lambda: (pre.remove(), post.remove())
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_parity_with_diffusers_inpaint_pipeline(inpaint_bundle, scheduler):
+    """Our loop (denoiser + Conditioning.inpaint) and StableDiffusionInpaintPipeline on the same tiny 9-channel
+    model, prompt embeddings, seed and scheduler: the U-Net's 9-channel input and its prediction at every step,
+    the final latents and the decoded image agree."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+
+    models = load_models(open_bundle(inpaint_bundle), CPU, torch.float32)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[12:44, 20:60] = 255
+    mask_image = Image.fromarray(mask)
+    positive, negative = text.encode_pair(models, "red brick wall", "blurry")
+    steps, guidance, seed = 4, 5.0, 7
+
+    pipe = StableDiffusionInpaintPipeline(vae=models.vae, text_encoder=models.text_encoders[0],
+                                          tokenizer=models.tokenizers[0], unet=models.unet,
+                                          scheduler=make_scheduler(scheduler, models.scheduler_config),
+                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs_in, theirs_out, done = _capture_inputs(models.unet)
+    theirs = pipe(prompt_embeds=positive.tokens, negative_prompt_embeds=negative.tokens, image=image,
+                  mask_image=mask_image, height=64, width=64, num_inference_steps=steps, guidance_scale=guidance,
+                  generator=torch.Generator().manual_seed(seed), output_type="latent").images
+    done()
+
+    ours_in, ours_out, done = _capture_inputs(models.unet)
+    g = torch.Generator().manual_seed(seed)
+    sched = make_scheduler(scheduler, models.scheduler_config)
+    timesteps, _ = timesteps_for(sched, steps, CPU)
+    x = randn_tensor((1, 4, 8, 8), generator=[g], device=CPU, dtype=torch.float32) * sched.init_noise_sigma
+    paint = torch.from_numpy(mask).float()[None, None] / 255
+    cond = make_conditioning(models, positive, negative, 1, guidance, width=64, height=64,
+                             inpaint=inpaint.condition(models, latent_space.pil_to_tensor(image, 64, 64), paint, [g]))
+    ours = sample(Denoiser(models), sched, x, cond, timesteps, generator=[g])
+    done()
+
+    assert len(ours_in) == len(theirs_in) == steps and ours_in[0].shape == (2, 9, 8, 8)
+    for a, b in zip(ours_in, theirs_in):
+        assert (a - b).abs().max().item() < 1e-5
+    assert torch.equal(ours_in[0][:, 4:], theirs_in[0][:, 4:])  # mask and masked-image latents: the same bits
+    for a, b in zip(ours_out, theirs_out):
+        assert (a - b).abs().max().item() < 1e-4
+    assert (ours - theirs).abs().max().item() < 1e-4
+    decoded = [latent_space.decode(models, z) for z in (ours, theirs)]
+    assert (decoded[0] - decoded[1]).abs().max().item() < 1 / 255
