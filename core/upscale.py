@@ -161,7 +161,7 @@ def render_tiles(req: UpscaleRequest, models: Any, base: Image.Image, layout: Pl
             scheduler = make_scheduler(req.scheduler, models.scheduler_config)
             timesteps, _ = timesteps_for(scheduler, req.steps, models.device, strength=req.strength)
             cond = make_conditioning(models, positive, negative_emb, 1, req.guidance, width=tw, height=th)
-            shape = (1, models.unet.config.in_channels, th // f, tw // f)
+            shape = (1, latent_space.latent_channels(models), th // f, tw // f)
             x = start_latents(models, scheduler, timesteps, shape, generators, crop)
             x = sample(denoiser, scheduler, x, cond, timesteps,
                        generator=generators if takes_generator(scheduler) else None, on_step=on_step)
