@@ -102,33 +102,33 @@ def axis_weights(length: int, tile: int, overlap: int) -> list[tuple[int, np.nda
 
 
 # ---- 2. the first pass -----------------------------------------------------------------------------------
-def require_spandrel() -> Any:
-    """The spandrel module, or a ``BadParameter`` on ``sr_model`` saying how to install it."""
+def load_sr(path: str, device: torch.device) -> Any:
+    """The super-resolution network at ``path`` through spandrel (an ``ImageModelDescriptor``); a
+    ``BadParameter`` on ``sr_model`` when spandrel is not installed (saying how to install it) or cannot place the
+    file. Called before the bundle loads, so a bad file costs nothing."""
     try:
         import spandrel
     except ImportError:
-        raise BadParameter("sr_model", "spandrel", f"a super-resolution network needs spandrel, which is not "
-                           f"installed: {SPANDREL} (or leave sr_model out for a bicubic first pass)") from None
-    return spandrel
-
-
-def first_pass(image: Image.Image, size: tuple[int, int], sr_model: str | None, device: torch.device) -> Image.Image:
-    """``image`` (RGB) at ``size``: bicubic, or the network's output resized to exactly ``size`` (a 4x network
-    asked for 2x is brought down with Lanczos)."""
-    if sr_model is None:
-        return image.resize(size, Image.BICUBIC)
-    spandrel = require_spandrel()
+        raise BadParameter("sr_model", path, f"a super-resolution network needs spandrel, which is not installed: "
+                           f"{SPANDREL} (or leave sr_model out for a bicubic first pass)") from None
     try:
-        model = spandrel.ModelLoader(device=device).load_from_file(sr_model)
+        model = spandrel.ModelLoader(device=device).load_from_file(path)
     except Exception as exc:  # spandrel raises its own kinds for a file it cannot place; each is a bad file here
-        raise BadParameter("sr_model", sr_model, f"a super-resolution network spandrel can load ({exc})") from None
+        raise BadParameter("sr_model", path, f"a super-resolution network spandrel can load ({exc})") from None
     if not isinstance(model, spandrel.ImageModelDescriptor):
-        raise BadParameter("sr_model", sr_model, "a super-resolution network (this file is an inpainting or "
+        raise BadParameter("sr_model", path, "a super-resolution network (this file is an inpainting or "
                            "restoration model)")
-    x = latent_space.pil_to_tensor(image, *image.size).to(device)
+    return model.eval()
+
+
+def first_pass(image: Image.Image, size: tuple[int, int], sr: Any = None) -> Image.Image:
+    """``image`` (RGB) at ``size``: bicubic, or the network ``sr`` (``load_sr``) with its output resized to exactly
+    ``size`` (a 4x network asked for 2x is brought down with Lanczos)."""
+    if sr is None:
+        return image.resize(size, Image.BICUBIC)
+    x = latent_space.pil_to_tensor(image, *image.size).to(sr.device)  # (1, 3, h, w) in [0, 1]
     with torch.no_grad():
-        y = model.eval()(x)
-    out = latent_space.tensor_to_pil(y)[0]
+        out = latent_space.tensor_to_pil(sr(x))[0]
     return out if out.size == size else out.resize(size, Image.LANCZOS)
 
 
@@ -234,16 +234,19 @@ def provenance(req: UpscaleRequest, models: Any, layout: Plan, found: dict[str, 
     return {**new, "mode": "upscale", "strength": req.strength, "upscale": [record]}
 
 
-def upscale(req: UpscaleRequest, models: Any, layout: Plan, *, on_tile: TileEvent | None = None,
+def upscale(req: UpscaleRequest, models: Any, layout: Plan, *, sr: Any = None, on_tile: TileEvent | None = None,
             on_step: Callable[[Any], None] | None = None) -> tuple[Image.Image, dict[str, Any]]:
-    """Steps 2-6 on loaded models: (the result, its provenance)."""
+    """Steps 2-6 on loaded models (``sr``: the super-resolution network ``load_sr`` loaded for ``req.sr_model``):
+    (the result, its provenance)."""
     from .image import open_image
 
     found = input_provenance(req.image)
     prompt = req.prompt or str(found.get("prompt") or "") or NEUTRAL_PROMPT
     negative = req.negative or (str(found.get("negative") or "") if not req.prompt else "")
     source = open_image("image", req.image).convert("RGB")
-    base = first_pass(source, layout.size, req.sr_model, models.device)
+    if req.sr_model and sr is None:  # a Python caller that did not load it first
+        sr = load_sr(req.sr_model, models.device)
+    base = first_pass(source, layout.size, sr)
     image = render_tiles(req, models, base, layout, prompt, negative, on_tile=on_tile, on_step=on_step)
     image = back_project(image, source, req.fidelity)
     first = Path(req.sr_model).name if req.sr_model else "bicubic"
@@ -262,8 +265,7 @@ def upscale_job(job: Any, output: Path, ctx: Any) -> dict[str, Any]:
     req = job.request
     check_writable(output)
     layout = plan(req, native_size(job.bundle))
-    if req.sr_model:
-        require_spandrel()
+    sr = load_sr(req.sr_model, job.device) if req.sr_model else None
     steps = max(1, int(req.steps * req.strength))  # what timesteps_for runs per tile
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=steps, image=0, images=layout.tiles,
              tile=0, tiles=layout.tiles, preview=None)
@@ -280,7 +282,7 @@ def upscale_job(job: Any, output: Path, ctx: Any) -> dict[str, Any]:
                  images=layout.tiles, tile=tile[0], tiles=layout.tiles, preview=None)
 
     with out_of_memory_as_error(f"upscaling to {layout.size[0]}x{layout.size[1]} in tiles of {req.tile}"):
-        image, meta = upscale(req, models, layout, on_tile=on_tile, on_step=on_step)
+        image, meta = upscale(req, models, layout, sr=sr, on_tile=on_tile, on_step=on_step)
     ctx.check_cancel()
     ctx.keep(save_png(image, output, meta))
     return {"files": list(ctx.saved), "metadata": meta, "tiles": layout.tiles, "size": list(layout.size)}
