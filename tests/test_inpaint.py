@@ -103,6 +103,27 @@ def test_plain_generation_paints_everywhere(imported, tmp_path):
     assert result["metadata"][0]["steps"] == 2
 
 
+def test_every_head_runs_on_an_inpainting_unet(inpaint_bundle, tmp_path):
+    """Heads that ask for no inpainting (material tiles, synced views, SDS, turntables, video, assets, upscaling)
+    run on a 9-channel U-Net: it paints everywhere."""
+    mesh = tmp_path / "box.obj"
+    trimesh.creation.box((2.0, 1.0, 1.0)).export(mesh)
+    Image.new("RGB", (64, 64), (120, 60, 40)).save(tmp_path / "small.png")
+    box = {"mesh": str(mesh), "prompt": "brick", "resolution": 64, "steps": 2}
+    jobs = [("texture", {**box, "texture_size": 32, "mode": "material"}, "m.glb"),
+            ("texture", {**box, "texture_size": 32, "views": 2, "variant": "sync", "fill_views": 0}, "s.glb"),
+            ("texture", {**box, "texture_size": 32, "mode": "sds", "iters": 2}, "d.glb"),
+            ("turntable", {**box, "frames": 2, "conditioning": "depth"}, "t.gif"),
+            ("video", {"prompt": "brick", "frames": 2, "resolution": 64, "steps": 2}, "v.gif"),
+            ("asset", {"prompt": "a brick", "iters": 2, "resolution": 32, "samples": 8, "mesh_resolution": 16},
+             "a.glb"),
+            ("upscale", {"image": str(tmp_path / "small.png"), "prompt": "brick", "tile": 64, "overlap": 0, "steps": 4,
+                         "strength": 0.5}, "u.png")]
+    for kind, params, output in jobs:
+        run_job(kind, {"bundle": str(inpaint_bundle), "seed": 1, **params}, tmp_path / output, _ctx())
+        assert any(tmp_path.glob(Path(output).stem + "*")), (kind, params)
+
+
 def test_repaint_with_an_inpainting_unet_keeps_the_rest(inpaint_bundle, tmp_path, monkeypatch):
     """Depth ControlNet (fed the 4 latent channels) + 9-channel U-Net, a prompt per slot (regional denoiser): a
     projection texture, then the roof painted again; every texel off the roof is kept byte for byte, and the views
