@@ -124,17 +124,19 @@ def test_every_head_runs_on_an_inpainting_unet(inpaint_bundle, tmp_path):
         assert any(tmp_path.glob(Path(output).stem + "*")), (kind, params)
 
 
-def test_repaint_with_an_inpainting_unet_keeps_the_rest(inpaint_bundle, tmp_path, monkeypatch):
-    """Depth ControlNet (fed the 4 latent channels) + 9-channel U-Net, a prompt per slot (regional denoiser): a
-    projection texture, then the roof painted again; every texel off the roof is kept byte for byte, and the views
-    told the U-Net what they keep."""
+@pytest.mark.parametrize("bundle", ["inpaint_bundle", "imported"])
+def test_repaint_with_an_inpainting_unet_keeps_the_rest(bundle, request, tmp_path, monkeypatch):
+    """A 9-channel U-Net with the depth ControlNet (fed the 4 latent channels), or imported without one (views are
+    image-to-image from the shading), a prompt per slot (regional denoiser): a projection texture, then the roof
+    painted again; every texel off the roof is kept byte for byte, and the views told the U-Net what they keep."""
     from sfumato.core.schema import TextureRequest
     from sfumato.threed.mesh import load_mesh
     from sfumato.threed.repaint import load as load_repaint
 
     house = write_house(tmp_path / "h.glb")
-    params = {"prompt": "red brick house", "bundle": str(inpaint_bundle), "mode": "projection", "views": 3,
-              "fill_views": 0, "resolution": 64, "texture_size": 128, "steps": 3, "seed": 2, "view_prompts": False}
+    params = {"prompt": "red brick house", "bundle": str(request.getfixturevalue(bundle)), "mode": "projection",
+              "views": 3, "fill_views": 0, "resolution": 64, "texture_size": 128, "steps": 3, "seed": 2,
+              "view_prompts": False}
     first = run_job("texture", {**params, "mesh": str(house)}, tmp_path / "first.glb", _ctx())
     assert len(first["metadata"]["slots"]) > 1
     masks: list[torch.Tensor] = []
@@ -160,6 +162,23 @@ def test_repaint_with_an_inpainting_unet_keeps_the_rest(inpaint_bundle, tmp_path
     assert again["metadata"]["repaint"]["method"] == "inpainting-unet"
     assert masks and all(m.shape == (1, 1, 8, 8) for m in masks)
     assert any(bool((m == 0).any() and (m == 1).any()) for m in masks)  # some latents kept, some painted
+
+
+def test_a_plain_unet_repaints_by_masked_denoising(inpaint_bundle, tmp_path):
+    from sfumato.threed import repaint
+
+    plain = load_models(open_bundle(build_tiny_bundle(tmp_path / "plain", controlnet=False)), CPU, torch.float32)
+    wide = load_models(open_bundle(inpaint_bundle), CPU, torch.float32)
+    assert (repaint.method(plain), repaint.method(wide)) == ("masked-denoising", "inpainting-unet")
+    keep = torch.zeros(64, 64, dtype=torch.bool)
+    keep[:, :32] = True
+    assert repaint.view_inpaint(plain, torch.rand(3, 64, 64), keep, torch.Generator()) is None
+    cond = repaint.view_inpaint(wide, torch.rand(3, 64, 64), keep, torch.Generator().manual_seed(0))
+    assert cond.mask[0, 0, :, :4].eq(0).all() and cond.mask[0, 0, :, 4:].eq(1).all()  # paint what is not kept
+    x = torch.randn(2, 4, 8, 8)
+    assert inpaint.unet_input(plain, x, None) is x
+    assert torch.equal(inpaint.unet_input(wide, x, cond), torch.cat([x, cond.mask.repeat(2, 1, 1, 1),
+                                                                      cond.masked_latents.repeat(2, 1, 1, 1)], 1))
 
 
 # ---------------------------------------------------------------- parity with diffusers
