@@ -113,16 +113,17 @@ def load_configs(family: str, config_dir: Path | None = None) -> dict[str, dict[
 def fit_unet_input(path: Path, configs: dict[str, dict[str, Any]], checkpoint: dict) -> None:
     """An inpainting checkpoint (SD 1.5 inpainting: the U-Net's first convolution reads 9 channels, the latents,
     the mask and the masked image's latents) keeps its family's architecture with that wider input: the U-Net
-    config's ``in_channels`` is taken from the tensor ``input_blocks.0.0.weight`` (out, in, 3, 3)."""
+    config's ``in_channels`` is taken from the tensor ``input_blocks.0.0.weight`` (out, in, 3, 3), either way."""
     conv = checkpoint.get(UNET + "input_blocks.0.0.weight")
     if conv is None or conv.ndim != 4 or conv.shape[1] == configs["unet"].get("in_channels"):
         return  # absent or odd: the key check names it
     latents = int(configs["vae"].get("latent_channels", 4))
-    if conv.shape[1] != 2 * latents + 1:
+    if conv.shape[1] not in (latents, 2 * latents + 1):
         raise BundleCorrupt(path, f"its U-Net reads {conv.shape[1]} input channels ({UNET}input_blocks.0.0.weight "
                             f"{list(conv.shape)}); sfumato runs {latents} (a plain U-Net) or {2 * latents + 1} "
                             "(an inpainting U-Net: latents, mask, masked image)")
-    log.info("%s: an inpainting U-Net (%d input channels)", path.name, conv.shape[1])
+    if conv.shape[1] > latents:
+        log.info("%s: an inpainting U-Net (%d input channels)", path.name, conv.shape[1])
     configs["unet"] = {**configs["unet"], "in_channels": int(conv.shape[1])}
 
 
@@ -301,7 +302,8 @@ def import_checkpoint(path: str | os.PathLike, family: str, *, dest_root: str | 
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"], indent=2) + "\n")
         _notify(on_progress, "manifest")
         write_manifest(tmp, name=name, family=family, license="as the source checkpoint's licence (unknown)",
-                       description=f"imported from {path.name}",
+                       description=f"imported from {path.name}" + (
+                           " (an inpainting U-Net)" if configs["unet"].get("in_channels", 4) > 4 else ""),
                        extra={"source": {"file": path.name, "sha256": digest}})
         if target.exists():
             if not overwrite:

@@ -76,6 +76,7 @@ def _ctx() -> JobContext:
 
 def test_inpainting_checkpoint_imports_with_nine_input_channels(inpaint_bundle, imported):
     assert json.loads((imported / "unet" / "config.json").read_text())["in_channels"] == 9
+    assert "inpainting" in json.loads((imported / "sfumato.json").read_text())["description"]
     assert_same_weights(inpaint_bundle, imported)
 
 
