@@ -84,9 +84,19 @@ def meta_unet(b: Bundle) -> Any:
         return UNet2DConditionModel.from_config(check_config(b.component_dir("unet") / "config.json"))
 
 
+INPAINT_IN = 9  # an inpainting U-Net's input: latents, mask and masked-image latents (4 + 1 + 4)
+
+
+def latent_in(config: Any) -> int:
+    """The latent channels a network takes: an inpainting U-Net's 9 inputs are 4 latent channels widened (its
+    ControlNets, like the base model's, see the 4 latent channels)."""
+    channels = int(config["in_channels"])
+    return (channels - 1) // 2 if channels == INPAINT_IN else channels
+
+
 def _signature(config: Any) -> dict[str, Any]:
     """What tells families apart: cross-attention width, input and first-level channels, SDXL's text/time input."""
-    return {"cross_attention_dim": config["cross_attention_dim"], "in_channels": config["in_channels"],
+    return {"cross_attention_dim": config["cross_attention_dim"], "in_channels": latent_in(config),
             "channels": config["block_out_channels"][0], "sdxl": config.get("addition_embed_type") == "text_time"}
 
 
@@ -141,6 +151,8 @@ def check_fits(b: Bundle, path: Path, config: dict[str, Any]) -> None:
     levels = len(unet.config["block_out_channels"])
     for key in _FITS:
         theirs, ours = _normal(net.config.get(key), levels), _normal(unet.config.get(key), levels)
+        if key == "in_channels":
+            theirs, ours = latent_in(net.config), latent_in(unet.config)
         if theirs != ours:
             raise BadParameter("file", str(path), f"a ControlNet for bundle {b.name}'s U-Net ({key} {ours}); this "
                                f"one has {key} {theirs}", hint="a ControlNet must be made from the same architecture "
@@ -237,7 +249,9 @@ def _config_from_unet(b: Bundle, channels: tuple[int, ...], cond: int) -> dict[s
     with torch.device("meta"):
         net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels,
                                         load_weights_from_unet=False, conditioning_channels=cond)
-    return json.loads(net.to_json_string())
+    config = json.loads(net.to_json_string())
+    config["in_channels"] = latent_in(unet.config)  # an inpainting U-Net's ControlNet takes the 4 latent channels
+    return config
 
 
 def _convert_original(path: Path, config: dict[str, Any]) -> dict[str, Any]:

@@ -238,3 +238,22 @@ def test_parity_with_diffusers_inpaint_pipeline(inpaint_bundle, scheduler):
     assert (ours - theirs).abs().max().item() < 1e-4
     decoded = [latent_space.decode(models, z) for z in (ours, theirs)]
     assert (decoded[0] - decoded[1]).abs().max().item() < 1 / 255
+
+
+def test_a_controlnet_is_added_to_an_imported_inpainting_bundle(inpaint_bundle, imported, tmp_path):
+    """A plain (4-channel) depth ControlNet fits an inpainting bundle: both see the 4 latent channels."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from sfumato.cli import main
+
+    mine = tmp_path / "mine"
+    shutil.copytree(imported, mine)
+    assert main(["bundle", "add", str(mine), str(inpaint_bundle / "controlnet_depth"), "--as", "controlnet-depth"]) == 0
+    models = load_models(open_bundle(mine), CPU, torch.float32, need_controlnet=True)
+    assert models.controlnet is not None and models.controlnet.config.in_channels == 4
+    weights = next((inpaint_bundle / "controlnet_depth").glob("*.safetensors"))
+    single = tmp_path / "depth_diffusers_names.safetensors"  # one file in diffusers' names: a config is derived
+    save_file(load_file(str(weights)), str(single))
+    assert main(["bundle", "add", str(mine), str(single), "--as", "controlnet-depth", "--replace"]) == 0
