@@ -145,6 +145,45 @@ def _train_maps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_style(args: argparse.Namespace) -> int:
+    """``sfumato train style``: a LoRA from a folder of references, into a user bundle; Ctrl-C stops after the step
+    under way and the same command resumes from the last checkpoint."""
+    import signal
+
+    from .core.train.style import StyleTrainConfig, default_work, train_style
+
+    given = {k: getattr(args, k) for k in ("steps", "rank", "resolution", "crop", "batch", "lr", "caption",
+                                          "trigger", "seed", "checkpoint_every") if getattr(args, k) is not None}
+    cfg = StyleTrainConfig(folder=args.folder, name=args.name, bundle=args.bundle, device=args.device,
+                           overwrite=args.overwrite, force=args.force, **given)
+    work = Path(args.work) if args.work else default_work(args.bundle, args.name)
+    stop: list[bool] = []
+
+    def progress(step: int, total: int, loss: float) -> None:
+        print(f"\rstep {step}/{total} loss {loss:.4f}", end="\n" if step == total else "", file=sys.stderr,
+              flush=True)
+
+    def interrupt(*_) -> None:  # the first Ctrl-C stops at the next step, a second one at once
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(True)
+        print("\nsfumato: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    from .core.errors import Cancelled
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        summary = train_style(cfg, work, progress=progress, cancelled=lambda: bool(stop),
+                              log=lambda m: print(m, flush=True))
+    except Cancelled as exc:
+        print(f"\nsfumato: {exc}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2))
+    return 0
+
+
 def _train_motion(args: argparse.Namespace) -> int:
     from .core.bundle import user_dir
     from .video.train import MotionTrainConfig, MotionTrainer
@@ -278,6 +317,31 @@ def parser() -> argparse.ArgumentParser:
                     help="stop at the first checkpoint past this much training time")
     tp.add_argument("--quick", action="store_true", help="tiny smoke run, nothing exported")
     tp.set_defaults(run=_train_maps)
+
+    ts = tsub.add_parser("style", help="train a style LoRA on 5 to 50 reference images into a user bundle (--lora "
+                         "NAME uses it); rerun the same command to resume")
+    ts.add_argument("folder", help="the reference images; a NAME.txt beside an image is its caption")
+    ts.add_argument("--bundle", default=None, help="a user bundle's name or folder to train on and write into "
+                    "(default: the default bundle; the embedded one is refused, copy it first)")
+    ts.add_argument("--name", required=True, help="the LoRA's name in the bundle")
+    ts.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the trainer's, see "
+                    "core/train/style.py)")
+    ts.add_argument("--rank", type=int, default=None, help="LoRA rank")
+    ts.add_argument("--resolution", type=int, default=None, help="references are centre-cropped and resized to this "
+                    "square (a multiple of 64; default: the bundle's native size)")
+    ts.add_argument("--crop", type=int, default=None, help="train on random square crops of this many pixels")
+    ts.add_argument("--batch", type=int, default=None)
+    ts.add_argument("--lr", type=float, default=None, help="learning rate of the LoRA")
+    ts.add_argument("--caption", default=None, help="caption template for images without a .txt, holding {trigger} "
+                    "(default: 'a surface in the {trigger} style')")
+    ts.add_argument("--trigger", default=None, help="the word for {trigger} (default: --name)")
+    ts.add_argument("--seed", type=int, default=None)
+    ts.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    ts.add_argument("--work", default=None, help="checkpoints (default: user data folder, per bundle and name)")
+    ts.add_argument("--device", default="auto", help="auto (a GPU when there is one), cuda, mps or cpu")
+    ts.add_argument("--overwrite", action="store_true", help="replace a LoRA of that name")
+    ts.add_argument("--force", action="store_true", help="train on a CPU even when it would take over an hour")
+    ts.set_defaults(run=_train_style)
 
     ad = sub.add_parser("addon", help="the Blender add-on")
     asub = ad.add_subparsers(dest="addon_cmd", required=True)
