@@ -144,7 +144,7 @@ def variations(prompts: Iterable[str], seeds: Iterable[int] = range(4), *, mode:
     for prompt in prompts:
         imaging.check(ctx, base.replace(prompt=prompt, seed=seeds[0]))
     default_bundle = prefs.get(ctx).default_bundle
-    stand_ins = {name: request.INPUT_STAND_INS[name] for name in base.inputs()}  # the camera renders come later
+    stand_ins = {name: base.stand_in(name) for name in base.inputs()}  # the camera renders come later
     plan = [request.params(base.replace(prompt=p), seed=seed, default_bundle=default_bundle, inputs=stand_ins)
             for p in prompts for seed in seeds]
     root, pack = imaging.output_folder(ctx)

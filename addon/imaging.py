@@ -17,7 +17,7 @@ from typing import Any
 
 import bpy
 
-from . import prefs, request, scene_io
+from . import passes, prefs, request, scene_io
 from .engine import JobState
 
 
@@ -48,9 +48,10 @@ def check(context, s: request.ImageSettings) -> None:
 def render_inputs(context, s: request.ImageSettings, stem: Path, restyle_source: str = "RENDER") -> dict[str, Any]:
     """Step 2: the files the mode needs, rendered from the active camera at the generation size."""
     scene = context.scene
-    if s.mode == "depth":
-        path = stem.with_name(stem.name + ".depth.npy")
-        return {"depth_image": str(path), "depth": scene_io.render_depth(scene, s.width, s.height, path)}
+    if s.mode == "depth":  # depth, and the normals / line art the settings add, from one render of the camera
+        files, summary = passes.render_conditions(scene, s.width, s.height, stem, ("depth", *s.conditions))
+        controls = {"controls": tuple(f"{k}={files[k]}" for k in s.conditions)} if s.conditions else {}
+        return {"depth_image": files["depth"], **controls, "depth": summary}
     if s.mode == "restyle":
         path = stem.with_name(stem.name + ".render.png")
         return {"init_image": str(scene_io.render_image(scene, s.width, s.height, path, restyle_source))}
@@ -69,7 +70,7 @@ def prepare(context, s: request.ImageSettings, *, seed: int | None = None, n: in
     if inputs is None:
         inputs = render_inputs(context, s, stem, restyle_source)
     seed = request.pick_seed(s) if seed is None else seed
-    files = {name: inputs[name] for name in ("depth_image", "init_image") if inputs.get(name)}
+    files = {name: inputs[name] for name in ("depth_image", "init_image", "controls") if inputs.get(name)}
     params = request.params(s, seed=seed, default_bundle=prefs.get(context).default_bundle, inputs=files, n=n)
     output = f"{stem}_s{seed}.png" if n == 1 else f"{stem}.png"
     job_context = {"settings": dataclasses.asdict(s), "scene": context.scene.name,

@@ -62,6 +62,29 @@ class SfumatoSettings(bpy.types.PropertyGroup):
                             "(1 = ignore it)", min=0.01, max=1.0, default=request.RESTYLE_STRENGTH)
     control_scale: FloatProperty(name="Depth weight", **request.property_args(
         I, "control_scale", description="Depth: how strongly the depth guides the image"))
+    # depth mode: ControlNets fed from the scene's geometry (the panel shows the kinds the bundle has)
+    depth_start: FloatProperty(name="Start", description="Share of the steps before depth starts guiding",
+                               min=0.0, max=1.0, default=0.0, subtype='FACTOR')
+    depth_end: FloatProperty(name="End", description="Share of the steps after which depth stops guiding",
+                             min=0.0, max=1.0, default=1.0, subtype='FACTOR')
+    use_normal: BoolProperty(name="Normals", description="Also guide by the scene's exact normals from the camera "
+                             "(the bundle's normal ControlNet)", default=False)
+    normal_weight: FloatProperty(name="Weight", **request.property_args(
+        I, "control_scale", description="How strongly the normals guide the image"))
+    normal_start: FloatProperty(name="Start", min=0.0, max=1.0, default=0.0, subtype='FACTOR')
+    normal_end: FloatProperty(name="End", min=0.0, max=1.0, default=1.0, subtype='FACTOR')
+    use_lineart: BoolProperty(name="Line art", description="Also guide by the scene's outlines and creases from the "
+                              "camera (the bundle's line-art ControlNet)", default=False)
+    lineart_weight: FloatProperty(name="Weight", **request.property_args(
+        I, "control_scale", description="How strongly the line art guides the image"))
+    lineart_start: FloatProperty(name="Start", min=0.0, max=1.0, default=0.0, subtype='FACTOR')
+    lineart_end: FloatProperty(name="End", min=0.0, max=1.0, default=1.0, subtype='FACTOR')
+    use_canny: BoolProperty(name="Edges", description="Also guide by the scene's edges (outlines and creases) "
+                            "through the bundle's canny ControlNet", default=False)
+    canny_weight: FloatProperty(name="Weight", **request.property_args(
+        I, "control_scale", description="How strongly the edges guide the image"))
+    canny_start: FloatProperty(name="Start", min=0.0, max=1.0, default=0.0, subtype='FACTOR')
+    canny_end: FloatProperty(name="End", min=0.0, max=1.0, default=1.0, subtype='FACTOR')
     restyle_source: EnumProperty(name="Source", default="RENDER", items=[
         ("RENDER", "Render now", "Render the active camera with the scene's engine at the generation size"),
         ("RESULT", "Render Result", "The last render (F12) as it is")])
@@ -107,6 +130,9 @@ class SfumatoHistoryItem(bpy.types.PropertyGroup):
 classes = (SfumatoSettings, SfumatoHistoryItem)
 
 
+CONTROL_PROPS = ("control_scale", "depth_start", "depth_end") + tuple(
+    f"{prefix}{kind}{suffix}" for kind in request.GEOMETRY_CONDITIONS
+    for prefix, suffix in (("use_", ""), ("", "_weight"), ("", "_start"), ("", "_end")))
 SHARED_FIELDS = ("prompt", "negative", "bundle", "seed", "random_seed", "steps", "guidance", "scheduler")
 # per settings class: its field -> the property that holds it (the panel's shared fields keep their names)
 SECTIONS = {
@@ -126,7 +152,10 @@ def _read(props: SfumatoSettings, cls: type) -> request.Settings:
     """The panel's shared settings and ``cls``'s section as plain data; fields the panel does not show (a
     turntable's conditioning, ...) keep their defaults, which scripts and the operators can change."""
     if cls is request.ImageSettings:
-        return cls(**{name: getattr(props, name) for name in cls.fields() if hasattr(props, name)})
+        s = cls(**{name: getattr(props, name) for name in cls.fields() if hasattr(props, name)})
+        values = {name: getattr(props, name) for name in CONTROL_PROPS}
+        conditions, weights = request.geometry_controls(values)
+        return s.replace(conditions=conditions, control_weights=weights)
     section = SECTIONS[cls]
     names = {name: name for name in SHARED_FIELDS if name in cls.fields()} | section
     return cls(**{name: getattr(props, prop) for name, prop in names.items()})
@@ -152,6 +181,8 @@ def apply_settings(props: SfumatoSettings, s: request.ImageSettings) -> None:
     for name in request.ImageSettings.fields():
         if hasattr(props, name):
             setattr(props, name, getattr(s, name))
+    for name, value in request.geometry_props(s).items():
+        setattr(props, name, value)
 
 
 def register() -> None:

@@ -34,7 +34,10 @@ INPUT_STAND_INS = {"mesh": "object.glb", "depth_image": "camera.depth.npy", "ini
                    "image": "source.png"}
 INPUTS_ALLOWED = {"mesh": "the path of the mesh exported as GLB", "depth_image": "a depth file rendered from the "
                   "camera (depth mode)", "init_image": "a rendered image file (restyle mode)",
-                  "image": "the image file to upscale"}
+                  "image": "the image file to upscale", "controls": "condition images rendered from the camera "
+                  "(depth mode with normals or line art)"}
+# ControlNets the depth mode adds from the scene's geometry, besides depth itself (the engine's kinds, less depth)
+GEOMETRY_CONDITIONS = tuple(k for k in schema.CONTROL_KINDS if k != "depth")
 
 ImageMode = Literal["text", "depth", "restyle"]
 I, T, V, A = schema.ImageRequest, schema.TextureRequest, schema.TurntableRequest, schema.AssetRequest
@@ -79,6 +82,10 @@ class Settings:
         """The schema's file fields the add-on fills when the job starts (the exported mesh, ...)."""
         return set()
 
+    def stand_in(self, name: str) -> Any:
+        """What an input field holds before the job's files exist (for checking the settings)."""
+        return INPUT_STAND_INS[name]
+
     def own_problems(self) -> list[BadSetting]:
         """What only the panel checks (fields the engine does not have)."""
         return []
@@ -97,20 +104,62 @@ class ImageSettings(Settings):
     mode: ImageMode = "text"
     strength: float = RESTYLE_STRENGTH  # restyle: share of the schedule re-run (1 = ignore the render)
     control_scale: float = I.control_scale  # depth: ControlNet strength
+    conditions: tuple[str, ...] = ()  # depth mode: more ControlNets fed from the geometry (GEOMETRY_CONDITIONS)
+    control_weights: tuple[str, ...] = ()  # depth mode: KIND=SCALE,START,END per ControlNet (the schema's field)
     seamless: str = I.seamless
 
     def unsent(self) -> set[str]:
-        return {name for name, mode in (("strength", "restyle"), ("control_scale", "depth")) if self.mode != mode}
+        return {name for name, mode in (("strength", "restyle"), ("control_scale", "depth"),
+                                        ("control_weights", "depth")) if self.mode != mode}
 
     def inputs(self) -> set[str]:
-        return {"depth": {"depth_image"}, "restyle": {"init_image"}}.get(self.mode, set())
+        if self.mode == "depth":
+            return {"depth_image"} | ({"controls"} if self.conditions else set())
+        return {"restyle": {"init_image"}}.get(self.mode, set())
+
+    def stand_in(self, name: str) -> Any:
+        if name == "controls":
+            return tuple(f"{kind}=camera.{kind}.png" for kind in self.conditions)
+        return super().stand_in(name)
 
     def own_problems(self) -> list[BadSetting]:
         if self.mode not in IMAGE_MODES:
             return [BadSetting("mode", self.mode, schema.one_of(IMAGE_MODES))]
+        for kind in self.conditions:
+            if kind not in GEOMETRY_CONDITIONS or self.conditions.count(kind) > 1:
+                return [BadSetting("conditions", self.conditions, "each of " + ", ".join(GEOMETRY_CONDITIONS)
+                                   + " at most once (depth is always used in depth mode)")]
         if self.mode != "restyle" and not (isinstance(self.prompt, str) and self.prompt.strip()):
             return [BadSetting("prompt", self.prompt, f"a text prompt ({self.mode} mode needs one)")]
         return []
+
+
+def geometry_controls(values: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(conditions, control_weights) from the panel's ControlNet properties: ``use_<kind>``, ``<kind>_weight`` (depth:
+    ``control_scale``), ``<kind>_start`` and ``<kind>_end`` for each kind the panel shows."""
+    conditions = tuple(k for k in GEOMETRY_CONDITIONS if values.get(f"use_{k}"))
+    weights = []
+    for kind in ("depth", *conditions):
+        scale = values.get("control_scale" if kind == "depth" else f"{kind}_weight", I.control_scale)
+        start, end = values.get(f"{kind}_start", 0.0), values.get(f"{kind}_end", 1.0)
+        weights.append(f"{kind}={_number(scale)},{_number(start)},{_number(end)}")
+    return conditions, tuple(weights)
+
+
+def geometry_props(s: "ImageSettings") -> dict[str, Any]:
+    """The panel's ControlNet properties that give back ``s.conditions`` and ``s.control_weights`` (history recall)."""
+    out: dict[str, Any] = {f"use_{k}": k in s.conditions for k in GEOMETRY_CONDITIONS}
+    for entry in s.control_weights:
+        kind, _, text = entry.partition("=")
+        parts = [float(p) for p in text.split(",")]
+        scale, start, end = (parts + [0.0, 1.0])[:3] if len(parts) == 1 else parts[:3]
+        out["control_scale" if kind == "depth" else f"{kind}_weight"] = scale
+        out[f"{kind}_start"], out[f"{kind}_end"] = start, end
+    return out
+
+
+def _number(v: float) -> str:
+    return f"{float(v):.4g}"
 
 
 @dataclass
@@ -239,7 +288,7 @@ def problems(s: Settings, inputs: dict[str, str] | None = None) -> list[BadSetti
     stand-ins take their place."""
     found = s.own_problems()
     cls = schema.KINDS[s.kind]
-    stand_ins = {name: INPUT_STAND_INS[name] for name in s.inputs()}
+    stand_ins = {name: s.stand_in(name) for name in s.inputs()}
     req, bad = schema.parse(cls, _params(s, s.seed, "", {**stand_ins, **(inputs or {})}, {}))
     seen = {p.field for p in found}
     return found + [BadSetting(p.field, p.value, p.allowed) for p in (bad or schema.problems(req)) if p.field not in seen]
@@ -385,4 +434,5 @@ def settings_from_record(record: dict[str, Any] | str) -> ImageSettings:
     if isinstance(record, str):
         record = json.loads(record)
     known = set(ImageSettings.fields())
-    return ImageSettings(**{k: v for k, v in record["settings"].items() if k in known})
+    return ImageSettings(**{k: tuple(v) if isinstance(v, list) else v  # JSON turned the lists' tuples into lists
+                            for k, v in record["settings"].items() if k in known})

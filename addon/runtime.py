@@ -34,6 +34,14 @@ def busy() -> bool:
     return CURRENT is not None and CURRENT.active
 
 
+def bundle_controlnets(name: str) -> list[str] | None:
+    """The ControlNet kinds of bundle ``name`` from the last Check engine; None when not known yet."""
+    for caps in CHECK.get("info", {}).get("capabilities", []):
+        if caps.get("name") == name:
+            return list(caps.get("controlnets", []))
+    return None
+
+
 def known_bundles() -> list[str]:
     return list(CHECK.get("info", {}).get("bundles", []))
 

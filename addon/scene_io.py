@@ -7,15 +7,12 @@ touched. Headless Blender has no Render Result pixels, so renders go through fil
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import bpy
 import numpy as np
 
-from . import depth as depth_mod
 from . import engine, prefs, request, sheet
 
 
@@ -33,7 +30,7 @@ def active_camera(scene) -> bpy.types.Object:
     return camera
 
 
-def _render_copy(scene, width: int, height: int):
+def render_copy(scene, width: int, height: int):
     """A temporary copy of ``scene`` framing its camera at width x height; remove it with bpy.data.scenes.remove."""
     tmp = scene.copy()
     tmp.name = ".sfumato render"
@@ -45,65 +42,6 @@ def _render_copy(scene, width: int, height: int):
     r.use_motion_blur = False
     r.use_sequencer = False
     return tmp
-
-
-# ---- depth ------------------------------------------------------------------------------------------
-def render_depth(scene, width: int, height: int, npy_path: Path) -> dict[str, float]:
-    """Blender's exact depth from the active camera: planar Z per pixel centre, saved as a ``.npy`` of
-    distances (``inf`` = background) for the engine; returns near, far and coverage.
-
-    Cycles with one sample and a near-zero pixel filter puts each pixel's camera ray through its
-    centre; its Z pass goes through the compositor into a 32-bit EXR that is read back."""
-    active_camera(scene)
-    tmp = _render_copy(scene, width, height)
-    tree = bpy.data.node_groups.new(".sfumato depth", "CompositorNodeTree")
-    folder = Path(tempfile.mkdtemp(prefix="sfumato-depth-"))
-    try:
-        tmp.render.engine = 'CYCLES'
-        cycles = tmp.cycles
-        cycles.device = 'CPU'
-        cycles.samples = 1
-        cycles.use_adaptive_sampling = False
-        cycles.use_denoising = False
-        cycles.filter_width = 0.01
-        cycles.max_bounces = 0
-        tmp.render.use_compositing = True
-        shown = bpy.context.view_layer.name if bpy.context.scene == scene and bpy.context.view_layer else ""
-        layer = tmp.view_layers.get(shown) or tmp.view_layers[0]  # the layer the user looks at
-        for other in tmp.view_layers:
-            other.use = other == layer
-        layer.use_pass_z = True
-        tmp.compositing_node_group = tree
-        layers = tree.nodes.new("CompositorNodeRLayers")
-        layers.scene, layers.layer = tmp, layer.name
-        out = tree.nodes.new("CompositorNodeOutputFile")
-        out.format.media_type = 'IMAGE'
-        out.format.file_format = 'OPEN_EXR'
-        out.format.color_depth = '32'
-        out.format.color_mode = 'BW'
-        out.directory, out.file_name = str(folder), "z"
-        item = out.file_output_items.new('FLOAT', "depth")
-        tree.links.new(layers.outputs["Depth"], out.inputs[item.name])
-        bpy.ops.render.render(write_still=False, scene=tmp.name, layer=layer.name)
-        written = sorted(folder.glob("*.exr"))
-        if not written:
-            raise SceneProblem("Blender's depth render wrote no file (is Cycles available?)")
-        image = bpy.data.images.load(str(written[0]), check_existing=False)
-        try:
-            image.colorspace_settings.is_data = True
-            w, h = image.size
-            pixels = np.empty(w * h * image.channels, dtype=np.float32)
-            image.pixels.foreach_get(pixels)
-            distances = depth_mod.distances_from_zpass(pixels, w, h, image.channels)
-        finally:
-            bpy.data.images.remove(image)
-    finally:
-        bpy.data.scenes.remove(tmp)
-        bpy.data.node_groups.remove(tree)
-        shutil.rmtree(folder, ignore_errors=True)
-    npy_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(npy_path, distances)
-    return depth_mod.summary(distances)
 
 
 # ---- restyle source ---------------------------------------------------------------------------------
@@ -122,7 +60,7 @@ def render_image(scene, width: int, height: int, png_path: Path, source: str = "
                                "restyle source to 'Render now'") from None
         return png_path
     active_camera(scene)
-    tmp = _render_copy(scene, width, height)
+    tmp = render_copy(scene, width, height)
     try:
         tmp.render.filepath = str(png_path)
         tmp.render.use_file_extension = False

@@ -8,7 +8,7 @@ import time
 
 import bpy
 
-from . import engine, ops, props, runtime, slot_table
+from . import engine, ops, prefs, props, request, runtime, slot_table
 
 
 class SfumatoPanel:
@@ -103,6 +103,29 @@ def _why_not(layout, reason: str) -> None:
         line.label(text=reason, icon='ERROR')
 
 
+def _draw_controls(layout, s, context) -> None:
+    """Depth mode: the depth weight and range, then the other ControlNets the bundle has (after Check engine),
+    each with its weight and share of the steps."""
+    row = layout.row(align=True)
+    row.prop(s, "control_scale")
+    row.prop(s, "depth_start")
+    row.prop(s, "depth_end")
+    held = runtime.bundle_controlnets(s.bundle or prefs.get(context).default_bundle)
+    if held is None:
+        layout.label(text="Check engine to see the bundle's other ControlNets", icon='INFO')
+        return
+    for kind in request.GEOMETRY_CONDITIONS:
+        if kind not in held:
+            continue
+        row = layout.row(align=True)
+        row.prop(s, f"use_{kind}")
+        sub = row.row(align=True)
+        sub.active = getattr(s, f"use_{kind}")
+        sub.prop(s, f"{kind}_weight")
+        sub.prop(s, f"{kind}_start")
+        sub.prop(s, f"{kind}_end")
+
+
 class SFUMATO_PT_image(SfumatoPanel, bpy.types.Panel):
     bl_label = "Image"
     bl_parent_id = "SFUMATO_PT_main"
@@ -112,7 +135,7 @@ class SFUMATO_PT_image(SfumatoPanel, bpy.types.Panel):
         s = context.scene.sfumato
         layout.row().prop(s, "mode", expand=True)
         if s.mode == "depth":
-            layout.prop(s, "control_scale")
+            _draw_controls(layout, s, context)
         elif s.mode == "restyle":
             layout.prop(s, "restyle_source")
             layout.prop(s, "strength")

@@ -67,6 +67,12 @@ def capabilities(bundle: Bundle) -> dict[str, Any]:
     loras = sorted(p.stem for p in (bundle.path / "loras").glob("*.safetensors"))
     can, cannot = ["text to image", "image to image"], []
     (can if depth else cannot).append("depth guidance (depth ControlNet)")
+    words = {"normal": "normal-map guidance", "lineart": "line-art guidance", "canny": "edge (canny) guidance"}
+    for kind in controlnets:
+        if kind != "depth":
+            can.append(f"{words.get(kind, kind + ' guidance')} ({kind} ControlNet)")
+    if len(controlnets) > 1:
+        can.append("several ControlNets at once (" + ", ".join(controlnets) + ")")
     can.append(f"video with its motion module ({frames} frames)" if motion else "video frame by frame")
     if not motion:
         cannot.append("frame attention (motion module)")

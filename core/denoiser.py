@@ -10,7 +10,8 @@ Classifier-free guidance (Ho & Salimans 2022), done here and nowhere else:
     eps_hat = eps(x, ∅) + w · (eps(x, c) − eps(x, ∅))
 
 The unconditional and conditional halves run as one batch of 2B through the U-Net (and through the
-ControlNet, whose residuals are added to the U-Net's skip connections). With w ≤ 1 only the
+ControlNets, whose residuals are summed, each times its scale, and added to the U-Net's skip connections, as
+diffusers' multi-ControlNet does; a ControlNet acts only on its share of the steps, ``ControlImage.start``/``end``). With w ≤ 1 only the
 conditional half runs. An inpainting U-Net (9 input channels) gets its mask and masked-image latents
 concatenated to x before every call (``inpaint.py``); the ControlNet still sees the latents alone.
 
@@ -20,7 +21,7 @@ compiled module can replace it without touching the loop (the speed issue).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,6 +29,30 @@ import torch
 from .inpaint import Inpaint, unet_input
 from .loading import Models
 from .text import TextEmbeddings
+
+
+@dataclass(frozen=True)
+class ControlImage:
+    """A ControlNet besides the depth one (``Conditioning.control``): the bundle's ``controlnet_<kind>``, its condition
+    image (B, 3, H, W) in [0, 1], residual scale, and the fractions of the steps it acts on (diffusers'
+    ``control_guidance_start``/``_end``: step i of n runs it when start <= i/n and (i + 1)/n <= end)."""
+
+    kind: str
+    image: torch.Tensor
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+    def acts(self, step: tuple[int, int] | None) -> bool:
+        return acts(self.start, self.end, step)
+
+
+def acts(start: float, end: float, step: tuple[int, int] | None) -> bool:
+    """Whether a ControlNet with this share of the steps runs at step (i, n); None: outside a loop, always."""
+    if step is None:
+        return True
+    i, n = step
+    return not (i / n < start or (i + 1) / n > end)
 
 
 @dataclass
@@ -41,7 +66,20 @@ class Conditioning:
     added_negative: dict[str, torch.Tensor] = field(default_factory=dict)
     control: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], e.g. a depth map (near = bright)
     control_scale: float = 1.0
+    controls: tuple[ControlImage, ...] = ()  # further ControlNets (normal, line art, ...) with their step ranges
+    control_range: tuple[float, float] = (0.0, 1.0)  # the share of the steps ``control`` acts on
+    step: tuple[int, int] | None = None  # (i, n): the loop's step, for the ranges; None = every control acts
     inpaint: Inpaint | None = None  # an inpainting U-Net's mask and masked-image latents; None: paint everywhere
+
+    def at_step(self, i: int, n: int) -> "Conditioning":
+        """This conditioning at step ``i`` of ``n`` (only ControlNets with step ranges care)."""
+        return replace(self, step=(i, n)) if self.controls or self.control_range != (0.0, 1.0) else self
+
+    def active(self) -> tuple[torch.Tensor | None, tuple[tuple[str, torch.Tensor, float], ...]]:
+        """The depth control image if it acts at this step, and the other ControlNets that do: (kind, image,
+        scale)."""
+        depth = self.control if self.control is not None and acts(*self.control_range, self.step) else None
+        return depth, tuple((c.kind, c.image, c.scale) for c in self.controls if c.acts(self.step))
 
     @property
     def do_cfg(self) -> bool:
@@ -50,12 +88,14 @@ class Conditioning:
 
 def make_conditioning(models: Models, positive: TextEmbeddings, negative: TextEmbeddings, batch: int,
                       guidance: float, *, width: int, height: int, control: torch.Tensor | None = None,
-                      control_scale: float = 1.0, inpaint: Inpaint | None = None) -> Conditioning:
-    """Repeat the embeddings for a batch of ``batch`` images and add SDXL's size conditioning; ``inpaint``
-    (for ``batch`` images, or one) is kept as it is."""
+                      control_scale: float = 1.0, control_range: tuple[float, float] = (0.0, 1.0),
+                      controls: tuple[ControlImage, ...] = (), inpaint: Inpaint | None = None) -> Conditioning:
+    """Repeat the embeddings (and control images) for a batch of ``batch`` images and add SDXL's size
+    conditioning; ``inpaint`` (for ``batch`` images, or one) is kept as it is."""
     rep = lambda e: e.repeat(batch, *([1] * (e.ndim - 1))).to(models.device)  # noqa: E731
     cond = Conditioning(rep(positive.tokens), rep(negative.tokens), guidance, control_scale=control_scale,
-                        inpaint=inpaint)
+                        control_range=control_range, inpaint=inpaint,
+                        controls=tuple(replace(c, image=rep(c.image.to(models.dtype))) for c in controls))
     if models.is_sdxl:
         # (original size, crop top-left, target size), as SDXL was trained: (h, w, 0, 0, h, w)
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=models.dtype)
@@ -94,37 +134,45 @@ class Denoiser:
         return out
 
     def network(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
-                control: torch.Tensor | None, control_scale: float) -> torch.Tensor:
+                control: torch.Tensor | None, control_scale: float,
+                more: tuple[tuple[str, torch.Tensor, float], ...] = ()) -> torch.Tensor:
         """``unet_call``, through a captured graph when the fast path is on (CUDA), or under bfloat16
         autocast (a CPU that does bfloat16 natively)."""
         if self.cpu_bf16:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = self.unet_call(x.contiguous(memory_format=torch.channels_last), t, text, added, control,
-                                     control_scale, bf16=True)
+                                     control_scale, more, bf16=True)
             return out.to(x.dtype)
         if not self.fast or self.models.device.type != "cuda":
-            return self.unet_call(x, t, text, added, control, control_scale)
+            return self.unet_call(x, t, text, added, control, control_scale, more)
         from . import fast as fastpath
 
         m = self.models
         t = (t if torch.is_tensor(t) else torch.tensor(t)).to(x.device).reshape(())
         x = x.contiguous(memory_format=torch.channels_last)
         keys = sorted(added)
-        args = [x, t, text, *(added[k] for k in keys)] + ([control] if control is not None else [])
+        images = ([control] if control is not None else []) + [image for _, image, _ in more]
+        args = [x, t, text, *(added[k] for k in keys), *images]
 
         def call(x, t, text, *rest):
-            return self.unet_call(x, t, text, dict(zip(keys, rest[:len(keys)])),
-                                  rest[len(keys)] if control is not None else None, control_scale)
+            given = list(rest[len(keys):])
+            depth = given.pop(0) if control is not None else None
+            return self.unet_call(x, t, text, dict(zip(keys, rest[:len(keys)])), depth, control_scale,
+                                  tuple((kind, image, scale) for (kind, _, scale), image in zip(more, given)))
 
         key = ("unet", fastpath.signature(args), tuple(keys), control is not None, float(control_scale),
-               fastpath.seamless_mode(m.unet), id(m.unet), id(m.controlnet))
+               tuple((kind, float(scale)) for kind, _, scale in more), fastpath.seamless_mode(m.unet), id(m.unet),
+               id(m.controlnet), tuple(id(m.controlnets.get(kind)) for kind, _, _ in more))
         return fastpath.GraphCache.of(m).call(key, call, args, tolerance=fastpath.tolerance(m.dtype))
 
     def unet_call(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: dict[str, torch.Tensor],
-                  control: torch.Tensor | None, control_scale: float, bf16: bool = False) -> torch.Tensor:
+                  control: torch.Tensor | None, control_scale: float,
+                  more: tuple[tuple[str, torch.Tensor, float], ...] = (), bf16: bool = False) -> torch.Tensor:
         """One network evaluation on an already-batched input (B', C_in, h, w) -> (B', C, h, w) (C_in = C, or
-        C + 1 + C for an inpainting U-Net: the ControlNet takes the first C); ``bf16``: with the networks'
-        bfloat16 weight copies (``fast.bf16_call``, the CPU's fast path)."""
+        C + 1 + C for an inpainting U-Net: the ControlNets take the first C). ``control`` goes through the depth
+        ControlNet, each of ``more`` (kind, image, scale) through the bundle's ControlNet of that kind, and their
+        residuals are summed; ``bf16``: with the networks' bfloat16 weight copies (``fast.bf16_call``, the CPU's
+        fast path)."""
         from .fast import bf16_call
 
         m = self.models
@@ -132,24 +180,33 @@ class Denoiser:
         extra: dict[str, Any] = {}
         if added:
             extra["added_cond_kwargs"] = added
-        if control is not None:
-            assert m.controlnet is not None, "a control image needs the bundle's ControlNet loaded"
-            latents = x[:, :m.controlnet.config.in_channels]  # an inpainting U-Net's extra channels are its own
-            down, mid = run(m.controlnet, latents, t, encoder_hidden_states=text, controlnet_cond=control,
-                            conditioning_scale=control_scale, return_dict=False, **extra)
+        nets = ([(m.controlnet, control, control_scale)] if control is not None else []) \
+            + [(m.controlnets.get(kind), image, scale) for kind, image, scale in more]
+        down: list[torch.Tensor] | None = None
+        mid: torch.Tensor | None = None
+        for net, image, scale in nets:
+            assert net is not None, "a control image needs the bundle's ControlNet of its kind loaded"
+            latents = x[:, :net.config.in_channels]  # an inpainting U-Net's extra channels are its own
+            d, md = run(net, latents, t, encoder_hidden_states=text, controlnet_cond=image,
+                        conditioning_scale=scale, return_dict=False, **extra)
+            down = list(d) if down is None else [a + b for a, b in zip(down, d)]
+            mid = md if mid is None else mid + md
+        if down is not None:
             extra["down_block_additional_residuals"] = down
             extra["mid_block_additional_residual"] = mid
         return run(m.unet, x, t, encoder_hidden_states=text, return_dict=False, **extra)[0]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        control, more = cond.active()
         if not cond.do_cfg:
             x_in = unet_input(self.models, x, cond.inpaint)
-            return self.network(x_in, t, cond.positive, cond.added_positive, cond.control, cond.control_scale)
+            return self.network(x_in, t, cond.positive, cond.added_positive, control, cond.control_scale, more)
         x2 = unet_input(self.models, torch.cat([x, x]), cond.inpaint)
         text = torch.cat([cond.negative, cond.positive])
         added = {k: torch.cat([cond.added_negative[k], v]) for k, v in cond.added_positive.items()}
-        control = torch.cat([cond.control, cond.control]) if cond.control is not None else None
-        out = self.network(x2, t, text, added, control, cond.control_scale)
+        control = torch.cat([control, control]) if control is not None else None
+        more = tuple((kind, torch.cat([image, image]), scale) for kind, image, scale in more)
+        out = self.network(x2, t, text, added, control, cond.control_scale, more)
         eps_uncond, eps_cond = out.chunk(2)
         return eps_uncond + cond.guidance * (eps_cond - eps_uncond)

@@ -89,7 +89,7 @@ def _image(req: schema.ImageRequest, bundle: Any) -> Workload:
     return Workload((req.height or side, req.width or side), b, math.ceil(req.n / b) * steps, req.n, b,
                     guidance=req.guidance > 1, lower="batch_size (n adds time, not memory), or width and height",
                     components=("unet", "vae", "text_encoder", "text_encoder_2")
-                    + (("controlnet_depth",) if req.depth_image else ()))
+                    + tuple(f"controlnet_{u.kind}" for u in schema.control_uses(req)))
 
 
 def _video(req: schema.VideoRequest, bundle: Any) -> Workload:

@@ -230,7 +230,7 @@ def prepare(models, compile: bool = False) -> None:
     if models.device.type == "cpu":
         # bfloat16 autocast (``Denoiser.network``): channels-last U-Net and ControlNet weights measured
         # faster; the VAE stays as it is (channels-last made the float32 decode slower on the CPU)
-        for module in (models.unet, models.controlnet):  # per module: a ControlNet may be attached later
+        for module in (models.unet, *models.controlnets.values()):  # per module: ControlNets come later
             if module is not None and not module.__dict__.get("_sfumato_channels_last"):
                 module.to(memory_format=torch.channels_last)
                 module.__dict__["_sfumato_channels_last"] = True
@@ -241,9 +241,10 @@ def prepare(models, compile: bool = False) -> None:
     if models.extras.get("fast_prepared"):
         return
     torch.backends.cudnn.benchmark = True
-    for module in (models.unet, models.vae, models.controlnet):
-        if module is not None:
+    for module in (models.unet, models.vae, *models.controlnets.values()):
+        if module is not None and not module.__dict__.get("_sfumato_channels_last"):
             module.to(memory_format=torch.channels_last)
+            module.__dict__["_sfumato_channels_last"] = True
     models.extras["fast_prepared"] = True
 
 

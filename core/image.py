@@ -29,13 +29,13 @@ from PIL import Image
 from . import latents as latent_space
 from . import lora, text
 from .checks import ensure_checked
-from .denoiser import Denoiser, make_conditioning
+from .denoiser import ControlImage, Denoiser, make_conditioning
 from .errors import BadParameter
 from .loading import Models
 from .provenance import version
 from .sampling import OnStep, sample, timesteps_for
 from .schedulers import make_scheduler, takes_generator
-from .schema import ImageRequest
+from .schema import ImageRequest, control_uses
 from .seamless import seamless
 
 log = logging.getLogger("sfumato")
@@ -96,7 +96,16 @@ def _open_header(field_name: str, path: str) -> Image.Image:
         raise BadParameter(field_name, path, f"a readable image file: PNG, JPEG, TIFF, WebP ({exc})") from None
 
 
-def load_depth(path: str, width: int, height: int) -> torch.Tensor:
+def load_control(path: str, width: int, height: int) -> torch.Tensor:
+    """A condition image for a normal, line-art or canny ControlNet: (1, 3, H, W) in [0, 1], RGB, resized to the
+    request's size as diffusers' ControlNet pipelines do (their image processor, without normalisation)."""
+    image = open_image("controls", path).convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def load_depth(path: str, width: int, height: int, field_name: str = "depth_image") -> torch.Tensor:
     """A depth map as a ControlNet image (1, 3, H, W) in [0, 1], near = bright.
 
     PNG/TIFF (8 or 16 bit) are taken as already normalised (near bright, as Blender's add-on writes
@@ -106,18 +115,18 @@ def load_depth(path: str, width: int, height: int) -> torch.Tensor:
         try:
             d = np.load(path, allow_pickle=False).astype(np.float32)
         except (OSError, ValueError) as exc:
-            raise BadParameter("depth_image", path, f"a readable 2-D .npy array of distances ({exc})") from None
+            raise BadParameter(field_name, path, f"a readable 2-D .npy array of distances ({exc})") from None
         if d.ndim == 3 and d.shape[-1] == 1:
             d = d[..., 0]
         if d.ndim != 2:
-            raise BadParameter("depth_image", path, f"a 2-D array of distances, not shape {list(d.shape)}")
+            raise BadParameter(field_name, path, f"a 2-D array of distances, not shape {list(d.shape)}")
         valid = np.isfinite(d) & (d > 0)
         if not valid.any():
-            raise BadParameter("depth_image", path, "a depth array with at least one finite positive distance")
+            raise BadParameter(field_name, path, "a depth array with at least one finite positive distance")
         near, far = d[valid].min(), d[valid].max()
         a = np.where(valid, 1.0 - (d - near) / max(far - near, 1e-6) * 0.9, 0.0).astype(np.float32)
     else:
-        image = open_image("depth_image", path)
+        image = open_image(field_name, path)
         if image.mode in ("I;16", "I;16B", "I"):
             a = np.asarray(image, dtype=np.float32) / 65535.0
         else:
@@ -144,7 +153,14 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     lora.apply(models, req.loras)
     seed = req.seed
     width, height = req.width or native_size(models), req.height or native_size(models)
-    control = load_depth(req.depth_image, width, height) if req.depth_image else None
+    depth, controls = None, []
+    for use in control_uses(req):
+        if use.kind == "depth":
+            depth = (load_depth(use.image, width, height, "depth_image" if req.depth_image else "controls"),
+                     use.scale, (use.start, use.end))
+        else:
+            controls.append(ControlImage(use.kind, load_control(use.image, width, height), use.scale, use.start,
+                                         use.end))
     init = latent_space.pil_to_tensor(open_image("init_image", req.init_image), width, height) \
         if req.init_image else None
     # 2. encode the prompts once for the whole job
@@ -152,13 +168,15 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     denoiser = Denoiser(models, fast=req.fast)
     base = {**metadata(req, models, width, height), **denoiser.provenance()}
     results = []
-    with seamless([models.unet, models.vae, models.controlnet], req.seamless):
+    with seamless([models.unet, models.vae, *models.controlnets.values()], req.seamless):
         for first in range(0, req.n, req.batch_size):
             seeds = list(range(seed + first, seed + min(first + req.batch_size, req.n)))
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             scheduler = make_scheduler(req.scheduler, models.scheduler_config)  # fresh state per batch
             cond = make_conditioning(models, positive, negative, len(seeds), req.guidance, width=width,
-                                     height=height, control=control, control_scale=req.control_scale)
+                                     height=height, control=depth[0] if depth else None,
+                                     control_scale=depth[1] if depth else 1.0,
+                                     control_range=depth[2] if depth else (0.0, 1.0), controls=tuple(controls))
             # 3. starting latents: noise for text-to-image; the noised init image for image-to-image
             timesteps, _ = timesteps_for(scheduler, req.steps, models.device,
                                          strength=req.strength if init is not None else 1.0)
@@ -204,6 +222,9 @@ def metadata(req: ImageRequest, models: Models, width: int, height: int) -> dict
         meta.update(init_image=Path(req.init_image).name, strength=req.strength)
     if req.depth_image:
         meta.update(depth_image=Path(req.depth_image).name, control_scale=req.control_scale)
+    if req.controls or req.control_weights:
+        meta["controls"] = [{"kind": u.kind, "image": Path(u.image).name, "scale": u.scale, "start": u.start,
+                             "end": u.end} for u in control_uses(req)]
     return meta
 
 

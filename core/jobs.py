@@ -156,7 +156,7 @@ def _bytes(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool) -> Any:
+def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool, controls: tuple[str, ...] = ()) -> Any:
     """The job's models from the worker's cache (out of memory said clearly), then a cancel check. Before them,
     the job's memory is estimated and a job that cannot fit is refused; after them, a warm-up step times it and
     the ``estimate`` event says how long it should take (``estimate.py``)."""
@@ -168,9 +168,10 @@ def load_models(job: Opened, ctx: JobContext, *, need_controlnet: bool) -> Any:
         mem = estimate.check_memory(job, work, loaded=ctx.cache.loaded == job.bundle.name,
                                     note=lambda text: ctx.emit("note", id=ctx.job_id, message=text))
     with out_of_memory_as_error(f"loading bundle {job.bundle.name} on {job.device}"):
-        models = ctx.cache.get(job.bundle, job.device, job.dtype, need_controlnet=need_controlnet)
+        models = ctx.cache.get(job.bundle, job.device, job.dtype, need_controlnet=need_controlnet,
+                               controls=controls)
     ctx.inside = models.extras.setdefault("cancel_inside", CancelInside())
-    ctx.inside.watch(ctx.cancel, models.unet, models.vae, models.controlnet)
+    ctx.inside.watch(ctx.cancel, models.unet, models.vae, models.controlnet, *models.controlnets.values())
     ctx.check_cancel()
     if work is not None:
         def said(**fields: Any) -> None:
@@ -224,9 +225,13 @@ def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     for name in ("init_image", "depth_image"):  # from their headers, before any model loads
         if getattr(req, name):
             check_image_file(name, getattr(req, name))
+    uses = schema.control_uses(req)
+    for use in uses:
+        if use.kind != "depth" or not req.depth_image:
+            check_image_file("controls", use.image)
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, image=0, images=req.n,
              preview=None)
-    models = load_models(job, ctx, need_controlnet=req.depth_image is not None)
+    models = load_models(job, ctx, need_controlnet=False, controls=tuple(u.kind for u in uses))
     metadata: list[dict[str, Any]] = []
 
     def on_step(info) -> None:

@@ -41,7 +41,8 @@ class Models:
     text_encoders: list[Any]  # one (SD 1.x/2.x) or two (SDXL)
     tokenizers: list[Any]
     scheduler_config: dict[str, Any]
-    controlnet: Any | None = None
+    controlnet: Any | None = None  # the depth ControlNet (controlnet_depth)
+    controlnets: dict[str, Any] = field(default_factory=dict)  # every attached ControlNet by kind, depth included
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. the fitted latent->RGB preview map
 
     @property
@@ -133,7 +134,7 @@ def load_component(bundle: Bundle, component: str, device: torch.device, dtype: 
 
 
 def load_models(bundle: Bundle, device: torch.device, dtype: torch.dtype, *, need_controlnet: bool = False,
-                allow_pickle: bool = False) -> Models:
+                controls: tuple[str, ...] = (), allow_pickle: bool = False) -> Models:
     """Load what generation needs. The VAE stays in fp32 when the bundle asks (``force_upcast``)."""
     load = lambda c, dt=dtype: load_component(bundle, c, device, dt, allow_pickle=allow_pickle)  # noqa: E731
     encoders, tokenizers = [load("text_encoder")], [load("tokenizer")]
@@ -153,6 +154,7 @@ def load_models(bundle: Bundle, device: torch.device, dtype: torch.dtype, *, nee
                     text_encoders=encoders, tokenizers=tokenizers, scheduler_config=scheduler_config)
     if need_controlnet:
         attach_controlnet(models, allow_pickle=allow_pickle)
+    attach_controls(models, controls, allow_pickle=allow_pickle)
     return models
 
 
@@ -168,6 +170,30 @@ def attach_controlnet(models: Models, *, allow_pickle: bool = False) -> None:
             "--depth (image-to-image from a render with --init works with every bundle)")
     models.controlnet = load_component(models.bundle, "controlnet_depth", models.device, models.dtype,
                                        allow_pickle=allow_pickle)
+    models.controlnets["depth"] = models.controlnet
+
+
+def attach_controls(models: Models, kinds: tuple[str, ...], *, allow_pickle: bool = False) -> None:
+    """Load the bundle's ControlNets of these kinds (``controlnet_<kind>``) that are not loaded yet; a kind the
+    bundle lacks is refused with the kinds it has."""
+    from .capabilities import CONTROLNET_PREFIX
+
+    for kind in kinds:
+        if kind == "depth":
+            attach_controlnet(models, allow_pickle=allow_pickle)
+            continue
+        if kind in models.controlnets:
+            continue
+        if f"{CONTROLNET_PREFIX}{kind}" not in models.bundle.components:
+            held = sorted(c[len(CONTROLNET_PREFIX):] for c in models.bundle.components
+                          if c.startswith(CONTROLNET_PREFIX))
+            raise ComponentMissing(
+                f"bundle {models.bundle.name!r} has no {kind} ControlNet (component {CONTROLNET_PREFIX}{kind}); its "
+                f"ControlNets: {', '.join(held) or 'none'}",
+                hint=f"add one made for its family with `sfumato bundle add {models.bundle.name} FILE --as "
+                f"controlnet-{kind}`, or leave the {kind} control out")
+        models.controlnets[kind] = load_component(models.bundle, f"{CONTROLNET_PREFIX}{kind}", models.device,
+                                                  models.dtype, allow_pickle=allow_pickle)
 
 
 class ModelCache:
@@ -178,7 +204,7 @@ class ModelCache:
         self._models: Models | None = None
 
     def get(self, bundle: Bundle, device: torch.device, dtype: torch.dtype, *, need_controlnet: bool = False,
-            allow_pickle: bool = False) -> Models:
+            controls: tuple[str, ...] = (), allow_pickle: bool = False) -> Models:
         key = (str(bundle.path), bundle.identity(), str(device), str(dtype))
         if key != self._key:
             self.release()
@@ -188,6 +214,7 @@ class ModelCache:
         assert self._models is not None
         if need_controlnet:
             attach_controlnet(self._models, allow_pickle=allow_pickle)
+        attach_controls(self._models, controls, allow_pickle=allow_pickle)
         return self._models
 
     def release(self) -> None:

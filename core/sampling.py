@@ -64,7 +64,7 @@ def sample(denoiser: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
-        out = denoiser(x_in, t, cond)
+        out = denoiser(x_in, t, cond.at_step(i, total))
         x = scheduler.step(out, t, x, **step_kwargs)[0].to(x.dtype)
         if post_step is not None:
             x = post_step(i, x)

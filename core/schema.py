@@ -43,6 +43,9 @@ Fast = Literal["auto", "on", "off", "compile"]
 Seamless = Literal["none", "x", "y", "xy"]
 Conditioning = Literal["auto", "depth", "img2img"]
 MESH_FILES = "a path to a .glb, .gltf, .obj or .ply file"
+CONTROL_KINDS = ("depth", "normal", "lineart", "canny")  # a bundle's ControlNets: components controlnet_<kind>
+CONTROLS = ", ".join(CONTROL_KINDS)
+CONTROL_SCALE_MAX = 4.0
 MAX_SLOTS = 256  # material slots one texture job takes
 NO_MATERIAL = "(no material)"  # the slot name of faces without a material
 REQUIRED = ""  # the placeholder default of a required text field (``parse`` insists on it being given)
@@ -123,13 +126,22 @@ class ImageRequest(SampledRequest):
                             lo=0, hi=1, lo_open=True)
     depth_image: str | None = param(None, "depth map (near = bright, or .npy distances) for a depth ControlNet",
                                     path=True, flag="depth", none="for no depth guidance")
-    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=4)
+    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=CONTROL_SCALE_MAX)
+    controls: tuple[str, ...] = param((), "condition images for the bundle's ControlNets, KIND=IMAGE (normal, line "
+                                      "art, canny, depth), several at once", pairs=True, max_items=len(CONTROL_KINDS),
+                                      flag="control", allowed=f"KIND=IMAGE entries, KIND one of {CONTROLS}")
+    control_weights: tuple[str, ...] = param((), "a control's scale and the share of the steps it acts on, "
+                                             "KIND=SCALE[,START,END] (START, END fractions 0..1)", pairs=True,
+                                             max_items=len(CONTROL_KINDS), flag="control-weight",
+                                             allowed="KIND=SCALE or KIND=SCALE,START,END entries")
     seamless: Seamless = param("none", "tileable along x, y or both")
     n: int = param(1, "variations with seeds seed, seed+1, ..., seed+n-1", lo=1, hi=256)
     batch_size: int = param(4, "images per network batch (memory only: results do not change)", lo=1, hi=64)
 
     @property
     def mode(self) -> str:
+        if self.controls:
+            return "controlnet"
         return "depth" if self.depth_image else "img2img" if self.init_image else "txt2img"
 
     def cross(self) -> list[Problem]:
@@ -140,7 +152,7 @@ class ImageRequest(SampledRequest):
         if self.scheduler == "lcm" and self.steps is not None and self.steps > LCM_MAX_STEPS:
             found.append(Problem("steps", self.steps, f"1..{LCM_MAX_STEPS} with the lcm scheduler (its "
                                  "original_inference_steps)"))
-        return found
+        return found + control_problems(self)
 
 
 @dataclass
@@ -177,7 +189,7 @@ class TextureRequest(SampledRequest):
     repaint: str | None = param(None, "projection: a mesh of only the faces to paint again (the same UVs as mesh); "
                                 "everything else keeps texture_in", path=True, allowed=MESH_FILES,
                                 none="to paint every face")
-    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=4)
+    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=CONTROL_SCALE_MAX)
     conditioning: Conditioning = param("auto", "auto: the bundle's depth ControlNet when it has one, else "
                                        "image-to-image from the view's shading")
     view_prompts: bool = param(True, "add 'front view', 'side view', ... to each view's prompt")
@@ -247,7 +259,7 @@ class VideoRequest(SampledRequest):
     sync: float = param(0.0, "turntable: pull each bit of surface's latents toward their mean over the frames "
                         "that see it", lo=0, hi=1)
     sync_until: float = param(0.5, "turntable: share of the steps that sync", lo=0, hi=1)
-    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=4)
+    control_scale: float = param(1.0, "ControlNet residual scale", lo=0, hi=CONTROL_SCALE_MAX)
     max_faces: int = param(200_000, "meshes with more faces are refused", lo=1)
 
     def cross(self) -> list[Problem]:
@@ -471,6 +483,67 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class ControlUse:
+    """One ControlNet of a request: its kind, condition image, residual scale, and the share of the steps it acts
+    on (diffusers' ``control_guidance_start`` / ``_end``: step i of n runs it when start <= i/n and (i+1)/n <= end)."""
+
+    kind: str
+    image: str
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+def _weight(text: str) -> tuple[float, float, float] | None:
+    parts = [_float_or_none(p.strip()) for p in text.split(",")]
+    if len(parts) not in (1, 3) or any(p is None for p in parts):
+        return None
+    scale, start, end = (parts + [0.0, 1.0])[:3] if len(parts) == 1 else parts
+    if not (0 <= scale <= CONTROL_SCALE_MAX and 0 <= start < end <= 1):
+        return None
+    return scale, start, end
+
+
+def control_uses(req: Any) -> list[ControlUse]:
+    """A request's ControlNets in a fixed order (depth, normal, line art, canny): ``depth_image`` with
+    ``control_scale``, then each ``controls`` entry with its ``control_weights`` (default: ``control_scale`` over
+    every step). Assumes ``control_problems`` found nothing."""
+    images = dict(e.partition("=")[::2] for e in req.controls)
+    weights = {k: _weight(v) for k, v in (e.partition("=")[::2] for e in req.control_weights)}
+    if req.depth_image:
+        images["depth"] = req.depth_image
+    return [ControlUse(k, images[k], *(weights.get(k) or (req.control_scale, 0.0, 1.0)))
+            for k in CONTROL_KINDS if k in images]
+
+
+def control_problems(req: Any) -> list[Problem]:
+    """``controls`` and ``control_weights`` entries that name no known kind, repeat one, clash with
+    ``depth_image``, or give weights out of range or for a kind without an image."""
+    found, seen = [], set()
+    for entry in req.controls:
+        kind, _, image = entry.partition("=")
+        if kind not in CONTROL_KINDS:
+            found.append(Problem("controls", entry, f"KIND=IMAGE with KIND one of {CONTROLS}"))
+        elif kind in seen or (kind == "depth" and req.depth_image):
+            found.append(Problem("controls", entry, f"one image per kind ({kind} is given twice"
+                                 + (", here and as depth_image)" if kind == "depth" and req.depth_image else ")")))
+        elif not image.strip():
+            found.append(Problem("controls", entry, "KIND=IMAGE with the path of an image after the ="))
+        seen.add(kind)
+    if req.depth_image:
+        seen.add("depth")
+    for entry in req.control_weights:
+        kind, _, text = entry.partition("=")
+        if kind not in seen:
+            found.append(Problem("control_weights", entry, "weights of a control the request has: "
+                                 + (", ".join(k for k in CONTROL_KINDS if k in seen) or "it has none")))
+        elif _weight(text) is None:
+            found.append(Problem("control_weights", entry, f"KIND=SCALE or KIND=SCALE,START,END with SCALE in "
+                                 f"0..{_num(CONTROL_SCALE_MAX)} and 0 <= START < END <= 1"))
+    return found
 
 
 def split_scaled(entry: str) -> tuple[str, float | None]:

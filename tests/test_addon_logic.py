@@ -41,7 +41,7 @@ from sfumato_addon import depth, engine, request, sheet  # noqa: E402
 
 
 # ---- boundaries -----------------------------------------------------------------------------------
-BLENDER_FREE = ("__init__", "client", "engine", "request", "depth", "sheet", "batch")
+BLENDER_FREE = ("__init__", "client", "engine", "request", "depth", "sheet", "batch", "conditions")
 FORBIDDEN = {"torch", "diffusers", "transformers", "sfumato", "core", "PIL", "safetensors", "accelerate"}
 
 
@@ -159,6 +159,26 @@ def test_history_record_recalls_the_settings_as_run():
     back = request.settings_from_record(json.dumps(record))
     assert back == s.replace(seed=123456, random_seed=False, scheduler="euler", width=64, height=64)
     assert record["image"] == "old s123456" and "[depth]" in record["label"]
+
+
+def test_geometry_controlnets_become_the_schemas_fields_and_come_back():
+    values = {"control_scale": 0.9, "depth_end": 0.8, "use_normal": True, "normal_weight": 0.7, "normal_start": 0.25,
+              "use_canny": True, "canny_weight": 1.25}
+    conditions, weights = request.geometry_controls(values)
+    assert conditions == ("normal", "canny")
+    assert weights == ("depth=0.9,0,0.8", "normal=0.7,0.25,1", "canny=1.25,0,1")
+    s = request.ImageSettings(prompt="a house", mode="depth", conditions=conditions, control_weights=weights)
+    assert request.problems(s) == []
+    params = request.params(s, seed=1, inputs={"depth_image": "d.npy", "controls": ("normal=n.png", "canny=c.png")})
+    assert params["control_weights"] == weights and params["controls"] == ("normal=n.png", "canny=c.png")
+    back = request.geometry_props(s)
+    assert back["use_normal"] and back["use_canny"] and not back["use_lineart"]
+    assert (back["normal_start"], back["depth_end"], back["control_scale"]) == (0.25, 0.8, 0.9)
+    assert "control_weights" not in request.params(s.replace(mode="text"), seed=1)
+    bad = request.problems(s.replace(conditions=("shadow",)))
+    assert bad[0].field == "conditions" and "normal, lineart, canny" in str(bad[0])
+    bad = request.problems(s.replace(control_weights=("depth=0.9,0.8,0.2",)))
+    assert bad[0].field == "control_weights" and "START < END" in str(bad[0])
 
 
 # ---- job state -------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ original layouts by renaming diffusers' keys back (``ldm_layout.unet_key`` for t
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm_layout import unet_key
+from controlnet_files import controlnet_to_original, tiny_controlnet
 from sfumato.cli import main
 from sfumato.core.bundle import embedded_dir, open_bundle, verify
 from sfumato.core.bundle_add import add_component, holdings
@@ -25,36 +24,6 @@ from sfumato.core.capabilities import capabilities
 from sfumato.core.errors import BadParameter, PickleRefused
 
 CPU = torch.device("cpu")
-
-
-def controlnet_to_original(state: dict, config: dict) -> dict:
-    """A diffusers ControlNet state dict in the original single-file layout (``control_model.*``)."""
-    out = {}
-    for k, v in state.items():
-        if m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.(weight|bias)", k):
-            name = f"input_hint_block.{2 * (int(m[1]) + 1)}.{m[2]}"
-        elif m := re.fullmatch(r"controlnet_cond_embedding\.conv_(in|out)\.(weight|bias)", k):
-            name = f"input_hint_block.{0 if m[1] == 'in' else 14}.{m[2]}"
-        elif m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(weight|bias)", k):
-            name = f"zero_convs.{m[1]}.0.{m[2]}"
-        elif m := re.fullmatch(r"controlnet_mid_block\.(weight|bias)", k):
-            name = f"middle_block_out.0.{m[1]}"
-        else:
-            name = unet_key(k, config)
-        out[f"control_model.{name}"] = v.contiguous()
-    return out
-
-
-def _controlnet(unet_dir, seed: int):
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    net = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(unet_dir),
-                                    conditioning_embedding_out_channels=(8, 8, 16, 16))
-    with torch.no_grad():  # zero convs start at zero: give them weights, so the outputs tell models apart
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +39,11 @@ def files(sd15, sdxl, tmp_path_factory):
     from sfumato.video.adapter import diffusers_to_original
 
     root = tmp_path_factory.mktemp("offered")
-    net = _controlnet(sd15 / "unet", 1)
+    net = tiny_controlnet(sd15 / "unet", 1)
     net.save_pretrained(root / "cn_diffusers")
     state = load_file(str(root / "cn_diffusers" / "diffusion_pytorch_model.safetensors"))
     save_file(controlnet_to_original(state, dict(net.config)), str(root / "control_tiny_depth.safetensors"))
-    _controlnet(sdxl / "unet", 2).save_pretrained(root / "cn_sdxl")
+    tiny_controlnet(sdxl / "unet", 2).save_pretrained(root / "cn_sdxl")
 
     from diffusers import UNet2DConditionModel
 
