@@ -7,8 +7,9 @@
    ControlNet's cross-attention width, channels and SDXL additions against the bundle's U-Net config); an original
    single-file ControlNet (``control_model.input_blocks…``, ``zero_convs``, ``input_hint_block``) is renamed by
    diffusers' own converter (``single_file_utils.convert_controlnet_checkpoint``) into a config derived from the
-   bundle's U-Net (``ControlNetModel.from_unet``, on the meta device), and every converted tensor must match that
-   model by name and shape; a LoRA must load onto the bundle's networks (``core/lora.py``).
+   bundle's U-Net (``ControlNetModel.from_unet``, on the meta device), plus SDXL's text/time embedding, which that
+   converter leaves out (``label_emb`` -> ``add_embedding``), and every converted tensor must match that model by
+   name and shape; a LoRA must load onto the bundle's networks (``core/lora.py``).
 3. **It is written into a staging folder inside the bundle** (``.sfumato-add-*``), then moved into place by
    renames and the manifest replaced in one ``os.replace``, with each weight file's sha256: a failure at any point
    leaves the bundle as it was.
@@ -215,9 +216,6 @@ def controlnet_writer(b: Bundle, source: str | os.PathLike) -> Writer:
                                 f"{next(iter(shapes), 'none')!r}; expected control_model.input_hint_block… or "
                                 "controlnet_cond_embedding…)", hint="wrong file? --as controlnet-* takes ControlNets")
         check_family(b, path, _file_signature(path, plain, "input_blocks.0.0.weight", "label_emb."))
-        if any(k.startswith("label_emb.") for k in plain):
-            raise BadParameter("file", str(path), "a diffusers-format folder for an SDXL ControlNet: diffusers' "
-                               "single-file converter reads original SD 1.x/2.x ControlNets only")
         channels, cond = _hint_channels(path, plain, "input_hint_block.0.weight", "input_hint_block")
         state = None
     config = _config_from_unet(b, channels, cond)
@@ -264,7 +262,23 @@ def _convert_original(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     except (KeyError, IndexError, AttributeError, TypeError, RuntimeError) as exc:
         raise BundleCorrupt(path, f"the ControlNet could not be converted: {exc}",
                             hint="the file is partial, or not a ControlNet in the original layout") from None
+    converted.update(_sdxl_embedding(checkpoint))
     return {k: v for k, v in converted.items() if v is not None}  # None: absent from the file
+
+
+# what diffusers' ControlNet converter lacks (its SDXL ControlNets are diffusers-named single files only): SDXL's
+# text/time embedding, ``label_emb.0.0`` and ``label_emb.0.2`` of the original layout (its Linear, SiLU, Linear)
+_SDXL_EMBEDDING = {"label_emb.0.0": "add_embedding.linear_1", "label_emb.0.2": "add_embedding.linear_2"}
+
+
+def _sdxl_embedding(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in checkpoint.items():
+        plain = key.removeprefix("control_model.")
+        layer, _, kind = plain.rpartition(".")
+        if layer in _SDXL_EMBEDDING:
+            out[f"{_SDXL_EMBEDDING[layer]}.{kind}"] = value
+    return out
 
 
 def _check_state(path: Path, config: dict[str, Any], state: dict[str, Any]) -> None:

@@ -165,3 +165,39 @@ def test_a_missing_kind_is_said_with_the_kinds_the_bundle_has(setup):
         from sfumato.core.image import load_control
 
         load_control(str(setup[0] / "nothing.png"), 64, 64)
+
+
+def test_an_original_layout_sdxl_controlnet_is_converted_and_matches_diffusers_pipeline(sdxl, tmp_path):
+    """diffusers' converter reads SD 1.x/2.x originals; SDXL's text/time embedding (``label_emb``) is what we add."""
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+    from safetensors.torch import load_file, save_file
+
+    net = tiny_controlnet(sdxl / "unet", 7)
+    net.save_pretrained(tmp_path / "cn")
+    state = load_file(str(tmp_path / "cn" / "diffusion_pytorch_model.safetensors"))
+    original = controlnet_to_original(state, dict(net.config))
+    assert any(k.startswith("control_model.label_emb.") for k in original)
+    save_file(original, str(tmp_path / "control_xl_canny.safetensors"))
+    shutil.copytree(sdxl, tmp_path / "bundle")
+    assert main(["bundle", "add", str(tmp_path / "bundle"), str(tmp_path / "control_xl_canny.safetensors"),
+                 "--as", "controlnet-canny"]) == 0
+    models = load_models(open_bundle(tmp_path / "bundle"), CPU, torch.float32, controls=("canny",))
+    ours_state = models.controlnets["canny"].state_dict()
+    assert set(ours_state) == set(net.state_dict())
+    assert all(torch.equal(ours_state[k], v) for k, v in net.state_dict().items())  # tensor for tensor
+    edges = Image.fromarray(np.where(np.random.default_rng(1).random((64, 64)) > 0.9, 255, 0).astype(np.uint8))
+    edges.convert("RGB").save(tmp_path / "edges.png")
+    req = ImageRequest(prompt="a glass pavilion", seed=4, steps=4, width=64, height=64, scheduler="euler",
+                       guidance=5.0, controls=(f"canny={tmp_path / 'edges.png'}",), control_weights=("canny=0.8",),
+                       fast="off")
+    ours = generate(req, models)[0].image
+    theirs_net = ControlNetModel.from_pretrained(tmp_path / "cn").eval()
+    pipe = StableDiffusionXLControlNetPipeline(
+        vae=models.vae, text_encoder=models.text_encoders[0], text_encoder_2=models.text_encoders[1],
+        tokenizer=models.tokenizers[0], tokenizer_2=models.tokenizers[1], unet=models.unet, controlnet=theirs_net,
+        scheduler=make_scheduler("euler", models.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("a glass pavilion", image=Image.open(tmp_path / "edges.png"), num_inference_steps=4,
+               guidance_scale=5.0, controlnet_conditioning_scale=0.8, width=64, height=64,
+               generator=torch.Generator().manual_seed(4)).images[0]
+    assert _max_diff(ours, ref) <= 1.0
