@@ -309,6 +309,7 @@ def render(scene: Scene, cams: Cameras, size: int, rng: np.random.Generator) -> 
         fresnel = 0.04 + 0.5 * (1 - cos) ** 4  # Schlick-like: dark seen square on, a mirror at grazing angles
         tint = torch.tensor([0.012, 0.016, 0.02]) * float(rng.uniform(0.5, 2.0))
         rgb[glass] = tint * (0.5 + lambert[glass, None]) + fresnel * _sky(light, refl)
+    rgb = 1 - torch.exp(-1.25 * rgb)  # a soft shoulder: white walls in full sun keep their texture
     haze = 1 - torch.exp(-dist[hit] / 1500.0)[:, None]
     rgb = rgb * (1 - haze) + torch.tensor(light.sky_horizon, dtype=torch.float32) * haze
 

@@ -46,7 +46,8 @@ BALCONY = {"board_formed_concrete": ("grey", "white"), "standing_seam_metal": ("
            "corrugated_metal": ("grey", "black", "white")}
 COLUMNS = {"board_formed_concrete": None, "polished_concrete": ("white", "grey"), "marble": ("white", "grey"),
            "wood_planks": ("brown", "beige", "black")}
-GROUND = {"lawn": {"grass": None}, "gravel": {"gravel": ("grey", "beige", "white")},
+# (a lawn is mostly watered: green three times in four)
+GROUND = {"lawn": {"grass": ("green", "green", "green", "brown")}, "gravel": {"gravel": ("grey", "beige", "white")},
           "paving": {"square_tiles": ("grey", "beige", "white"), "hex_tiles": ("grey", "beige"),
                      "slate": ("grey",), "polished_concrete": ("grey",)}}
 PATHS = {"gravel": ("grey", "beige", "white", "red"), "square_tiles": ("grey", "beige", "red", "white"),
@@ -447,6 +448,9 @@ def _storeyed(rng: np.random.Generator, kind: str, w: float, d: float, storeys: 
                                                                                else rng.uniform(8, 18)),
                  overhang=rng.uniform(0.25, 0.6), thickness=rng.uniform(0.15, 0.28),
                  parapet=0.0 if kind == "house" and rng.random() < 0.4 else rng.uniform(0.4, 1.0))
+    if kind == "house" and roof_kind in ("gable", "hip") and rng.random() < 0.4:  # a chimney through the slope
+        cx, cz, half = rng.uniform(-0.3, 0.3) * w, rng.uniform(-0.25, 0.25) * d, rng.uniform(0.25, 0.4)
+        walls.box((cx - half, top, cz - half), (cx + half, peak + rng.uniform(0.3, 0.9), cz + half), skip=("bottom",))
     soups = {"walls": walls, "roof": roof, "plinth": plinth_s, "windows": op.glass, "frames": op.frames,
              "door": op.doors, "balcony": balc}
     door = front.origin + front.u * s + front.n * 0.1
