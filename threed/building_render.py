@@ -223,7 +223,8 @@ def _shadow(scene: Scene, soup: dict[str, np.ndarray], light: _Light, points: to
     eye = center + torch.tensor(light.sun, dtype=torch.float32) * dist
     m = look_at(eye[None], center[None], torch.tensor([0.0, 1.0, 0.0]))
     cams = Cameras(m, fov, near=dist - 4 * radius)
-    inside = _near_sun(soup["corners"], light.sun, b.center, radius * 1.5)
+    flat = np.array([p.kind in ("ground", "path") for p in scene.parts])[soup["part"]]  # under everything: no shade
+    inside = _near_sun(soup["corners"], light.sun, b.center, radius * 1.5) & ~flat
     face, _, zmap = _raster(soup["corners"][inside], cams, res)
     z = torch.where(face >= 0, zmap, torch.full_like(zmap, float("inf")))
     # the points in the sun camera's pixels (as raster.projection does)
@@ -249,7 +250,7 @@ def _shadow(scene: Scene, soup: dict[str, np.ndarray], light: _Light, points: to
 
 def _near_sun(corners: np.ndarray, sun: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray:
     """Triangles that can cast a shadow into the framed area: those within ``radius`` of the sun's axis through
-    ``center`` (the big ground quad is kept: it is under everything)."""
+    ``center``."""
     c = corners.mean(1) - center
     off = c - np.outer(c @ sun, sun)
     return np.linalg.norm(off, axis=1) < radius + np.linalg.norm(corners[:, 0] - corners.mean(1), axis=1) + 1.0
