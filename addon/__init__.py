@@ -25,9 +25,9 @@ API_ALIAS = "sfumato_api"  # scripts: `import sfumato_api` once the add-on is en
 
 
 def _modules():
-    from . import batch_ui, ops, prefs, props, runtime, slot_table, ui, upscaling
+    from . import batch_ui, ops, prefs, props, runtime, slot_table, styles, ui, upscaling
 
-    return (props, prefs, runtime, slot_table, ops, upscaling, ui, batch_ui)
+    return (props, prefs, runtime, slot_table, ops, upscaling, styles, ui, batch_ui)
 
 
 def register() -> None:

@@ -37,6 +37,18 @@ def _bundle_search(self, context, edit_text):
     return [b for b in runtime.known_bundles() if edit_text.lower() in b.lower()]
 
 
+_LORAS = request.schema.spec_of(next(f for f in request.dataclasses.fields(I) if f.name == "loras"))
+
+
+class SfumatoStyle(bpy.types.PropertyGroup):
+    """One LoRA of the bundle (a studio's style) in the Styles list."""
+
+    name: StringProperty(name="Style", description="A LoRA in the bundle's loras/ folder")
+    enabled: BoolProperty(name="Use", description="Add this style to every job", default=False)
+    strength: FloatProperty(name="Strength", description="How strongly the style acts (1 = as trained; negative "
+                            "pushes away from it)", default=1.0, min=_LORAS.lo, max=_LORAS.hi)
+
+
 class SfumatoSettings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to generate")
     negative: StringProperty(name="Negative", description="What to avoid")
@@ -120,6 +132,10 @@ class SfumatoSettings(bpy.types.PropertyGroup):
     asset_size: FloatProperty(name="Size", **request.property_args(A, "size"), unit='LENGTH')
     asset_render: EnumProperty(name="Render", default=A.render, items=_items(A, "render", RENDER_WORDS))
 
+    # the Styles list: the bundle's LoRAs, each on or off with its strength (filled by "Refresh styles")
+    styles: CollectionProperty(type=SfumatoStyle)
+    styles_index: IntProperty(default=0)
+
 
 class SfumatoHistoryItem(bpy.types.PropertyGroup):
     label: StringProperty(name="Label")
@@ -127,7 +143,7 @@ class SfumatoHistoryItem(bpy.types.PropertyGroup):
     record: StringProperty(name="Record", description="The result's settings as JSON")
 
 
-classes = (SfumatoSettings, SfumatoHistoryItem)
+classes = (SfumatoStyle, SfumatoSettings, SfumatoHistoryItem)
 
 
 CONTROL_PROPS = ("control_scale", "depth_start", "depth_end") + tuple(
@@ -151,14 +167,15 @@ SECTIONS = {
 def _read(props: SfumatoSettings, cls: type) -> request.Settings:
     """The panel's shared settings and ``cls``'s section as plain data; fields the panel does not show (a
     turntable's conditioning, ...) keep their defaults, which scripts and the operators can change."""
+    loras = request.style_entries([(row.name, row.enabled, row.strength) for row in props.styles])
     if cls is request.ImageSettings:
         s = cls(**{name: getattr(props, name) for name in cls.fields() if hasattr(props, name)})
         values = {name: getattr(props, name) for name in CONTROL_PROPS}
         conditions, weights = request.geometry_controls(values)
-        return s.replace(conditions=conditions, control_weights=weights)
+        return s.replace(conditions=conditions, control_weights=weights, loras=loras)
     section = SECTIONS[cls]
     names = {name: name for name in SHARED_FIELDS if name in cls.fields()} | section
-    return cls(**{name: getattr(props, prop) for name, prop in names.items()})
+    return cls(**{name: getattr(props, prop) for name, prop in names.items()}, loras=loras)
 
 
 def settings_from(props: SfumatoSettings) -> request.ImageSettings:
@@ -183,6 +200,13 @@ def apply_settings(props: SfumatoSettings, s: request.ImageSettings) -> None:
             setattr(props, name, getattr(s, name))
     for name, value in request.geometry_props(s).items():
         setattr(props, name, value)
+    used = request.style_rows(s.loras)
+    for row in props.styles:
+        row.enabled = row.name in used
+        row.strength = used.get(row.name, row.strength)
+    for name in used.keys() - {row.name for row in props.styles}:
+        row = props.styles.add()
+        row.name, row.enabled, row.strength = name, True, used[name]
 
 
 def register() -> None:

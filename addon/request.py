@@ -63,6 +63,7 @@ class Settings:
     bundle: str = ""  # "" = the preference's default bundle
     seed: int = 0
     random_seed: bool = False  # draw a fresh seed per job; the drawn seed is recorded
+    loras: tuple[str, ...] = ()  # the Styles list's enabled LoRAs, NAME:STRENGTH (the schema's field)
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -132,6 +133,20 @@ class ImageSettings(Settings):
         if self.mode != "restyle" and not (isinstance(self.prompt, str) and self.prompt.strip()):
             return [BadSetting("prompt", self.prompt, f"a text prompt ({self.mode} mode needs one)")]
         return []
+
+
+def style_entries(rows: list[tuple[str, bool, float]]) -> tuple[str, ...]:
+    """The schema's ``loras`` (NAME:SCALE) from the Styles list's rows (name, enabled, strength)."""
+    return tuple(f"{name}:{_number(strength)}" for name, enabled, strength in rows if enabled and name)
+
+
+def style_rows(loras: tuple[str, ...]) -> dict[str, float]:
+    """Name -> strength of each LoRA a job used (history recall turns these rows on)."""
+    out = {}
+    for entry in loras:
+        name, scale = schema.split_scaled(entry)
+        out[name] = 1.0 if scale is None else scale
+    return out
 
 
 def geometry_controls(values: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -274,6 +289,8 @@ def _params(s: Settings, seed: int, default_bundle: str, inputs: dict[str, str],
             continue
         if schema.unwrap(hints[name])[1] and (value is None or value in (0, "")) and not isinstance(value, bool):
             continue  # 0 / "" / none: the engine's default
+        if isinstance(value, tuple) and not value:
+            continue  # no entries: the engine's default
         out[name] = float(value) if schema.unwrap(hints[name])[0] is float and isinstance(value, int) \
             and not isinstance(value, bool) else value
     out["seed"] = seed

@@ -34,12 +34,18 @@ def busy() -> bool:
     return CURRENT is not None and CURRENT.active
 
 
-def bundle_controlnets(name: str) -> list[str] | None:
-    """The ControlNet kinds of bundle ``name`` from the last Check engine; None when not known yet."""
+def bundle_capability(name: str, key: str) -> list[str] | None:
+    """A list the last Check engine said of bundle ``name`` (its ``controlnets``, its ``loras``); None when not
+    known yet."""
     for caps in CHECK.get("info", {}).get("capabilities", []):
         if caps.get("name") == name:
-            return list(caps.get("controlnets", []))
+            return list(caps.get(key, []))
     return None
+
+
+def bundle_controlnets(name: str) -> list[str] | None:
+    """The ControlNet kinds of bundle ``name`` from the last Check engine; None when not known yet."""
+    return bundle_capability(name, "controlnets")
 
 
 def known_bundles() -> list[str]:

@@ -8,7 +8,7 @@ import time
 
 import bpy
 
-from . import engine, ops, prefs, props, request, runtime, slot_table
+from . import engine, ops, prefs, props, request, runtime, slot_table, styles
 
 
 class SfumatoPanel:
@@ -211,6 +211,15 @@ class SFUMATO_PT_asset(SfumatoPanel, bpy.types.Panel):
         layout.operator("sfumato.asset", icon='MESH_MONKEY')
 
 
+class SFUMATO_PT_styles(SfumatoPanel, bpy.types.Panel):
+    bl_label = "Styles"
+    bl_parent_id = "SFUMATO_PT_main"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    def draw(self, context):
+        styles.draw(self.layout, context)
+
+
 class SFUMATO_UL_history(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row(align=True)
@@ -229,8 +238,8 @@ class SFUMATO_PT_history(SfumatoPanel, bpy.types.Panel):
                                   "sfumato_history_index", rows=4)
 
 
-classes = (SFUMATO_PT_main, SFUMATO_PT_image, SFUMATO_PT_texture, SFUMATO_PT_turntable, SFUMATO_PT_asset,
-           SFUMATO_UL_history, SFUMATO_PT_history)
+classes = (SFUMATO_PT_main, SFUMATO_PT_styles, SFUMATO_PT_image, SFUMATO_PT_texture, SFUMATO_PT_turntable,
+           SFUMATO_PT_asset, SFUMATO_UL_history, SFUMATO_PT_history)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)  # unregister runs in reverse
