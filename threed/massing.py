@@ -293,6 +293,9 @@ class _Openings:
         """A window centred at ``s`` along the facade, sill at ``y``: a frame just proud of the wall and
         ``panes`` dark panes just proud of the frame, the frame showing between them (mullions)."""
         self.frames.poly(*f.rect(s - w / 2, s + w / 2, y, y + h, 0.03))
+        sill = f.rect(s - w / 2 - 0.05, s + w / 2 + 0.05, y - 0.06, y, 0.14)  # a sill a hand's breadth proud
+        self.frames.poly(*sill)
+        self.frames.poly(sill[3], sill[2], sill[2] - f.n * 0.14, sill[3] - f.n * 0.14)
         pw = (w - frame * (panes + 1)) / panes
         for k in range(panes):
             a = s - w / 2 + frame + k * (pw + frame)
