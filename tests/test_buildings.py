@@ -84,6 +84,10 @@ def test_caption_names_materials_that_are_in_the_picture():
             family, colour = m["walls"]
             assert f"{colour} {br._WORDS[family]} walls" in text
         assert any((p.kind, p.family, p.colour) == ("roof", *m["roof"]) for p in scene.parts)
+        said = br.phrases(scene)
+        short = br.sample(seed, 32).caption.split(", ")  # a training caption: a random subset, the same order
+        assert said["roof"] in short and set(short) <= set(said.values())
+        assert short == [v for v in said.values() if v in short]
         for word in ("brick", "slate", "gravel", "stucco", "shingle", "concrete", "marble", "timber"):
             if word in text:
                 assert any(word in " ".join(f.nouns) for f in massing.FAMILIES.values())

@@ -352,44 +352,51 @@ _NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nin
 _WORDS = {"running_bond_brick": "brick", "stack_bond_brick": "stack bond brick", "stucco": "stucco",
           "board_formed_concrete": "board-formed concrete", "polished_concrete": "concrete", "wood_planks": "timber",
           "corrugated_metal": "corrugated metal", "standing_seam_metal": "standing seam metal",
-          "square_tiles": "tiled", "hex_tiles": "hexagonal tiles", "roof_shingles": "shingle", "slate": "slate",
+          "square_tiles": "tiled", "hex_tiles": "hexagonal tile", "roof_shingles": "shingle", "slate": "slate",
           "marble": "marble", "gravel": "gravel", "grass": "grass", "herringbone_parquet": "parquet"}
 _TYPES = {"house": "house", "block": "apartment block", "tower": "tower", "pavilion": "pavilion"}
 _GROUND_WORDS = {"lawn": "on a lawn", "gravel": "on gravel", "paving": "on paving"}
 
 
-def caption(scene: Scene) -> str:
-    """What the picture shows, in the materials captions' colour and material words:
-    'two-storey house, red brick walls, black slate gable roof, white window frames, on a lawn'."""
+def phrases(scene: Scene) -> dict[str, str]:
+    """One phrase per thing in the picture, keyed by what it is ("building", a part kind, "site" objects),
+    in the materials captions' colour and material words: {"walls": "red brick walls", ...}."""
     b = scene.main
     m = b.materials
-    words = []
-    head = _TYPES[b.type]
+    out = {"building": _TYPES[b.type]}
     if b.type != "pavilion":
-        head = f"{_NUMBERS[min(b.storeys, 20) - 1]}-storey {head}"
-    words.append(head)
-    if "walls" in m and b.type != "pavilion":
-        words.append(f"{m['walls'][1]} {_WORDS[m['walls'][0]]} walls")
+        out["building"] = f"{_NUMBERS[min(b.storeys, 20) - 1]}-storey {_TYPES[b.type]}"
+        out["walls"] = f"{m['walls'][1]} {_WORDS[m['walls'][0]]} walls"
     if "columns" in m:
-        words.append(f"{m['columns'][1]} {_WORDS[m['columns'][0]]} columns")
-    words.append(f"{m['roof'][1]} {_WORDS[m['roof'][0]]} {b.roof} roof")
+        out["columns"] = f"{m['columns'][1]} {_WORDS[m['columns'][0]]} columns"
+    out["roof"] = f"{m['roof'][1]} {_WORDS[m['roof'][0]]} {b.roof} roof"
     if "frames" in m and b.type != "pavilion":
-        words.append(f"{m['frames'][1]} window frames")
+        out["frames"] = f"{m['frames'][1]} window frames"
     if b.balconies:
-        words.append("balconies")
+        out["balcony"] = "balconies"
     if "plinth" in m:
-        words.append(f"{m['plinth'][1]} {_WORDS[m['plinth'][0]]} plinth")
+        out["plinth"] = f"{m['plinth'][1]} {_WORDS[m['plinth'][0]]} plinth"
     if scene.path is not None:
-        words.append(f"{scene.path[1]} {_WORDS[scene.path[0]]} path")
+        out["path"] = f"{scene.path[1]} {_WORDS[scene.path[0]]} path"
     if scene.trees:
-        words.append("trees" if scene.trees > 1 else "a tree")
+        out["tree"] = "trees" if scene.trees > 1 else "a tree"
     if scene.benches:
-        words.append("benches" if scene.benches > 1 else "a bench")
-    ground = _GROUND_WORDS[scene.ground]
+        out["bench"] = "benches" if scene.benches > 1 else "a bench"
+    out["ground"] = _GROUND_WORDS[scene.ground]
     if scene.ground == "lawn" and scene.ground_material[1] != "green":
-        ground = f"on a {scene.ground_material[1]} lawn"
-    words.append(ground)
-    return ", ".join(words)
+        out["ground"] = f"on a {scene.ground_material[1]} lawn"
+    return out
+
+
+_ALWAYS = ("building", "walls", "columns", "roof")  # what a short caption still says
+
+
+def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
+    """What the picture shows: 'two-storey house, red brick walls, black slate gable roof, white window frames, on a
+    lawn'. With ``rng``, each phrase but the building, its walls (or columns) and roof is left out with probability
+    0.4, as people write shorter prompts than a full inventory."""
+    said = phrases(scene)
+    return ", ".join(v for k, v in said.items() if rng is None or k in _ALWAYS or rng.random() >= 0.4)
 
 
 # ----------------------------------------------------------------------------- the main path
@@ -405,7 +412,7 @@ def sample(seed: int, size: int = 256, view: str | None = None, building: str | 
     view = view or VIEWS[int(rng.choice(3, p=[0.35, 0.3, 0.35]))]
     cams = camera(scene, view, rng)
     out = render(scene, cams, size, rng)
-    out.caption, out.view = caption(scene), view
+    out.caption, out.view = caption(scene, rng), view
     return out
 
 
