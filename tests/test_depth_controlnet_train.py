@@ -56,3 +56,28 @@ def test_other_settings_are_refused_and_the_budget_stops(tmp_path):
     other = dct.DepthTrainConfig(**{**TINY.__dict__, "lr": 1e-3})
     with pytest.raises(ValueError, match="another run"):
         dct.train(other, tmp_path, log=lambda _: None)
+
+
+def test_the_export_joins_a_copy_of_the_embedded_bundle_and_generation_takes_a_depth(tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from sfumato.core.bundle import embedded_dir, open_bundle
+    from sfumato.core.bundle_add import add_component, controlnet_writer
+    from sfumato.core.image import ImageRequest, generate
+    from sfumato.core.loading import load_models
+    from sfumato.threed.building_render import sample
+
+    net, record = dct.train(dct.DepthTrainConfig(**{**TINY.__dict__, "steps": 1}), tmp_path / "work",
+                            log=lambda _: None)
+    folder = dct.export(net, tmp_path / "out", record)
+    bundle = shutil.copytree(embedded_dir() / "materials", tmp_path / "materials")
+    add_component(bundle, "controlnet_depth", controlnet_writer(open_bundle(bundle), folder))
+    models = load_models(open_bundle(bundle), torch.device("cpu"), torch.float32, need_controlnet=True)
+    Image.fromarray((sample(3, 64).depth * 255).astype(np.uint8)).save(tmp_path / "depth.png")
+    request = ImageRequest(prompt="red brick walls", seed=1, steps=2, width=64, height=64, fast="off",
+                           depth_image=str(tmp_path / "depth.png"))
+    image = generate(request, models)[0].image
+    assert image.size == (64, 64)
