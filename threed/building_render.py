@@ -416,23 +416,33 @@ def sample(seed: int, size: int = 256, view: str | None = None, building: str | 
     return out
 
 
-def contact_sheet(path, seeds=range(12), size: int = 160, columns: int = 4) -> None:
-    """A grid of colour renders, each with its depth beneath (for the docs and for a person to judge)."""
+# what the docs' contact sheet shows, cell by cell: every building type and house roof, each view in turn
+SHEET = (("house", "gable"), ("house", "hip"), ("house", "flat"), ("house", "shed"), ("block", None), ("tower", None),
+         ("pavilion", None), ("block", "gable"), ("house", "gable"), ("pavilion", "hip"), ("house", "hip"),
+         ("house", "shed"))
+
+
+def contact_sheet(path, seeds=range(len(SHEET)), size: int = 160, columns: int = 4) -> list[str]:
+    """A grid of colour renders, each with its depth beneath (for the docs and for a person to judge); returns
+    the captions, cell by cell."""
     from PIL import Image
 
     seeds = list(seeds)
     rows = math.ceil(len(seeds) / columns)
     sheet = Image.new("RGB", (columns * size, rows * 2 * size), "white")
+    captions = []
     for k, seed in enumerate(seeds):
-        s = sample(seed, size, view=VIEWS[k % 3])
+        building, roof = SHEET[k % len(SHEET)]
+        s = sample(seed, size, view=VIEWS[k % 3], building=building, roof=roof)
+        captions.append(f"{seed} ({s.view}): {s.caption}")
         x, y = (k % columns) * size, (k // columns) * 2 * size
         sheet.paste(Image.fromarray(s.image), (x, y))
         sheet.paste(Image.fromarray((s.depth * 255).astype(np.uint8)).convert("RGB"), (x, y + size))
     sheet.save(path, optimize=True)
+    return captions
 
 
 if __name__ == "__main__":  # python -m sfumato.threed.building_render [out.png]
     import sys
 
-    contact_sheet(sys.argv[1] if len(sys.argv) > 1 else "docs/buildings_sheet.png")
-    print("\n".join(f"{seed}: {sample(seed, 32, view=VIEWS[seed % 3]).caption}" for seed in range(12)))
+    print("\n".join(contact_sheet(sys.argv[1] if len(sys.argv) > 1 else "docs/buildings_sheet.png")))

@@ -183,6 +183,13 @@ class _Soup:
         self.norms += list(vn[tris])
         return self
 
+    def extend(self, other: "_Soup", yaw: float, offset: np.ndarray) -> None:
+        """Add ``other``'s triangles turned about +Y by ``yaw`` and moved by ``offset`` (a wing joining a house)."""
+        c, s = math.cos(yaw), math.sin(yaw)
+        r = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        self.tris += [t @ r.T + offset for t in other.tris]
+        self.norms += [n @ r.T for n in other.norms]
+
     def part(self, kind: str, material: tuple[str | None, str], rng: np.random.Generator,
              smooth: bool = False) -> Part:
         corners = np.asarray(self.tris, dtype=np.float32).reshape(-1, 3, 3)
@@ -482,8 +489,19 @@ def _house(rng: np.random.Generator, roof: str | None) -> _Shell:
     storeys = int(rng.choice([1, 2, 2, 3]))
     drawn = ROOFS[int(rng.choice(len(ROOFS), p=[0.35, 0.25, 0.2, 0.2]))]
     roof = roof or drawn
-    return _storeyed(rng, "house", w, d, storeys, rng.uniform(2.7, 3.1), roof, plinth=rng.uniform(0.3, 0.7),
-                     balconies=rng.random() < 0.3, materials=_materials(rng, roof))
+    storey, plinth, mats = rng.uniform(2.7, 3.1), rng.uniform(0.3, 0.7), _materials(rng, roof)
+    house = _storeyed(rng, "house", w, d, storeys, storey, roof, plinth=plinth, balconies=rng.random() < 0.3,
+                      materials=mats)
+    if rng.random() < 0.35:  # an L or T plan: a narrower wing out of the back, its ridge across the main one
+        length, width = rng.uniform(4.0, 8.0), rng.uniform(4.5, min(d, 7.5))
+        wing = _storeyed(rng, "house", length + 0.5, width, storeys, storey, roof, plinth=plinth, balconies=False,
+                         materials=mats)
+        end = (w - width) / 2
+        x = float(rng.choice([-end, end, 0.0]))
+        for k, soup in wing.soups.items():
+            house.soups[k].extend(soup, math.pi / 2, np.array([x, 0.0, -(d + length) / 2]))
+        house.height = max(house.height, wing.height)
+    return house
 
 
 def _block(rng: np.random.Generator, roof: str | None) -> _Shell:
