@@ -1,7 +1,7 @@
 """Renders a :mod:`.massing` scene with the project's rasterizer: colour, depth, normals, a part mask and a caption.
 
 Why: training the depth ControlNet of issue #19 draws thousands of (picture, depth, caption) triples; they come from
-here at training time, one seed each, in well under a second on one CPU thread at 256².
+here at training time, one seed each: about 0.4 s for a 256² sample on one CPU thread (0.1 s at 128²).
 
 One sample, top to bottom (:func:`sample`):
 
@@ -34,7 +34,7 @@ from .massing import Scene, generate
 from .raster import rasterize
 
 VIEWS = ("eye", "aerial", "orbit")
-TILE = 128  # side of a material tile, pixels
+TILE = 128  # side of a material tile, pixels (half that for pictures of 128² or less: they never need more)
 EYE = 1.6  # eye height above the ground, metres
 NEAR = 0.1  # near plane, metres
 
@@ -153,17 +153,17 @@ def tile_metres(labels: dict) -> float:
 
 
 @lru_cache(maxsize=256)
-def _mip_stack(seed: int, family: str, colour: str) -> tuple[torch.Tensor, float]:
+def _mip_stack(seed: int, family: str, colour: str, tile: int = TILE) -> tuple[torch.Tensor, float]:
     """A material tile as a stack of ever blurrier copies at full size, linear light, wrapped by one texel for
     seamless bilinear lookups: (1, 3, L, T + 2, T + 2), and the metres it spans."""
-    img, labels = materials.render(seed, TILE, family, colour)
+    img, labels = materials.render(seed, tile, family, colour)
     t = torch.from_numpy(img).permute(2, 0, 1).float().div(255).pow(2.2)[None]  # (1, 3, T, T)
     levels, k = [], 1
-    while k <= TILE:
+    while k <= tile:
         small = F.avg_pool2d(t, k) if k > 1 else t
         pad = F.pad(small, (1, 1, 1, 1), mode="circular")
         up = F.interpolate(pad, scale_factor=k, mode="bilinear", align_corners=False) if k > 1 else pad
-        levels.append(up[..., k - 1: k - 1 + TILE + 2, k - 1: k - 1 + TILE + 2] if k > 1 else up)
+        levels.append(up[..., k - 1: k - 1 + tile + 2, k - 1: k - 1 + tile + 2] if k > 1 else up)
         k *= 2
     return torch.stack(levels, 2).contiguous(), tile_metres(labels)
 
@@ -172,7 +172,7 @@ def _texture(stack: torch.Tensor, uv: torch.Tensor, level: torch.Tensor) -> torc
     """Trilinear lookup of P points: ``uv`` (P, 2) in tiles (wrapping), ``level`` (P,) mip level -> (P, 3)."""
     n_levels, side = stack.shape[2], stack.shape[-1]
     frac = torch.remainder(uv, 1.0)
-    g = 2 * (frac * TILE + 1) / side - 1  # into the wrapped-by-one texel grid (align_corners=False)
+    g = 2 * (frac * (side - 2) + 1) / side - 1  # into the wrapped-by-one texel grid (align_corners=False)
     gz = 2 * (level.clamp(0, n_levels - 1) + 0.5) / n_levels - 1
     grid = torch.cat([g, gz[:, None]], -1).view(1, 1, 1, -1, 3)
     return F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0, 0].T
@@ -284,20 +284,21 @@ def render(scene: Scene, cams: Cameras, size: int, rng: np.random.Generator) -> 
     focal = cams.focal
     footprint = dist[hit] * 2 / (focal * size) / (nrm * to_cam).sum(-1).abs().clamp_min(0.25)
     albedo = torch.zeros(len(fid), 3)
+    tile = TILE if size > 128 else TILE // 2
     glass = torch.zeros(len(fid), dtype=torch.bool)
     for i in part.unique().tolist():
         p, sel = scene.parts[i], part == i
         if p.family is None:
             glass |= sel
             continue
-        stack, metres = _mip_stack(p.tile_seed, p.family, p.colour)
+        stack, metres = _mip_stack(p.tile_seed, p.family, p.colour, tile)
         metres *= 2.5 if p.kind == "tree" else 1.0
-        level = torch.log2(footprint[sel] * TILE / metres).clamp_min(0)
+        level = torch.log2(footprint[sel] * tile / metres).clamp_min(0)
         albedo[sel] = _texture(stack, uv[sel] / metres, level)
 
     # 4. light: sun (Lambert, shadowed) + sky ambient favouring faces that look up; glass mirrors the sky
     sun = torch.tensor(light.sun, dtype=torch.float32)
-    lambert = (nrm @ sun).clamp_min(0) * _shadow(scene, soup, light, pos, nrm)
+    lambert = (nrm @ sun).clamp_min(0) * _shadow(scene, soup, light, pos, nrm, res=min(384, max(256, 2 * size)))
     sky_amb = torch.tensor((light.sky_horizon + light.sky_zenith) / 2, dtype=torch.float32)
     # the sky is brighter round the sun and the ground bounces some back: shaded walls facing different ways differ
     toward_sun = (nrm[:, [0, 2]] @ sun[[0, 2]])[:, None] / max(float(sun[[0, 2]].norm()), 1e-6)

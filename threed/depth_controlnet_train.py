@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=DepthTrainConfig.steps)
     p.add_argument("--batch", type=int, default=DepthTrainConfig.batch)
     p.add_argument("--size", type=int, default=DepthTrainConfig.size)
-    p.add_argument("--time-budget", type=float, help="seconds of training, over all runs")
+    p.add_argument("--time-budget", type=float, default=DepthTrainConfig.time_budget,
+                   help="seconds of training, over all runs (a rerun may give more)")
     p.add_argument("--threads", type=int, default=DepthTrainConfig.threads)
     a = p.parse_args(argv)
     cfg = DepthTrainConfig(steps=a.steps, batch=a.batch, size=a.size, time_budget=a.time_budget, threads=a.threads)
