@@ -55,7 +55,7 @@ MAX_BYTES = 10_000_000  # the exported fp16 ControlNet's weights must fit in thi
 @dataclass(frozen=True)
 class DepthTrainConfig:
     seed: int = 0
-    steps: int = 2400  # optimiser steps of the whole run (the learning-rate schedule spans them): ~2 h at ~2.7 s a step
+    steps: int = 2400  # optimiser steps of the run (the learning-rate schedule spans them): ~1.5 h at ~2.1 s a step
     batch: int = 8
     size: int = 128  # rendered picture side, pixels (a multiple of 16; latents are size / 4 on the embedded VAE)
     lr: float = 2e-4
@@ -100,8 +100,8 @@ def load(cfg: DepthTrainConfig) -> _Nets:
         m.requires_grad_(False).eval()
     factor = models.vae_scale_factor
     if 2 ** (len(cfg.conditioning_channels) - 1) != factor:
-        raise ValueError(f"conditioning_channels={cfg.conditioning_channels} is not allowed: the VAE shrinks by {factor}, "
-                         f"so give {int(math.log2(factor)) + 1} widths")
+        raise ValueError(f"conditioning_channels={cfg.conditioning_channels} is not allowed: the VAE shrinks by "
+                         f"{factor}, so give {int(math.log2(factor)) + 1} widths")
     if cfg.size % (4 * factor):
         raise ValueError(f"size={cfg.size} is not allowed: a multiple of {4 * factor}")
     with torch.random.fork_rng(devices=[]):  # from_unet draws the condition encoder's weights: seed it, locally
