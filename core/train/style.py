@@ -161,6 +161,7 @@ class Setup:
 def setup(bundle, cfg: StyleTrainConfig, data: StyleSet, log: Callable[[str], None]) -> Setup:
     import torch
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     from .. import text
@@ -185,9 +186,8 @@ def setup(bundle, cfg: StyleTrainConfig, data: StyleSet, log: Callable[[str], No
         torch.manual_seed(cfg.seed)
         unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
                                     target_modules=TARGETS))
+    cast_training_params(unet, dtype=torch.float32)  # the LoRA trains in fp32, over half-precision base weights
     params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()  # the LoRA trains in fp32 even over half-precision base weights
     if device.type == "cuda":
         unet.enable_gradient_checkpointing()
     unet.train()
