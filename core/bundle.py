@@ -77,6 +77,19 @@ def user_dir() -> Path:
     return Path(base) / "sfumato" / "bundles"
 
 
+def is_embedded(path: Path) -> bool:
+    return Path(path).resolve().is_relative_to(embedded_dir().resolve())
+
+
+def loras_dir(bundle: "Bundle") -> Path:
+    """Where a bundle's LoRAs are: its own ``loras/`` folder; for the embedded bundle, which the engine never changes
+    (it ships with it), a folder in the user's data beside the user bundles: ``<data>/loras/<bundle name>/``, so a
+    studio's styles trained on the default bundle are named in jobs just as any bundle's."""
+    if is_embedded(bundle.path):
+        return user_dir().parent / "loras" / bundle.name
+    return bundle.path / "loras"
+
+
 def search_path() -> list[Path]:
     return [embedded_dir(), user_dir()]
 

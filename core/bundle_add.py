@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .bundle import (MANIFEST, MANIFEST_FORMAT, REQUIRED, Bundle, check_config, component_weights, embedded_dir,
-                     resolve, user_dir)
+                     is_embedded, loras_dir, resolve, user_dir)
 from .errors import BadParameter, BundleCorrupt, PickleRefused
 from .safetensors_check import is_pickle, read_header, sha256
 
@@ -327,8 +327,11 @@ def check_lora(b: Bundle, path: Path, entry: str) -> None:
 
 def add_lora(bundle: str | os.PathLike | Bundle, source: str | os.PathLike, name: str | None = None, *,
              replace: bool = False, replace_flag: str = "--replace") -> Path:
-    """Copy a LoRA into ``loras/NAME.safetensors`` after checking that it loads; returns its path."""
-    b = writable(bundle)
+    """Copy a LoRA into ``loras/NAME.safetensors`` after checking that it loads; returns its path. The embedded
+    bundle is never changed: its LoRAs go to the user's folder for it (``bundle.loras_dir``), written atomically."""
+    b = bundle if isinstance(bundle, Bundle) else resolve(bundle)
+    if not is_embedded(b.path):
+        b = writable(b)
     path = lora_source(source)
     name = (name or (Path(source).expanduser().name if Path(source).expanduser().is_dir() else path.stem))
     name = name.removesuffix(".safetensors")
@@ -336,10 +339,16 @@ def add_lora(bundle: str | os.PathLike | Bundle, source: str | os.PathLike, name
         raise BadParameter("name", name, "letters, digits, '_', '.' and '-', starting with a letter or digit (a "
                            "LoRA is named in jobs as NAME[:SCALE])")
     rel = f"{LORAS}/{name}.safetensors"
-    if (b.path / rel).exists() and not replace:
-        raise BadParameter("name", name, f"a LoRA name bundle {b.name} does not hold yet ({rel} exists)",
-                           hint=f"choose another --name, or pass {replace_flag} to replace it")
+    target = loras_dir(b) / f"{name}.safetensors"
+    if target.exists() and not replace:
+        raise BadParameter("name", name, f"a LoRA name bundle {b.name} does not hold yet ({target.name} exists in "
+                           f"{target.parent})", hint=f"choose another --name, or pass {replace_flag} to replace it")
     check_lora(b, path, str(source))
+    if is_embedded(b.path):  # no manifest to update: the file itself, moved into place in one rename
+        from .provenance import atomic_write
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(target, lambda tmp: shutil.copyfile(path, tmp))
     staging = _staging(b)
     try:
         staged = staging / f"{name}.safetensors"
@@ -386,7 +395,12 @@ def add_component(bundle: str | os.PathLike | Bundle, component: str, write: Wri
 def remove(bundle: str | os.PathLike | Bundle, name: str) -> str:
     """Remove a component (``controlnet_depth`` or ``controlnet-depth``, ``motion_adapter`` or ``motion``, ...) or a
     LoRA by name; the base components are refused. Returns what was removed, relative to the bundle."""
-    b = writable(bundle)
+    b = bundle if isinstance(bundle, Bundle) else resolve(bundle)
+    stem = name.removesuffix(".safetensors")
+    if is_embedded(b.path) and NAME.fullmatch(stem) and (loras_dir(b) / f"{stem}.safetensors").is_file():
+        (loras_dir(b) / f"{stem}.safetensors").unlink()  # a user's LoRA for the embedded bundle
+        return str(loras_dir(b) / f"{stem}.safetensors")
+    b = writable(b)
     component = KINDS.get(name, name)
     if component in BASE:
         raise BadParameter("name", name, f"a component that can be removed: {component} is part of every bundle "
@@ -479,7 +493,7 @@ def holdings(b: Bundle) -> dict[str, Any]:
         components[component] = {"folder": sub, "bytes": sum(f.stat().st_size for f in files),
                                  "weights": {str(f.relative_to(b.path)): entry(f) for f in files
                                              if f.suffix == ".safetensors"}}
-    loras = {f.stem: entry(f) for f in sorted((b.path / LORAS).glob("*.safetensors"))}
+    loras = {f.stem: entry(f) for f in sorted(loras_dir(b).glob("*.safetensors"))}
     return {"components": components, "loras": loras}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .bundle import Bundle
+from .bundle import Bundle, loras_dir
 from .errors import BundleCorrupt
 
 CONTROLNET_PREFIX = "controlnet_"  # components named controlnet_<kind>; the engine uses controlnet_depth
@@ -64,7 +64,7 @@ def capabilities(bundle: Bundle) -> dict[str, Any]:
     depth = "controlnet_depth" in components
     motion = "motion_adapter" in components
     frames = _config(bundle, "motion_adapter").get("motion_max_seq_length") if motion else None
-    loras = sorted(p.stem for p in (bundle.path / "loras").glob("*.safetensors"))
+    loras = sorted(p.stem for p in loras_dir(bundle).glob("*.safetensors"))
     can, cannot = ["text to image", "image to image"], []
     (can if depth else cannot).append("depth guidance (depth ControlNet)")
     words = {"normal": "normal-map guidance", "lineart": "line-art guidance", "canny": "edge (canny) guidance"}

@@ -28,7 +28,10 @@ PICKLES = (".ckpt", ".pt", ".pth", ".bin")
 def locate(name: str, bundle) -> Path:
     """A LoRA file: a path (a ``.safetensors`` file, or a folder holding diffusers' ``pytorch_lora_weights``),
     else a name in the bundle's ``loras/`` folder."""
-    for candidate in (Path(name), bundle.path / "loras" / name, bundle.path / "loras" / f"{name}.safetensors"):
+    from .bundle import loras_dir
+
+    folder = loras_dir(bundle)
+    for candidate in (Path(name), folder / name, folder / f"{name}.safetensors"):
         if candidate.is_dir() and (candidate / WEIGHTS).is_file():
             return candidate / WEIGHTS
         if candidate.is_file():
@@ -37,10 +40,9 @@ def locate(name: str, bundle) -> Path:
             if candidate.suffix.lower() != ".safetensors":
                 raise BadParameter(FIELD, name, "a .safetensors LoRA file or a folder holding one")
             return candidate
-    held = sorted(p.stem for p in (bundle.path / "loras").glob("*.safetensors")) if (bundle.path / "loras").is_dir() \
-        else []
+    held = sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
     raise BadParameter(FIELD, name, "an existing .safetensors file or folder, or a LoRA of bundle "
-                       f"{bundle.name}: {', '.join(held) or 'it has none (loras/ is empty)'}")
+                       f"{bundle.name}: {', '.join(held) or f'it has none ({folder} is empty)'}")
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> hash: a job's LoRAs are hashed once

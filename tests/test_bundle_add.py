@@ -274,7 +274,7 @@ def test_the_embedded_bundle_and_base_components_are_refused(bundle, files, caps
     embedded = embedded_dir() / "materials"
     before = (embedded / "sfumato.json").read_text()
     for argv in (("add", "materials", str(files / "cn_diffusers"), "--as", "controlnet-depth"),
-                 ("add", str(embedded), str(files / "lora"), "--as", "lora"), ("remove", "materials", "motion")):
+                 ("remove", "materials", "motion")):
         code, said = _run(capsys, "bundle", *argv)
         assert code == 2 and "the embedded bundle is part of the engine" in said and "copy it first" in said, argv
     assert (embedded / "sfumato.json").read_text() == before and (embedded / "motion_adapter").is_dir()
@@ -285,6 +285,41 @@ def test_the_embedded_bundle_and_base_components_are_refused(bundle, files, caps
         code, said = _run(capsys, "bundle", "remove", str(bundle), name)
         assert code == 2 and "a component or LoRA of bundle tiny-sd15" in said
     verify(open_bundle(bundle))
+
+
+def test_a_lora_for_the_embedded_bundle_goes_to_the_users_folder_and_is_used_by_name(bundle_root, capsys, tmp_path):
+    """The embedded bundle is never changed: a style made for it lives in the user's data, beside the user
+    bundles, and jobs name it as any bundle's LoRA."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from sfumato.core.bundle import loras_dir
+    from sfumato.core.loading import load_models
+    from sfumato.core.lora import apply
+
+    embedded = embedded_dir() / "materials"
+    before = {p.name: p.stat().st_mtime_ns for p in embedded.rglob("*")}
+    unet = UNet2DConditionModel.from_pretrained(embedded / "unet")
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"], init_lora_weights="gaussian"))
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "mine", unet_lora_layers=get_peft_model_state_dict(unet),
+                                              safe_serialization=True)
+    code, said = _run(capsys, "bundle", "add", "materials", str(tmp_path / "mine"), "--as", "lora", "--name",
+                      "studio")
+    b = open_bundle(embedded)
+    target = loras_dir(b) / "studio.safetensors"
+    try:
+        assert code == 0 and target.is_file() and not target.is_relative_to(embedded), said
+        assert {p.name: p.stat().st_mtime_ns for p in embedded.rglob("*")} == before  # not a byte changed there
+        assert capabilities(b)["loras"] == ["studio"]
+        provenance = apply(load_models(b, CPU, torch.float32), ("studio:0.7",))
+        assert provenance[0]["name"] == "studio.safetensors" and provenance[0]["scale"] == 0.7
+        code, said = _run(capsys, "bundle", "add", "materials", str(tmp_path / "mine"), "--as", "lora", "--name",
+                          "studio")
+        assert code == 2 and "pass --replace" in said
+    finally:
+        code, said = _run(capsys, "bundle", "remove", "materials", "studio")
+    assert code == 0 and not target.exists() and capabilities(b)["loras"] == []
 
 
 def test_a_failure_while_writing_leaves_the_bundle_as_it_was(bundle, files):
