@@ -192,7 +192,7 @@ def test_odd_folders_are_trained_with_a_note(bundle, tmp_path):
 
 @pytest.mark.parametrize("field,value,allowed", [
     ("steps", 0, "1 to 20000"), ("rank", 999, "1 to 128"), ("resolution", 100, "a multiple of 64"),
-    ("resolution", 4096, "64 to 1024"), ("crop", 128, "at most the resolution"), ("lr", 5.0, "to 0.1"),
+    ("resolution", 4096, "64 to 1024"), ("crop", 128, "at most the resolution"), ("lr", 5.0, "to 0.1"), ("offset_noise", 2.0, "0 to 1"),
     ("caption", "a wall", "holding {trigger}"), ("trigger", "two words", "one word"),
     ("name", "../evil", "letters, digits"), ("bundle", "materials", "a user bundle")])
 def test_bad_settings_are_refused_by_name(bundle, tmp_path, field, value, allowed):

@@ -74,6 +74,8 @@ class StyleTrainConfig:
     lr: float = 1e-4  # AdamW, on the LoRA matrices only
     warmup: int = 20  # steps of linear learning-rate warm-up
     snr_gamma: float | None = 5.0  # min-SNR-γ loss weighting; None: plain mean squared error
+    offset_noise: float | None = None  # per-image, per-channel constant added to eps; None: the bundle's own training
+    # value when its manifest records one (the embedded bundle's ``training.config.offset_noise``), else 0
     caption: str = DEFAULT_CAPTION  # template for images without a sidecar .txt
     trigger: str | None = None  # the word replacing {trigger}; None: the name
     seed: int = 0
@@ -138,6 +140,11 @@ def check(cfg: StyleTrainConfig) -> tuple[Any, StyleTrainConfig, StyleSet]:
             raise BadParameter("crop", cfg.crop, f"at most the resolution, {cfg.resolution}")
     if not isinstance(cfg.warmup, int) or cfg.warmup < 0:
         raise BadParameter("warmup", cfg.warmup, "0 or more steps")
+    if cfg.offset_noise is None:
+        trained = (bundle.manifest.get("training") or {}).get("config") or {}
+        cfg = dataclasses.replace(cfg, offset_noise=float(trained.get("offset_noise") or 0.0))
+    if not isinstance(cfg.offset_noise, (int, float)) or not 0 <= cfg.offset_noise <= 1:
+        raise BadParameter("offset_noise", cfg.offset_noise, "0 to 1 (0: none)")
     if cfg.snr_gamma is not None and not (isinstance(cfg.snr_gamma, (int, float)) and cfg.snr_gamma > 0):
         raise BadParameter("snr_gamma", cfg.snr_gamma, "a positive number, or none for plain mean squared error")
     data = read_style_set(cfg.folder, cfg.resolution, cfg.caption, cfg.trigger_word)
@@ -210,6 +217,9 @@ def draw(s: Setup, cfg: StyleTrainConfig, gen: torch.Generator) -> tuple[torch.T
     z0 = torch.stack([z[:, int(y):int(y) + c, int(x):int(x) + c] for z, (y, x) in zip(z0, offsets)])
     t = torch.randint(0, s.scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen)
     eps = torch.randn(z0.shape, generator=gen)
+    if cfg.offset_noise:  # offset noise (Guttenberg 2023): the schedule never hides an image's mean colour fully;
+        # a bundle trained with it (the embedded one is) moves its mean colour only when taught with it too
+        eps = eps + cfg.offset_noise * torch.randn((*z0.shape[:2], 1, 1), generator=gen)
     return z0, s.tokens[idx.to(s.device)], t.to(s.device), eps.to(s.device)
 
 
