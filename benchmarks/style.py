@@ -8,9 +8,11 @@ cost the prompt?
    recoloured into a teal/ochre duotone posterised to four tones, a palette and a hard-edged flatness the
    embedded bundle was not trained on; 20 references at 256² for training, 8 more held out.
 2. **Training** with ``sfumato.core.train.style.train_style`` on a copy of the embedded bundle (the embedded one is
-   never written), timed.
-3. **Before and after**: the same prompts (the bundle's own caption templates, one per material family) and
-   seeds, without and with the LoRA at scale 1, at 256² (the style statistics) and at 128² (the judge, at the
+   never written), timed; each reference has a sidecar caption: the caption of the material it was made from, its
+   original colour word included, and the trigger ("brownish brick wall, running bond, tealochre style"), so the
+   trigger learns to override the colour words while the material words keep their meaning.
+3. **Before and after**: the same prompts (the bundle's own caption templates, one per material family, colour
+   words included, with ", tealochre style" added) and seeds, without and with the LoRA at scale 1, at 256² (the style statistics) and at 128² (the judge, at the
    bundle's training scale, as ``benchmarks/bundle_quality.py`` judges).
 4. **Measures**, each a distance to the 20 references (lower is closer to the style):
    * colour: the Fréchet distance between Gaussians fitted to the pixels in CIE Lab (mean and covariance);
@@ -49,14 +51,17 @@ def stylise(rgb: np.ndarray) -> np.ndarray:
     return (TEAL + level[..., None] * (OCHRE - TEAL)).round().astype(np.uint8)
 
 
-def references(n: int, size: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(styled, original) images (n, size, size, 3): materials of every family in their own colours."""
+def references(n: int, size: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(styled, original) images (n, size, size, 3) of materials of every family in their own colours, and the
+    captions of the originals (the bundle's caption templates: material and colour words)."""
     from sfumato.core.train import materials
 
-    families = list(materials.FAMILIES)
-    originals = np.stack([materials.render(STYLE_SEED + offset + i, size, families[(offset + i) % len(families)])[0]
-                          for i in range(n)])
-    return np.stack([stylise(x) for x in originals]), originals
+    families = [list(materials.FAMILIES)[(offset + i) % len(materials.FAMILIES)] for i in range(n)]
+    rendered = [materials.render(STYLE_SEED + offset + i, size, f) for i, f in enumerate(families)]
+    captions = [materials.caption(labels, np.random.default_rng(STYLE_SEED + offset + i))
+                for i, (_, labels) in enumerate(rendered)]
+    originals = np.stack([image for image, _ in rendered])
+    return np.stack([stylise(x) for x in originals]), originals, captions
 
 
 # ---- 4. measures -------------------------------------------------------------------------------------------------
@@ -137,13 +142,14 @@ def main() -> None:
     from sfumato.core.train.style import StyleTrainConfig, train_style
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--crop", type=int, default=128, help="training crops, pixels (the bundle's training scale)")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt (judged at 128²)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts, one per material family (16 at most)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps the timing steady on a shared CPU)")
     p.add_argument("--judge", default=None, help="judge weights (fitted and cached on first use)")
     p.add_argument("--picture", default="docs/style_before_after.png")
     p.add_argument("--quick", action="store_true")
@@ -151,20 +157,22 @@ def main() -> None:
     quiet_libraries()
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.steps, args.seeds = 20, 1
-    prompts = materials.prompt_set("train", 1, seed=11)[:4 if args.quick else None]
+        args.steps, args.seeds, args.prompts = 20, 1, 4
+    prompts = [{**p, "prompt": f"{p['prompt']}, {TRIGGER} style"}  # the same prompts before and after
+               for p in materials.prompt_set("train", 1, seed=11)[:args.prompts]]
 
-    refs, _ = references(20, 256)
-    held_out, plain = references(8, 256, offset=20)
+    refs, _, captions = references(20, 256)
+    held_out, plain, _ = references(8, 256, offset=20)
     with tempfile.TemporaryDirectory() as tmp:
         folder, bundle = Path(tmp) / "refs", Path(tmp) / "materials-style"
         folder.mkdir()
-        for i, im in enumerate(refs):
+        for i, (im, caption) in enumerate(zip(refs, captions)):
             Image.fromarray(im).save(folder / f"{i:02d}.png")
+            (folder / f"{i:02d}.txt").write_text(f"{caption}, {TRIGGER} style")  # a sidecar caption
         shutil.copytree(embedded_dir() / "materials", bundle)  # a user bundle of our own to write into
         cfg = StyleTrainConfig(folder=str(folder), name="tealochre", bundle=str(bundle), steps=args.steps,
                                rank=args.rank, lr=args.lr, batch=args.batch, crop=args.crop, resolution=256,
-                               checkpoint_every=100)
+                               checkpoint_every=100, offset_noise=0.1)  # as the bundle was trained
         start = time.perf_counter()
         summary = train_style(cfg, Path(tmp) / "work", log=lambda m: print(m, flush=True))
         wall = time.perf_counter() - start
