@@ -318,11 +318,11 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--quick", action="store_true", help="tiny smoke run, nothing exported")
     tp.set_defaults(run=_train_maps)
 
-    ts = tsub.add_parser("style", help="train a style LoRA on 5 to 50 reference images into a user bundle (--lora "
+    ts = tsub.add_parser("style", help="train a style LoRA on 5 to 50 reference images into a bundle (--lora "
                          "NAME uses it); rerun the same command to resume")
     ts.add_argument("folder", help="the reference images; a NAME.txt beside an image is its caption")
-    ts.add_argument("--bundle", default=None, help="a user bundle's name or folder to train on and write into "
-                    "(default: the default bundle; the embedded one is refused, copy it first)")
+    ts.add_argument("--bundle", default=None, help="the bundle's name or folder to train on (default: the default "
+                    "bundle, whose LoRAs go to the user's data folder)")
     ts.add_argument("--name", required=True, help="the LoRA's name in the bundle")
     ts.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the trainer's, see "
                     "core/train/style.py)")

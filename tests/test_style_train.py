@@ -194,7 +194,7 @@ def test_odd_folders_are_trained_with_a_note(bundle, tmp_path):
     ("steps", 0, "1 to 20000"), ("rank", 999, "1 to 128"), ("resolution", 100, "a multiple of 64"),
     ("resolution", 4096, "64 to 1024"), ("crop", 128, "at most the resolution"), ("lr", 5.0, "to 0.1"), ("offset_noise", 2.0, "0 to 1"),
     ("caption", "a wall", "holding {trigger}"), ("trigger", "two words", "one word"),
-    ("name", "../evil", "letters, digits"), ("bundle", "materials", "a user bundle")])
+    ("name", "../evil", "letters, digits")])
 def test_bad_settings_are_refused_by_name(bundle, tmp_path, field, value, allowed):
     folder = _images(tmp_path / "refs", 5)
     with pytest.raises(BadParameter) as err:
@@ -219,3 +219,10 @@ def test_a_run_too_long_for_the_cpu_is_refused_with_its_estimate(bundle, tmp_pat
         train_style(_cfg(folder, bundle, steps=20_000, cpu_limit_minutes=0.001), tmp_path / "work",
                     log=lambda m: None)
     assert "--force" in err.value.hint and not (bundle / "loras").exists()
+
+
+def test_the_embedded_bundle_is_accepted_its_loras_going_to_the_users_folder(bundle_root, tmp_path):
+    from sfumato.core.bundle import loras_dir
+
+    b, cfg, _ = check(_cfg(_images(tmp_path / "refs", 5), "materials"))
+    assert b.name == "materials" and cfg.resolution == 256 and not loras_dir(b).is_relative_to(b.path)

@@ -4,8 +4,8 @@
 
 ``train_style(cfg, work, progress=, cancelled=, log=)`` is the main path, a short story:
 
-1. **Check** everything that needs no model (``check``): the name, the bundle (a user bundle of an SD 1.x/2.x
-   layout, that does not hold the name yet unless ``overwrite``), the numbers against ``BOUNDS``, then the
+1. **Check** everything that needs no model (``check``): the name, the bundle (of an SD 1.x/2.x layout, that
+   does not hold the name yet unless ``overwrite``; the embedded bundle's LoRAs go to the user's folder for it), the numbers against ``BOUNDS``, then the
    references and their captions (``style_data.read_style_set``: headers before pixels).
 2. **Load** the bundle's networks on the device (CUDA in half precision with the LoRA in fp32 under autocast,
    and gradient checkpointing; else the CPU in fp32); the text encoder and the VAE stay frozen.
@@ -114,20 +114,23 @@ def native_resolution(bundle) -> int:
 def check(cfg: StyleTrainConfig) -> tuple[Any, StyleTrainConfig, StyleSet]:
     """(bundle, ``cfg`` with its resolution filled in, the references), or the first bad field as a
     ``BadParameter``; nothing loads a model."""
-    from ..bundle import resolve
-    from ..bundle_add import LORAS, NAME, writable
+    from ..bundle import is_embedded, loras_dir, resolve
+    from ..bundle_add import NAME, writable
 
     if not isinstance(cfg.name, str) or not NAME.fullmatch(cfg.name):
         raise BadParameter("name", cfg.name, "letters, digits, '_', '.' and '-', starting with a letter or digit "
                            "(the LoRA is named in jobs as NAME[:SCALE])")
-    bundle = writable(resolve(cfg.bundle))
+    bundle = resolve(cfg.bundle)
+    if not is_embedded(bundle.path):  # the embedded bundle is never changed: its LoRAs live in the user's folder
+        bundle = writable(bundle)
     if bundle.family == "sdxl" or "text_encoder_2" in bundle.components:
         raise BadParameter("bundle", bundle.name, "a bundle of the SD 1.x/2.x layout (one text encoder), such as a "
                            "copy of the embedded materials bundle or an imported SD 1.5 checkpoint; style training "
                            "of SDXL bundles is not supported yet")
-    if (bundle.path / LORAS / f"{cfg.name}.safetensors").exists() and not cfg.overwrite:
+    target = loras_dir(bundle) / f"{cfg.name}.safetensors"
+    if target.exists() and not cfg.overwrite:
         raise BadParameter("name", cfg.name, f"a LoRA name bundle {bundle.name} does not hold yet "
-                           f"({LORAS}/{cfg.name}.safetensors exists)",
+                           f"({target.name} exists in {target.parent})",
                            hint="choose another --name, or pass --overwrite to replace it")
     cfg = dataclasses.replace(cfg, resolution=cfg.resolution or native_resolution(bundle))
     for field in ("steps", "rank", "batch", "checkpoint_every"):
