@@ -42,6 +42,7 @@ GEOMETRY_CONDITIONS = tuple(k for k in schema.CONTROL_KINDS if k != "depth")
 ImageMode = Literal["text", "depth", "restyle"]
 I, T, V, A = schema.ImageRequest, schema.TextureRequest, schema.TurntableRequest, schema.AssetRequest
 U = schema.UpscaleRequest
+S = schema.StyleRequest
 
 
 class BadSetting(ValueError):
@@ -265,6 +266,25 @@ class UpscaleSettings(Settings):
 
     def inputs(self) -> set[str]:
         return {"image"}
+
+
+@dataclass
+class StyleSettings(Settings):
+    """One style training job (``StyleRequest`` fields): a folder of references into a LoRA of the bundle."""
+
+    kind: ClassVar[str] = "train_style"
+    prompt: str = S.prompt  # the caption template of references without a sidecar .txt
+    folder: str = ""
+    name: str = ""
+    steps: int = S.steps
+    rank: int = S.rank
+    resolution: int = 0  # 0 = the bundle's native size; not sent
+    overwrite: bool = False
+
+    def own_problems(self) -> list[BadSetting]:
+        if not self.folder.strip():
+            return [BadSetting("folder", self.folder, "a folder of 5 to 50 reference images")]
+        return []
 
 
 def params(s: Settings, *, seed: int, default_bundle: str = DEFAULT_BUNDLE, inputs: dict[str, str] | None = None,

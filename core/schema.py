@@ -335,8 +335,39 @@ class UpscaleRequest(SampledRequest):
 
 MAX_UPSCALE_SIDE = 16384  # pixels a side of an upscaled result (a 16k PNG is already ~0.8 GB of pixels)
 
+STYLE_CAPTION = "a surface in the {trigger} style"  # for references without a sidecar .txt
+
+
+@dataclass
+class StyleRequest(JobRequest):
+    """A style: a LoRA trained on 5 to 50 reference images (a practice's renders, boards, material photos) into the
+    bundle, where jobs name it as a LoRA (``sfumato train style``; the add-on's "Train style from folder")."""
+
+    prompt: str = param(STYLE_CAPTION, "the caption of references without a sidecar NAME.txt; {trigger} becomes the "
+                        "trigger word", nonempty=True, max_chars=MAX_PROMPT_CHARS)
+    folder: str = param(REQUIRED, "the folder of reference images", required=True, nonempty=True)
+    name: str = param(REQUIRED, "the style's name in the bundle (jobs use it as a LoRA: NAME[:SCALE])", required=True,
+                      nonempty=True, max_chars=100)
+    trigger: str | None = param(None, "the word for {trigger} in captions", max_chars=100, none="for the name")
+    steps: int = param(600, "optimiser steps", lo=1, hi=20_000)
+    rank: int = param(8, "LoRA rank", lo=1, hi=128)
+    resolution: int | None = param(None, "references are centre-cropped and resized to this square, pixels", lo=64,
+                                   hi=1024, multiple=64, none="for the bundle's native size")
+    overwrite: bool = param(False, "replace a style of that name")
+    force: bool = param(False, "train on a CPU even when the measured estimate passes an hour")
+
+    def cross(self) -> list[Problem]:
+        found = [Problem("loras", self.loras, "none: a style is trained on the bundle itself")] if self.loras else []
+        if "{trigger}" not in self.prompt:
+            found.append(Problem("prompt", self.prompt, "a caption template holding {trigger}, the word that calls "
+                                 f"the style up, e.g. {STYLE_CAPTION!r}"))
+        return found
+
+
 KINDS: dict[str, type] = {"image": ImageRequest, "texture": TextureRequest, "video": VideoRequest,
-                          "turntable": TurntableRequest, "asset": AssetRequest, "upscale": UpscaleRequest}
+                          "turntable": TurntableRequest, "asset": AssetRequest, "upscale": UpscaleRequest,
+                          "train_style": StyleRequest}
+TRAINING_KINDS = ("train_style",)  # kinds the CLI runs as ``sfumato train ...``, not as job commands
 
 
 # ---- problems --------------------------------------------------------------------------------------

@@ -123,6 +123,8 @@ def add_request_flags(p: argparse.ArgumentParser, cls: type) -> list[str]:
 def add_job_commands(sub: Any) -> None:
     """``sfumato image|texture|video|turntable|asset``, one per schema kind."""
     for kind, cls in schema.KINDS.items():
+        if kind in schema.TRAINING_KINDS:  # ``sfumato train style`` (cli.py) runs these
+            continue
         p = sub.add_parser(kind, help=HELP[kind], description=(cls.__doc__ or "").strip())
         names = add_request_flags(p, cls)
         p.add_argument("-o", "--output", required=True, help=OUTPUTS[kind])

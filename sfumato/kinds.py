@@ -38,6 +38,12 @@ def _upscale(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     return upscale_job(job, output, ctx)
 
 
+def _train_style(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
+    from .core.train.style_job import style_job
+
+    return style_job(job, output, ctx)
+
+
 KINDS: dict[str, Kind] = {
     "image": Kind(schema.ImageRequest, image_job),
     "texture": Kind(schema.TextureRequest, _texture),
@@ -45,6 +51,7 @@ KINDS: dict[str, Kind] = {
     "turntable": Kind(schema.TurntableRequest, _video),
     "asset": Kind(schema.AssetRequest, _asset),
     "upscale": Kind(schema.UpscaleRequest, _upscale),
+    "train_style": Kind(schema.StyleRequest, _train_style),
 }
 assert set(KINDS) == set(schema.KINDS), "every schema kind has a runner"
 

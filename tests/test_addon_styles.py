@@ -86,3 +86,32 @@ def test_the_styles_list_sends_the_enabled_lora_and_recall_turns_it_back_on(styl
     assert bpy.ops.sfumato.recall(index=len(scene.sfumato_history) - 1) == {"FINISHED"}
     assert [(row.name, row.enabled, round(row.strength, 3)) for row in s.styles] == [("studio", True, 0.6)], \
         record.record
+
+
+def test_train_style_from_a_folder_runs_in_the_engine_and_turns_the_style_on(styled_bundles, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(5):
+        a = np.full((64, 64, 3), (40, 120, 90), np.uint8)
+        a[::5] = (220, 210, 180)
+        Image.fromarray(a).save(refs / f"board_{i}.png")
+    s = bpy.context.scene.sfumato
+    s.styles.clear()
+    p = prefs()
+    before = p.output_folder
+    p.output_folder = str(tmp_path / "results")
+    try:
+        assert bpy.ops.sfumato.train_style(directory=str(refs), name="greens", steps=2, rank=2, resolution=64,
+                                           blocking="ON") == {"FINISHED"}
+    finally:
+        p.output_folder = before
+    assert [(row.name, row.enabled, row.strength) for row in s.styles] == [("greens", True, 1.0)]
+    (summary,) = (tmp_path / "results" / "styles").glob("*.json")
+    assert '"name": "greens"' in summary.read_text()
+    assert bpy.ops.sfumato.styles_refresh() == {"FINISHED"}  # the engine lists it now, beside the bundle's own
+    assert sorted(row.name for row in s.styles) == ["greens", "studio"]
+    with pytest.raises(RuntimeError, match="folder"):  # no folder: refused by the panel's check, nothing runs
+        bpy.ops.sfumato.train_style(directory="", name="x", blocking="ON")

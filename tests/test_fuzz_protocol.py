@@ -19,7 +19,7 @@ from sfumato.core import schema
 
 SEED, MESSAGES = 22, 3000
 SUFFIX = {"image": ".png", "texture": ".glb", "video": ".gif", "turntable": ".mp4", "asset": ".glb",
-          "upscale": ".png"}
+          "upscale": ".png", "train_style": ".json"}
 JUNK: list[Any] = [None, True, False, 0, -1, 1.5, 10**40, "", "x", [], [1], [[[]]], {}, {"a": 1}, float("nan"),
                    float("inf")]
 

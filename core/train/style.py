@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from .. import schema
 from ..errors import BadParameter, Cancelled
 from .style_data import DEFAULT_CAPTION, StyleSet, read_style_set
 
@@ -52,10 +53,18 @@ if TYPE_CHECKING:  # torch loads when training starts, not when the CLI builds i
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections, as diffusers' LoRA scripts train
 CHECKPOINT = "style_checkpoint.safetensors"
-# (lowest, highest) allowed; resolution and crop are multiples of RESOLUTION_STEP
-BOUNDS = {"steps": (1, 20_000), "rank": (1, 128), "resolution": (64, 1024), "crop": (64, 1024),
-          "batch": (1, 64), "lr": (1e-6, 1e-1), "checkpoint_every": (1, 20_000)}
-RESOLUTION_STEP = 64  # every bundle's U-Net takes it: 8 latent pixels at a VAE factor of 8
+_REQUEST = {f.name: f for f in schema.fields(schema.StyleRequest)}  # the job's fields: their bounds and defaults
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    spec = schema.spec_of(_REQUEST[name])
+    return spec.lo, spec.hi
+
+
+# (lowest, highest) allowed; resolution and crop are multiples of RESOLUTION_STEP; the job's own fields from the schema
+BOUNDS = {"steps": _bounds("steps"), "rank": _bounds("rank"), "resolution": _bounds("resolution"),
+          "crop": _bounds("resolution"), "batch": (1, 64), "lr": (1e-6, 1e-1), "checkpoint_every": _bounds("steps")}
+RESOLUTION_STEP = schema.spec_of(_REQUEST["resolution"]).multiple  # 8 latent pixels at a VAE factor of 8
 
 
 @dataclass(frozen=True)
@@ -66,8 +75,8 @@ class StyleTrainConfig:
     folder: str  # the reference images (and their sidecar .txt captions)
     name: str  # the LoRA's name in the bundle (``--lora NAME``)
     bundle: str | None = None  # a user bundle's name or folder; None: the default bundle
-    steps: int = 600  # optimiser steps; more may be asked later: the learning rate is constant after warm-up
-    rank: int = 8  # LoRA rank r (lora_alpha = r: the update's scale is 1)
+    steps: int = _REQUEST["steps"].default  # optimiser steps; more may be asked later: the learning rate is constant after warm-up
+    rank: int = _REQUEST["rank"].default  # LoRA rank r (lora_alpha = r: the update's scale is 1)
     resolution: int | None = None  # references are squared to this; None: the bundle's native size
     crop: int | None = None  # train on random square crops of this many pixels (style is local); None: whole images
     batch: int = 4
@@ -375,6 +384,8 @@ def train_style(cfg: StyleTrainConfig, work: Path, *, progress: Progress | None 
     scaler = torch.amp.GradScaler("cuda", enabled=s.autocast == torch.float16)
     while step < cfg.steps:  # 6
         if cancelled is not None and cancelled():
+            if step and step % cfg.checkpoint_every:
+                checkpoint()  # nothing trained is lost: the next run starts at this very step
             raise Cancelled(f"style training cancelled before step {step + 1} of {cfg.steps}; the checkpoint in "
                             f"{work} resumes it (the same command, or train_style with the same work folder)")
         started = time.perf_counter()

@@ -25,12 +25,13 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadParameter
+from ..schema import STYLE_CAPTION
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 RECOMMENDED_IMAGES = (5, 50)  # what the feature is made for: a style from a handful of references
 MAX_IMAGES = RECOMMENDED_IMAGES[1]
 MAX_PIXELS = 64 * 1024 * 1024  # per reference image (8192²): a reference is scaled down to a few hundred pixels
-DEFAULT_CAPTION = "a surface in the {trigger} style"
+DEFAULT_CAPTION = STYLE_CAPTION  # the job's default (core/schema.py)
 TRIGGER = "{trigger}"
 
 
