@@ -104,14 +104,15 @@ def texture_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---- 3. generation -----------------------------------------------------------------------------------------------
-def generate_set(models, prompts: list[dict], size: int, seeds: int, lora: str | None) -> np.ndarray:
+def generate_set(models, prompts: list[dict], size: int, seeds: int, lora: str | None, scale: float = 1.0
+                 ) -> np.ndarray:
     """Each prompt with ``seeds`` seeds (1000 + 17k on, as bundle_quality.py), with or without the LoRA."""
     from sfumato.core.image import ImageRequest, generate
 
     out = []
     for k, p in enumerate(prompts):
         req = ImageRequest(prompt=p["prompt"], seed=1000 + 17 * k, n=seeds, batch_size=seeds, width=size,
-                           height=size, seamless="xy", fast="off", loras=(f"{lora}:1.0",) if lora else ())
+                           height=size, seamless="xy", fast="off", loras=(f"{lora}:{scale}",) if lora else ())
         out += [np.asarray(g.image) for g in generate(req, models)]
     return np.stack(out)
 
@@ -153,6 +154,8 @@ def main() -> None:
     p.add_argument("--judge", default=None, help="judge weights (fitted and cached on first use)")
     p.add_argument("--picture", default="docs/style_before_after.png")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--scales", default="1.0", help="LoRA strengths measured after training, comma-separated (the "
+                   "picture shows the first)")
     args = p.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -185,10 +188,11 @@ def main() -> None:
 
         judge = load_judge(args.judge)
         rows = {}
-        for label, lora in (("before", None), ("after", summary["lora"])):
+        scales = [float(v) for v in args.scales.split(",")]
+        for label, lora, scale in (("before", None, 1.0), *((f"after {v:g}", summary["lora"], v) for v in scales)):
             t0 = time.perf_counter()
-            big = generate_set(models, prompts, 256, 1, lora)
-            small = generate_set(models, prompts, 128, args.seeds, lora)
+            big = generate_set(models, prompts, 256, 1, lora, scale)
+            small = generate_set(models, prompts, 128, args.seeds, lora, scale)
             rows[label] = (big, adherence(judge, small, prompts, args.seeds))
             print(f"{label}: {len(big) + len(small)} images in {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -197,7 +201,7 @@ def main() -> None:
     for label, images, judged in (("held-out references (floor)", held_out, None),
                                   ("procedural, unstyled", plain, None),
                                   ("generated, before (no LoRA)", *rows["before"]),
-                                  ("generated, after (LoRA 1.0)", *rows["after"])):
+                                  *((f"generated, after (LoRA {v:g})", *rows[f"after {v:g}"]) for v in scales)):
         judged_text = f"{judged[0]:9.1%} {judged[1]:7.1%}" if judged else f"{'':9} {'':7}"
         print(f"{label:34} {colour_distance(images, refs):15.2f} {texture_distance(images, refs):10.3f} "
               f"{judged_text}")
@@ -205,7 +209,7 @@ def main() -> None:
           f"texture, × {args.seeds} seeds at 128² for the judge; training: {summary['images']} references at 256², "
           f"{args.steps} steps, rank {args.rank}, lr {args.lr}, batch {args.batch}, crops {args.crop}², "
           f"{summary['seconds'] / 60:.1f} min on {torch.get_num_threads()} CPU threads")
-    picture(Path(args.picture), refs, rows["before"][0], rows["after"][0], 6, 128)
+    picture(Path(args.picture), refs, rows["before"][0], rows[f"after {scales[0]:g}"][0], 6, 128)
     print(f"wrote {args.picture} ({Path(args.picture).stat().st_size / 1e3:.0f} kB)")
 
 

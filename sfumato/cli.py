@@ -184,6 +184,23 @@ def _train_style(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_depth(args: argparse.Namespace) -> int:
+    """``sfumato train depth``: the embedded bundle's depth ControlNet on procedural buildings (resumable)."""
+    from .core.bundle import user_dir
+    from .threed.depth_controlnet_train import DepthTrainConfig, export, train
+
+    given = {k: getattr(args, k) for k in ("steps", "batch", "size", "threads") if getattr(args, k) is not None}
+    if args.budget_minutes is not None:
+        given["time_budget"] = 60 * args.budget_minutes
+    cfg = DepthTrainConfig(**given)
+    work = Path(args.work) if args.work else user_dir().parent / "training" / "depth"
+    net, record = train(cfg, work, log=lambda m: print(m, flush=True))
+    if args.out:
+        print(f"exported {export(net, Path(args.out), record)}; add it with `sfumato bundle add BUNDLE FOLDER --as "
+              "controlnet-depth`", flush=True)
+    return 0
+
+
 def _train_motion(args: argparse.Namespace) -> int:
     from .core.bundle import user_dir
     from .video.train import MotionTrainConfig, MotionTrainer
@@ -317,6 +334,19 @@ def parser() -> argparse.ArgumentParser:
                     help="stop at the first checkpoint past this much training time")
     tp.add_argument("--quick", action="store_true", help="tiny smoke run, nothing exported")
     tp.set_defaults(run=_train_maps)
+
+    td = tsub.add_parser("depth", help="train a depth ControlNet for the embedded bundle on procedural buildings "
+                         "(rerun the same command to resume)")
+    td.add_argument("--work", default=None, help="checkpoints and progress.log (default: user data folder)")
+    td.add_argument("--out", default=None, help="export controlnet_depth/ (fp16) under this folder when done")
+    td.add_argument("--steps", type=int, default=None, help="optimiser steps of the whole run (default: the "
+                    "trainer's, about two hours on one CPU thread)")
+    td.add_argument("--batch", type=int, default=None)
+    td.add_argument("--size", type=int, default=None, help="rendered picture side, pixels")
+    td.add_argument("--threads", type=int, default=None, help="CPU threads (resume with the same number)")
+    td.add_argument("--budget-minutes", type=float, default=None,
+                    help="stop at the first checkpoint past this much training time")
+    td.set_defaults(run=_train_depth)
 
     ts = tsub.add_parser("style", help="train a style LoRA on 5 to 50 reference images into a bundle (--lora "
                          "NAME uses it); rerun the same command to resume")

@@ -81,3 +81,12 @@ def test_the_export_joins_a_copy_of_the_embedded_bundle_and_generation_takes_a_d
                            depth_image=str(tmp_path / "depth.png"))
     image = generate(request, models)[0].image
     assert image.size == (64, 64)
+
+
+def test_the_cli_trains_and_exports(tmp_path, capsys):
+    from sfumato.cli import main
+
+    assert main(["train", "depth", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "x"), "--steps", "1",
+                 "--batch", "1", "--size", "64"]) == 0
+    assert (tmp_path / "x" / "controlnet_depth" / "config.json").is_file()
+    assert "--as controlnet-depth" in capsys.readouterr().out
