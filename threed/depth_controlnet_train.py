@@ -297,6 +297,36 @@ def export(net: torch.nn.Module, out: Path, record: dict[str, Any] | None = None
     return final
 
 
+def install(exported: Path, bundle_dir: Path) -> Path:
+    """Put an exported ``controlnet_depth/`` into a bundle folder as a maintainer does for the embedded bundle
+    (``sfumato bundle add`` refuses that one): the folder moved in whole, the manifest rewritten with every weight's
+    hash and a ``depth_training`` record from its ``training.json``."""
+    import platform
+    import shutil
+
+    from ..core.bundle import MANIFEST, write_manifest
+
+    exported, bundle_dir = Path(exported), Path(bundle_dir)
+    record = json.loads((exported / "training.json").read_text()) if (exported / "training.json").is_file() else {}
+    tmp, target = bundle_dir / f".{COMPONENT}.tmp", bundle_dir / COMPONENT
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(exported, tmp, ignore=shutil.ignore_patterns("training.json"))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    base = {"format", "name", "family", "license", "description", "components", "files"}
+    extra = {k: v for k, v in manifest.items() if k not in base}
+    history = record.get("history") or [{}]
+    extra["depth_training"] = {
+        "command": "sfumato train depth", "steps": record.get("step"), "seconds": round(record.get("seconds", 0)),
+        "hardware": f"{platform.processor() or platform.machine()}, {record.get('config', {}).get('threads')} CPU "
+                    f"thread(s), torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
+        "validation": history[-1], "config": record.get("config", {})}
+    write_manifest(bundle_dir, name=manifest["name"], family=manifest["family"], license=manifest["license"],
+                   description=manifest.get("description", ""), extra=extra)
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="checkpoints and progress.log (a rerun resumes)")
