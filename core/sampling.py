@@ -51,7 +51,7 @@ def timesteps_for(scheduler, steps: int, device: torch.device, strength: float =
 
 
 def sample(denoiser: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor], scheduler,
-           x: torch.Tensor, cond: Conditioning, timesteps: torch.Tensor, *,
+           x: torch.Tensor, cond: Conditioning | None, timesteps: torch.Tensor, *,
            generator: list[torch.Generator] | None = None, on_step: OnStep | None = None,
            post_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Denoise ``x`` (B, C, h, w) along ``timesteps``; returns the final latents x_0.
@@ -64,7 +64,7 @@ def sample(denoiser: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
-        out = denoiser(x_in, t, cond.at_step(i, total))
+        out = denoiser(x_in, t, cond.at_step(i, total) if cond is not None else None)  # None: the denoiser's own
         x = scheduler.step(out, t, x, **step_kwargs)[0].to(x.dtype)
         if post_step is not None:
             x = post_step(i, x)
