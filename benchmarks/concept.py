@@ -13,8 +13,9 @@ Inputs:
 * **held-out massings**: building seeds ``HELD_OUT + i`` (never trained on), rendered by ``threed/building_render.py``
   (a view drawn from the seed), their distances handed to the engine as the ``.npy`` it reads, their caption as the
   prompt;
-* **a house built in Blender**: the tests' two-storey box house with a gable roof on a lawn
-  (``tests/test_addon_data_safety.py``), built here through ``bpy`` and seen from three cameras; depth and normals
+* **a house built in Blender**: the tests' two-storey box house with a gable roof on a lawn, built the same way as
+  ``tests/test_addon_data_safety.py`` does (a scaled cube, two extrusions, the top squeezed to a ridge) but standing
+  on the lawn, here through ``bpy`` and seen from three cameras; depth and normals
   come from the add-on's own Cycles pass render (``addon/passes.py``), walls and roof told apart by the normals.
   Skipped (and said so) where ``bpy`` is not installed.
 
