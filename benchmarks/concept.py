@@ -323,29 +323,6 @@ def floor_frames(mesh, cameras, size: int) -> list[np.ndarray]:
     return list((torch.where(frags.mask[..., None], rgb, torch.full((), 0.5)) * 255).numpy())
 
 
-class _NoConditioning:
-    """Stands in for the ``cond`` that ``video/generate.py`` leaves None: ``core/sampling.sample`` now asks it for
-    ``at_step`` (since the several-ControlNets change) and turntables fail with an AttributeError; the video's own
-    network ignores it. A workaround for this benchmark until ``video/generate.py`` passes a conditioning."""
-
-    def at_step(self, i: int, n: int) -> "_NoConditioning":
-        return self
-
-
-def _patch_video_sampling() -> None:
-    from sfumato.video import generate as video_generate
-
-    original = video_generate.sample
-    if getattr(original, "patched", False):
-        return
-
-    def sample(denoiser, scheduler, x, cond, timesteps, **kwargs):
-        return original(denoiser, scheduler, x, _NoConditioning() if cond is None else cond, timesteps, **kwargs)
-
-    sample.patched = True
-    video_generate.sample = sample
-
-
 def turntables(models, args) -> dict[str, tuple[float, float, float, float | None]]:
     """label -> (warping error, seam ratio, detail, seconds per frame) of the demo house's orbit."""
     from sfumato.core.schema import VideoRequest
@@ -353,7 +330,6 @@ def turntables(models, args) -> dict[str, tuple[float, float, float, float | Non
     from sfumato.video.generate import generate_video
     from sfumato.video.turntable import orbit_cameras
 
-    _patch_video_sampling()
     mesh = demo_house_mesh()
     norm = mesh.normalised()
     cameras = orbit_cameras(norm, args.frames)  # the cameras generate_video makes (default elevation)
