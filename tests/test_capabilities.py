@@ -34,11 +34,12 @@ def _sfumato(*args: str) -> subprocess.CompletedProcess:
 
 def test_the_embedded_bundle_says_what_it_can_and_cannot_do():
     caps = capabilities(resolve("materials"))
-    assert (caps["text"], caps["image_to_image"], caps["depth"], caps["motion_module"]) == (True, True, False, True)
+    assert (caps["text"], caps["image_to_image"], caps["depth"], caps["motion_module"]) == (True, True, True, True)
     assert caps["native_size"] == 256 and caps["default_steps"] == 16  # its manifest's default_size and steps
-    assert caps["motion_frames"] == 8 and caps["controlnets"] == [] and caps["loras"] == []
-    assert caps["can"] == ["text to image", "image to image", "video with its motion module (8 frames)"]
-    assert caps["cannot"] == ["depth guidance (depth ControlNet)"]
+    assert caps["motion_frames"] == 8 and caps["controlnets"] == ["depth"] and caps["loras"] == []
+    assert caps["can"] == ["text to image", "image to image", "depth guidance (depth ControlNet)",
+                           "video with its motion module (8 frames)"]
+    assert caps["cannot"] == []
     assert json.loads(json.dumps(caps)) == caps  # plain data: it crosses the protocol as it is
 
 
@@ -75,7 +76,7 @@ def test_worker_info_carries_each_bundles_capabilities(bundle_root):
     info = Worker(io.StringIO(), {}, device="cpu").info()
     by_name = {c["name"]: c for c in info["capabilities"]}
     assert [c["name"] for c in info["capabilities"]] == info["bundles"]
-    assert by_name["materials"]["motion_module"] and not by_name["materials"]["depth"]
+    assert by_name["materials"]["motion_module"] and by_name["materials"]["depth"]
     assert by_name["tiny-sd15"]["depth"] and by_name["tiny-sdxl"]["family"] == "sdxl"
 
 

@@ -74,7 +74,7 @@ def test_the_export_joins_a_copy_of_the_embedded_bundle_and_generation_takes_a_d
                             log=lambda _: None)
     folder = dct.export(net, tmp_path / "out", record)
     bundle = shutil.copytree(embedded_dir() / "materials", tmp_path / "materials")
-    add_component(bundle, "controlnet_depth", controlnet_writer(open_bundle(bundle), folder))
+    add_component(bundle, "controlnet_depth", controlnet_writer(open_bundle(bundle), folder), replace=True)
     models = load_models(open_bundle(bundle), torch.device("cpu"), torch.float32, need_controlnet=True)
     Image.fromarray((sample(3, 64).depth * 255).astype(np.uint8)).save(tmp_path / "depth.png")
     request = ImageRequest(prompt="red brick walls", seed=1, steps=2, width=64, height=64, fast="off",
