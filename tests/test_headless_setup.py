@@ -112,10 +112,11 @@ def test_headless_steps_install_enable_set_the_engine_run_and_save(blender, scen
     assert out["bare_enable_prefs"] == "auto"  # enabled without default_set, its preferences are there
     assert out["prefs"] == [sys.executable, "cpu"]  # saved by the first process, read back by step 1
     assert out["images"] == [["weathered red brick wall s0", [64, 64], True, "materials", 2]]
-    assert "materials (mini, 256 px, 16 steps): text to image, image to image, video with its motion" in \
+    assert "materials (mini, 256 px, 16 steps): text to image, image to image, depth guidance" in \
         " ".join(out["check"])
-    assert any("no depth guidance" in line for line in out["check"])
-    assert out["caps"] == ["text to image", "image to image", "video with its motion module (8 frames)"]
+    assert not any("no depth guidance" in line for line in out["check"])
+    assert out["caps"] == ["text to image", "image to image", "depth guidance (depth ControlNet)",
+                           "video with its motion module (8 frames)"]
 
 
 def test_variations_example_runs_on_the_embedded_bundle_as_written(blender, scene, tmp_path):
@@ -135,13 +136,13 @@ def test_variations_example_runs_on_the_embedded_bundle_as_written(blender, scen
     assert len(list(tmp_path.rglob("*.render.png"))) == 1  # the camera rendered once for the batch
 
 
-def test_variations_depth_mode_says_which_bundle_it_needs_and_stops(blender, scene, tmp_path):
-    sentence = "--mode depth needs a bundle with a depth ControlNet (add one with `sfumato bundle add-controlnet`;"
-    assert sentence in " ".join((EXAMPLES / "variations.py").read_text().split())
-    proc = blender(["-c", RUN_EXAMPLE, str(scene), str(EXAMPLES / "variations.py"), "--prompt", "red brick",
-                    "--seeds", "1", "--mode", "depth", "--out", str(tmp_path)])
-    assert proc.returncode == 1 and f"sfumato: {sentence} 'materials' has none)" in proc.stderr, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []  # stopped before rendering anything
+def test_variations_depth_mode_runs_on_the_embedded_bundle(blender, scene, tmp_path):
+    """The embedded bundle has a depth ControlNet: depth mode renders Blender's depth once and follows it."""
+    proc = blender(["-c", RUN_EXAMPLE, str(scene), str(EXAMPLES / "variations.py"), "--prompt", "red brick house",
+                    "--seeds", "1", "--mode", "depth", "--steps", "2", "--size", "64x64", "--out", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "sfumato: 1/1 images" in proc.stdout and "Traceback" not in proc.stderr
+    assert len(list(tmp_path.rglob("*.depth.npy"))) == 1  # the camera's depth, rendered once
 
 
 def test_batch_example_runs_on_the_embedded_bundle_and_resumes(blender, scene, tmp_path):

@@ -259,21 +259,28 @@ def test_material_job_with_embedded_bundle(house, tmp_path):
     assert ("unet_dtype" in result["metadata"]) == fast.cpu_bf16_helps()
 
 
-def test_depth_required_but_bundle_has_none(house, tmp_path):
+def test_depth_required_but_bundle_has_none(house, sd15, tmp_path):
+    import shutil
+
+    from sfumato.cli import main
+
+    bare = shutil.copytree(sd15, tmp_path / "no-controlnet")
+    assert main(["bundle", "remove", str(bare), "controlnet-depth"]) == 0
     with pytest.raises(ComponentMissing, match="ControlNet"):
         run_job("texture", {"mesh": str(house), "prompt": "brick", "conditioning": "depth", "views": 2,
-                              "resolution": 64, "steps": 2}, tmp_path / "x.glb", _ctx([]))
+                              "resolution": 64, "steps": 2, "bundle": str(bare)}, tmp_path / "x.glb", _ctx([]))
 
 
 @pytest.mark.parametrize("field,value,match", [
     ("views", 0, "1..64"), ("resolution", 100, "multiple of 8"), ("mode", "paint", "projection, material or sds"),
     ("prompt", "  ", "non-empty"), ("tile_size", 0, r"a number in \(0, 1000\]"), ("texture_size", 4, "16..8192"),
     ("variant", "all", "sequential or sync"), ("colour", "red", "unknown field"), ("fast", "turbo", "auto, on, off"),
-    ("img2img_strength", 0.01, r"1/steps = 0\.0625 with steps=16"),  # no step would run (embedded: 16, no
-                                                                    # depth ControlNet: auto is img2img)
+    ("img2img_strength", 0.01, r"1/steps = 0\.0625 with steps=16"),  # no step would run (embedded: 16)
 ])
 def test_bad_texture_settings(house, tmp_path, field, value, match):
     params = {"mesh": str(house), "prompt": "brick", field: value}
+    if field == "img2img_strength":
+        params["conditioning"] = "img2img"  # the embedded bundle has a depth ControlNet: auto would use it
     with pytest.raises(BadParameter, match=match) as exc:
         run_job("texture", params, tmp_path / "x.glb", _ctx([]))
     assert exc.value.field == field

@@ -8,7 +8,7 @@ Runs on the embedded ``materials`` bundle as written. Every prompt is generated 
 ``--mode restyle`` (the default) re-imagines the camera's render (``--strength``), rendered once for the whole
 batch with the scene's render engine; ``text`` ignores the scene; ``depth`` guides the images with Blender's
 exact depth of the scene from the active camera. --mode depth needs a bundle with a depth ControlNet (add one
-with `sfumato bundle add-controlnet`; the embedded materials bundle has none): with one that has none, the
+with `sfumato bundle add-controlnet`; the embedded materials bundle has one): with one that has none, the
 script stops with that sentence before anything is rendered. The images become image datablocks named after
 prompt and seed, each with its provenance as custom properties, and a contact sheet (one row per prompt, one
 column per seed) is written beside them.
