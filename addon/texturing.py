@@ -153,14 +153,12 @@ def export_glb(obj: bpy.types.Object, path: Path, *, by_slot: bool = False) -> s
         copy.data.uv_layers.remove(layer)
     material = bpy.data.materials.new(".sfumato export")
     originals = slot_table.original_materials(obj) if by_slot else []
-    indices = [0] * len(copy.data.polygons)
-    copy.data.polygons.foreach_get("material_index", indices)
     for slot in copy.material_slots:  # the copy's own links to object-level materials go, users counted right
         slot.link, slot.material = 'OBJECT', None
-    copy.data.materials.clear()
+    indices = clear_slots(copy.data)
     for original in originals if by_slot else [material]:  # a mesh without slots: faces without a material
         copy.data.materials.append(original)
-    if originals:  # clearing the slots put every face on the first one
+    if originals:
         copy.data.polygons.foreach_set("material_index", indices)
     for slot in copy.material_slots:
         slot.link = 'DATA'
@@ -485,6 +483,15 @@ def record_original(obj: bpy.types.Object) -> None:
             slot.material.use_fake_user = True
 
 
+def clear_slots(mesh: bpy.types.Mesh) -> list[int]:
+    """Empty ``mesh``'s material slots and return each face's material index as it was: Blender resets every face to
+    0 when the slots are cleared, so a caller puts them back (``foreach_set``) and no face assignment is lost."""
+    indices = [0] * len(mesh.polygons)
+    mesh.polygons.foreach_get("material_index", indices)
+    mesh.materials.clear()
+    return indices
+
+
 def assign(obj: bpy.types.Object, material: bpy.types.Material) -> None:
     """Show ``material`` in every material slot of ``obj`` without touching the user's work: each slot is linked to
     the object (so the mesh, which other objects may share, keeps its materials), faces keep their material
@@ -509,6 +516,7 @@ def revert(obj: bpy.types.Object) -> bool:
         slot.material = bpy.data.materials.get(was["object_material"]) if was["object_material"] else None
         slot.link = was["link"]
     if record["added_slot"] and len(obj.data.materials) == 1 and obj.data.materials[0] is None:
-        obj.data.materials.clear()  # the one empty slot ``assign`` added (``pop`` leaves the object's slot behind)
+        # the one empty slot ``assign`` added (``pop`` leaves the object's slot behind); faces keep their index
+        obj.data.polygons.foreach_set("material_index", clear_slots(obj.data))
     del obj[ORIGINAL]
     return True

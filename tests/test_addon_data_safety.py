@@ -281,9 +281,12 @@ def test_texturing_keeps_slots_and_face_assignment_and_revert_puts_the_materials
     assert [slot.link for slot in house.material_slots] == ['DATA'] * 3 + ['OBJECT', 'DATA']
     assert _mesh_bytes(house.data) == before and sfumato_api.revert(house) is False
     bare = bpy.data.objects["Statue"]  # no slots at all: one is added for the texture and taken away on revert
+    bare.data.polygons.foreach_set("material_index", np.arange(len(bare.data.polygons)) % 3)  # left by an import
+    bare_before = _mesh_bytes(bare.data)
     _finish_fake(texturing.prepare(bpy.context, bare, s.replace(mode="material"), seed=3, folder=tmp_path), tmp_path)
     assert len(bare.material_slots) == 1 and bare.active_material.name.startswith("Sfumato texture")
     assert sfumato_api.revert("Statue") and len(bare.material_slots) == 0
+    assert _mesh_bytes(bare.data) == bare_before  # its faces' material indices too, though it has no slot now
 
 
 def test_a_hidden_object_is_unwrapped_alone_and_stays_hidden(enabled):
