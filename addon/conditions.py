@@ -1,6 +1,6 @@
 """ControlNet condition images from the scene's exact geometry: normals and line art; pure numpy, Blender-free.
 
-Both come from Blender's passes of the camera view (``scene_io.render_passes``), not from a picture:
+Both come from Blender's passes of the camera view (``passes.render_passes``), not from a picture:
 
 - **normals**: the Normal pass holds world-space shading normals; turned into the camera's frame (x right, y up,
   z towards the viewer) and written in the colours normal ControlNets were trained on (ControlNet 1.1's

@@ -167,8 +167,7 @@ def geometry_props(s: "ImageSettings") -> dict[str, Any]:
     out: dict[str, Any] = {f"use_{k}": k in s.conditions for k in GEOMETRY_CONDITIONS}
     for entry in s.control_weights:
         kind, _, text = entry.partition("=")
-        parts = [float(p) for p in text.split(",")]
-        scale, start, end = (parts + [0.0, 1.0])[:3] if len(parts) == 1 else parts[:3]
+        scale, start, end = schema.control_weight(text) or (I.control_scale, 0.0, 1.0)
         out["control_scale" if kind == "depth" else f"{kind}_weight"] = scale
         out[f"{kind}_start"], out[f"{kind}_end"] = start, end
     return out

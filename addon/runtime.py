@@ -43,11 +43,6 @@ def bundle_capability(name: str, key: str) -> list[str] | None:
     return None
 
 
-def bundle_controlnets(name: str) -> list[str] | None:
-    """The ControlNet kinds of bundle ``name`` from the last Check engine; None when not known yet."""
-    return bundle_capability(name, "controlnets")
-
-
 def known_bundles() -> list[str]:
     return list(CHECK.get("info", {}).get("bundles", []))
 

@@ -110,7 +110,7 @@ def _draw_controls(layout, s, context) -> None:
     row.prop(s, "control_scale")
     row.prop(s, "depth_start")
     row.prop(s, "depth_end")
-    held = runtime.bundle_controlnets(s.bundle or prefs.get(context).default_bundle)
+    held = runtime.bundle_capability(s.bundle or prefs.get(context).default_bundle, "controlnets")
     if held is None:
         layout.label(text="Check engine to see the bundle's other ControlNets", icon='INFO')
         return

@@ -11,8 +11,8 @@ Classifier-free guidance (Ho & Salimans 2022), done here and nowhere else:
 
 The unconditional and conditional halves run as one batch of 2B through the U-Net (and through the
 ControlNets, whose residuals are summed, each times its scale, and added to the U-Net's skip connections, as
-diffusers' multi-ControlNet does; a ControlNet acts only on its share of the steps, ``ControlImage.start``/``end``). With w ≤ 1 only the
-conditional half runs. An inpainting U-Net (9 input channels) gets its mask and masked-image latents
+diffusers' multi-ControlNet does; a ControlNet acts only on its share of the steps, ``ControlImage.start``/``end``).
+With w ≤ 1 only the conditional half runs. An inpainting U-Net (9 input channels) gets its mask and masked-image latents
 concatenated to x before every call (``inpaint.py``); the ControlNet still sees the latents alone.
 
 ``Denoiser.unet_call`` is the single place the U-Net is invoked, so a captured CUDA graph or a
@@ -33,8 +33,8 @@ from .text import TextEmbeddings
 
 @dataclass(frozen=True)
 class ControlImage:
-    """A ControlNet besides the depth one (``Conditioning.control``): the bundle's ``controlnet_<kind>``, its condition
-    image (B, 3, H, W) in [0, 1], residual scale, and the fractions of the steps it acts on (diffusers'
+    """One of a request's ControlNets: the bundle's ``controlnet_<kind>`` (depth included), its condition image
+    (B, 3, H, W) in [0, 1], residual scale, and the fractions of the steps it acts on (diffusers'
     ``control_guidance_start``/``_end``: step i of n runs it when start <= i/n and (i + 1)/n <= end)."""
 
     kind: str
@@ -44,15 +44,11 @@ class ControlImage:
     end: float = 1.0
 
     def acts(self, step: tuple[int, int] | None) -> bool:
-        return acts(self.start, self.end, step)
-
-
-def acts(start: float, end: float, step: tuple[int, int] | None) -> bool:
-    """Whether a ControlNet with this share of the steps runs at step (i, n); None: outside a loop, always."""
-    if step is None:
-        return True
-    i, n = step
-    return not (i / n < start or (i + 1) / n > end)
+        """Whether it runs at step (i, n); None (outside a loop): always."""
+        if step is None:
+            return True
+        i, n = step
+        return not (i / n < self.start or (i + 1) / n > self.end)
 
 
 @dataclass
@@ -64,22 +60,19 @@ class Conditioning:
     guidance: float  # w above; ≤ 1 disables CFG
     added_positive: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL: text_embeds (B, P), time_ids (B, 6)
     added_negative: dict[str, torch.Tensor] = field(default_factory=dict)
-    control: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], e.g. a depth map (near = bright)
+    control: torch.Tensor | None = None  # depth (B, 3, H, W), near = bright, at every step (texture, video heads)
     control_scale: float = 1.0
-    controls: tuple[ControlImage, ...] = ()  # further ControlNets (normal, line art, ...) with their step ranges
-    control_range: tuple[float, float] = (0.0, 1.0)  # the share of the steps ``control`` acts on
+    controls: tuple[ControlImage, ...] = ()  # ControlNets with their scales and step ranges (image jobs)
     step: tuple[int, int] | None = None  # (i, n): the loop's step, for the ranges; None = every control acts
     inpaint: Inpaint | None = None  # an inpainting U-Net's mask and masked-image latents; None: paint everywhere
 
     def at_step(self, i: int, n: int) -> "Conditioning":
         """This conditioning at step ``i`` of ``n`` (only ControlNets with step ranges care)."""
-        return replace(self, step=(i, n)) if self.controls or self.control_range != (0.0, 1.0) else self
+        return replace(self, step=(i, n)) if self.controls else self
 
-    def active(self) -> tuple[torch.Tensor | None, tuple[tuple[str, torch.Tensor, float], ...]]:
-        """The depth control image if it acts at this step, and the other ControlNets that do: (kind, image,
-        scale)."""
-        depth = self.control if self.control is not None and acts(*self.control_range, self.step) else None
-        return depth, tuple((c.kind, c.image, c.scale) for c in self.controls if c.acts(self.step))
+    def active(self) -> tuple[tuple[str, torch.Tensor, float], ...]:
+        """The ControlNets of ``controls`` that act at this step: (kind, image, scale)."""
+        return tuple((c.kind, c.image, c.scale) for c in self.controls if c.acts(self.step))
 
     @property
     def do_cfg(self) -> bool:
@@ -88,13 +81,13 @@ class Conditioning:
 
 def make_conditioning(models: Models, positive: TextEmbeddings, negative: TextEmbeddings, batch: int,
                       guidance: float, *, width: int, height: int, control: torch.Tensor | None = None,
-                      control_scale: float = 1.0, control_range: tuple[float, float] = (0.0, 1.0),
-                      controls: tuple[ControlImage, ...] = (), inpaint: Inpaint | None = None) -> Conditioning:
+                      control_scale: float = 1.0, controls: tuple[ControlImage, ...] = (),
+                      inpaint: Inpaint | None = None) -> Conditioning:
     """Repeat the embeddings (and control images) for a batch of ``batch`` images and add SDXL's size
     conditioning; ``inpaint`` (for ``batch`` images, or one) is kept as it is."""
     rep = lambda e: e.repeat(batch, *([1] * (e.ndim - 1))).to(models.device)  # noqa: E731
     cond = Conditioning(rep(positive.tokens), rep(negative.tokens), guidance, control_scale=control_scale,
-                        control_range=control_range, inpaint=inpaint,
+                        inpaint=inpaint,
                         controls=tuple(replace(c, image=rep(c.image.to(models.dtype))) for c in controls))
     if models.is_sdxl:
         # (original size, crop top-left, target size), as SDXL was trained: (h, w, 0, 0, h, w)
@@ -198,7 +191,7 @@ class Denoiser:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        control, more = cond.active()
+        control, more = cond.control, cond.active()
         if not cond.do_cfg:
             x_in = unet_input(self.models, x, cond.inpaint)
             return self.network(x_in, t, cond.positive, cond.added_positive, control, cond.control_scale, more)

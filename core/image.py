@@ -153,14 +153,10 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
     lora.apply(models, req.loras)
     seed = req.seed
     width, height = req.width or native_size(models), req.height or native_size(models)
-    depth, controls = None, []
-    for use in control_uses(req):
-        if use.kind == "depth":
-            depth = (load_depth(use.image, width, height, "depth_image" if req.depth_image else "controls"),
-                     use.scale, (use.start, use.end))
-        else:
-            controls.append(ControlImage(use.kind, load_control(use.image, width, height), use.scale, use.start,
-                                         use.end))
+    controls = tuple(ControlImage(u.kind, load_depth(u.image, width, height, "depth_image" if req.depth_image else
+                                                     "controls") if u.kind == "depth" else
+                                  load_control(u.image, width, height), u.scale, u.start, u.end)
+                     for u in control_uses(req))
     init = latent_space.pil_to_tensor(open_image("init_image", req.init_image), width, height) \
         if req.init_image else None
     # 2. encode the prompts once for the whole job
@@ -174,9 +170,7 @@ def generate(request: ImageRequest, models: Models, *, on_step: OnStep | None = 
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             scheduler = make_scheduler(req.scheduler, models.scheduler_config)  # fresh state per batch
             cond = make_conditioning(models, positive, negative, len(seeds), req.guidance, width=width,
-                                     height=height, control=depth[0] if depth else None,
-                                     control_scale=depth[1] if depth else 1.0,
-                                     control_range=depth[2] if depth else (0.0, 1.0), controls=tuple(controls))
+                                     height=height, controls=controls)
             # 3. starting latents: noise for text-to-image; the noised init image for image-to-image
             timesteps, _ = timesteps_for(scheduler, req.steps, models.device,
                                          strength=req.strength if init is not None else 1.0)

@@ -528,7 +528,9 @@ class ControlUse:
     end: float = 1.0
 
 
-def _weight(text: str) -> tuple[float, float, float] | None:
+def control_weight(text: str) -> tuple[float, float, float] | None:
+    """``"0.8"`` -> (0.8, 0, 1), ``"0.8,0.2,0.6"`` -> (0.8, 0.2, 0.6): a ``control_weights`` entry's value as
+    (scale, start, end); None when it is not one."""
     parts = [_float_or_none(p.strip()) for p in text.split(",")]
     if len(parts) not in (1, 3) or any(p is None for p in parts):
         return None
@@ -543,7 +545,7 @@ def control_uses(req: Any) -> list[ControlUse]:
     ``control_scale``, then each ``controls`` entry with its ``control_weights`` (default: ``control_scale`` over
     every step). Assumes ``control_problems`` found nothing."""
     images = dict(e.partition("=")[::2] for e in req.controls)
-    weights = {k: _weight(v) for k, v in (e.partition("=")[::2] for e in req.control_weights)}
+    weights = {k: control_weight(v) for k, v in (e.partition("=")[::2] for e in req.control_weights)}
     if req.depth_image:
         images["depth"] = req.depth_image
     return [ControlUse(k, images[k], *(weights.get(k) or (req.control_scale, 0.0, 1.0)))
@@ -566,12 +568,16 @@ def control_problems(req: Any) -> list[Problem]:
         seen.add(kind)
     if req.depth_image:
         seen.add("depth")
+    weighed: set[str] = set()
     for entry in req.control_weights:
         kind, _, text = entry.partition("=")
+        if kind in weighed:
+            found.append(Problem("control_weights", entry, f"one entry per kind ({kind} is given twice)"))
+        weighed.add(kind)
         if kind not in seen:
             found.append(Problem("control_weights", entry, "weights of a control the request has: "
                                  + (", ".join(k for k in CONTROL_KINDS if k in seen) or "it has none")))
-        elif _weight(text) is None:
+        elif control_weight(text) is None:
             found.append(Problem("control_weights", entry, f"KIND=SCALE or KIND=SCALE,START,END with SCALE in "
                                  f"0..{_num(CONTROL_SCALE_MAX)} and 0 <= START < END <= 1"))
     return found

@@ -119,5 +119,5 @@ def test_depth_mode_sends_depth_normals_and_line_art_to_their_controlnets(sd15, 
 def test_the_panel_offers_the_controlnets_the_bundle_has(monkeypatch):
     rt = runtime()
     monkeypatch.setitem(rt.CHECK, "info", {"capabilities": [{"name": "mine", "controlnets": ["depth", "lineart"]}]})
-    assert rt.bundle_controlnets("mine") == ["depth", "lineart"]
-    assert rt.bundle_controlnets("other") is None
+    assert rt.bundle_capability("mine", "controlnets") == ["depth", "lineart"]
+    assert rt.bundle_capability("other", "controlnets") is None

@@ -124,6 +124,7 @@ def test_a_control_at_scale_zero_is_no_control_and_a_range_skips_the_network(set
     (("normal=a.png",), ("normal=1,0.5,0.5",), None, "control_weights", "0 <= START < END <= 1"),
     (("normal=a.png",), ("normal=5",), None, "control_weights", "SCALE in 0..4"),
     (("normal=a.png",), ("normal=1,0",), None, "control_weights", "KIND=SCALE or KIND=SCALE,START,END"),
+    (("normal=a.png",), ("normal=1", "normal=0.5"), None, "control_weights", "normal is given twice"),
 ])
 def test_bad_controls_are_refused_naming_the_field(controls, weights, depth, field, says):
     req = ImageRequest(prompt="x", controls=controls, control_weights=weights, depth_image=depth)

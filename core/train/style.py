@@ -110,14 +110,10 @@ def _in_bounds(field: str, value: Any, multiple: int | None = None) -> None:
 
 
 def native_resolution(bundle) -> int:
-    """The bundle's default image size: its manifest's ``default_size``, else the U-Net's sample size times the
-    VAE's factor (as generation picks it), rounded down to ``RESOLUTION_STEP``."""
-    default = bundle.manifest.get("default_size")
-    if not default:
-        unet = json.loads((bundle.component_dir("unet") / "config.json").read_text())
-        vae = json.loads((bundle.component_dir("vae") / "config.json").read_text())
-        default = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    return max(RESOLUTION_STEP, int(default) // RESOLUTION_STEP * RESOLUTION_STEP)
+    """The bundle's default image size (as generation picks it), rounded down to ``RESOLUTION_STEP``."""
+    from ..capabilities import native_size
+
+    return max(RESOLUTION_STEP, native_size(bundle) // RESOLUTION_STEP * RESOLUTION_STEP)
 
 
 def check(cfg: StyleTrainConfig) -> tuple[Any, StyleTrainConfig, StyleSet]:
