@@ -43,8 +43,17 @@ def byte_symbols() -> list[str]:
     return [chr(c) for c in codes]
 
 
+@lru_cache(maxsize=1)
+def byte_to_symbol() -> dict[int, str]:
+    """Each byte's stand-in, as CLIP's tokenizer maps bytes before merging (``byte_symbols`` lists them in
+    vocabulary order, which is not byte order)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    order = printable + [b for b in range(256) if b not in printable]
+    return dict(zip(order, byte_symbols()))
+
+
 def _word_symbols(word: str) -> tuple[str, ...]:
-    table = byte_symbols()
+    table = byte_to_symbol()
     chars = [table[b] for b in word.encode("utf-8")]
     return tuple(chars[:-1]) + (chars[-1] + "</w>",)
 

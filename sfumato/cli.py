@@ -201,6 +201,23 @@ def _train_depth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_buildings(args: argparse.Namespace) -> int:
+    """``sfumato train buildings``: the embedded bundle's U-Net, text encoder and depth ControlNet on procedural
+    buildings mixed with its material tiles (resumable)."""
+    from .core.bundle import user_dir
+    from .threed.building_train import BuildingTrainConfig, export, train
+
+    given = {k: getattr(args, k) for k in ("steps", "threads") if getattr(args, k) is not None}
+    if args.budget_minutes is not None:
+        given["time_budget"] = 60 * args.budget_minutes
+    work = Path(args.work) if args.work else user_dir().parent / "training" / "buildings"
+    nets, record = train(BuildingTrainConfig(**given), work, log=lambda m: print(m, flush=True))
+    if args.out:
+        print(f"exported {export(nets, Path(args.out), record)}; judge it (benchmarks/bundle_quality.py, "
+              "benchmarks/concept.py) before it goes into a bundle", flush=True)
+    return 0
+
+
 def _train_motion(args: argparse.Namespace) -> int:
     from .core.bundle import user_dir
     from .video.train import MotionTrainConfig, MotionTrainer
@@ -347,6 +364,18 @@ def parser() -> argparse.ArgumentParser:
     td.add_argument("--budget-minutes", type=float, default=None,
                     help="stop at the first checkpoint past this much training time")
     td.set_defaults(run=_train_depth)
+
+    tb = tsub.add_parser("buildings", help="teach the embedded bundle buildings: its U-Net, text encoder and depth "
+                         "ControlNet on procedural buildings mixed with its material tiles (rerun to resume)")
+    tb.add_argument("--work", default=None, help="checkpoints and progress.log (default: user data folder)")
+    tb.add_argument("--out", default=None, help="export unet/, text_encoder/, controlnet_depth/ (fp16) under this "
+                    "folder when done")
+    tb.add_argument("--steps", type=int, default=None, help="optimiser steps of the whole run (default: the "
+                    "trainer's, about 90 minutes on one CPU thread)")
+    tb.add_argument("--threads", type=int, default=None, help="CPU threads (resume with the same number)")
+    tb.add_argument("--budget-minutes", type=float, default=None,
+                    help="stop at the first checkpoint past this much training time")
+    tb.set_defaults(run=_train_buildings)
 
     ts = tsub.add_parser("style", help="train a style LoRA on 5 to 50 reference images into a bundle (--lora "
                          "NAME uses it); rerun the same command to resume")

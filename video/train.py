@@ -191,7 +191,7 @@ class MotionTrainer:
     def run(self) -> dict[str, Any]:
         from diffusers import DDPMScheduler
 
-        from ..core.train.bundle_train import _load_state, _save_state, ema_update
+        from ..core.train.bundle_train import load_state, save_state, ema_update
 
         cfg = self.cfg
         self.sched = DDPMScheduler.from_config(self.models.scheduler_config)
@@ -212,7 +212,7 @@ class MotionTrainer:
         optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
         ckpt = self.work / "motion.safetensors"
         modules = {"motion": stack, "ema": self.ema}
-        step = _load_state(ckpt, modules, optim)["step"] if ckpt.is_file() else 0
+        step = load_state(ckpt, modules, optim)["step"] if ckpt.is_file() else 0
         n_params = sum(p.numel() for p in params)
         self.log(f"motion: {n_params / 1e6:.2f} M parameters over {self.bundle.name}'s frozen U-Net; "
                  f"{cfg.frames}-frame clips at {cfg.size}px, starting at step {step}")
@@ -243,7 +243,7 @@ class MotionTrainer:
                          f"eta {rate * (cfg.steps - step) / 60:.0f} min")
                 self.record(stage="motion", step=step, loss=loss.item())
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save_state(ckpt, modules, optim, {"step": step})
+                save_state(ckpt, modules, optim, {"step": step})
                 (self.work / "time.json").write_text(json.dumps({"seconds": self.elapsed()}))
                 on, off = self.validate(self.ema)
                 self.log(f"motion: validation loss {on:.4f} with the stack, {off:.4f} image model alone")

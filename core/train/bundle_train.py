@@ -80,7 +80,7 @@ SCHEDULER = {"_class_name": "DPMSolverMultistepScheduler", "beta_start": 0.00085
 
 
 # ---------------------------------------------------------------- checkpoints (safetensors, no pickle)
-def _save_state(path: Path, modules: dict[str, torch.nn.Module], optim: torch.optim.Optimizer | None,
+def save_state(path: Path, modules: dict[str, torch.nn.Module], optim: torch.optim.Optimizer | None,
                 meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
@@ -96,7 +96,7 @@ def _save_state(path: Path, modules: dict[str, torch.nn.Module], optim: torch.op
     path.with_suffix(".json").write_text(json.dumps(meta))
 
 
-def _load_state(path: Path, modules: dict[str, torch.nn.Module], optim: torch.optim.Optimizer | None) -> dict:
+def load_state(path: Path, modules: dict[str, torch.nn.Module], optim: torch.optim.Optimizer | None) -> dict:
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
@@ -197,7 +197,7 @@ class Trainer:
         cfg, vae = self.cfg, self.make_vae()
         ckpt = self.work / "vae.safetensors"
         optim = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-        step = _load_state(ckpt, {"vae": vae}, optim)["step"] if ckpt.is_file() else 0
+        step = load_state(ckpt, {"vae": vae}, optim)["step"] if ckpt.is_file() else 0
         rng = np.random.default_rng(cfg.seed + 1 + step)
         vae.train()
         t0 = time.time()
@@ -223,7 +223,7 @@ class Trainer:
                          f"{rate:.2f} s/step eta {rate * (cfg.vae_steps - step) / 60:.0f} min")
                 self.record(stage="vae", step=step, loss=loss.item(), psnr=psnr)
             if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
-                _save_state(ckpt, {"vae": vae}, optim, {"step": step})
+                save_state(ckpt, {"vae": vae}, optim, {"step": step})
                 self.checkpoint_time()
         return vae.eval().requires_grad_(False)
 
@@ -289,7 +289,7 @@ class Trainer:
                                    {"params": text.parameters(), "lr": cfg.text_lr}], weight_decay=0.01)
         ckpt = self.work / "unet.safetensors"
         modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
-        step = _load_state(ckpt, modules, optim)["step"] if ckpt.is_file() else 0
+        step = load_state(ckpt, modules, optim)["step"] if ckpt.is_file() else 0
         self.log(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters, text encoder "
                  f"{sum(p.numel() for p in text.parameters()) / 1e6:.1f} M; starting at step {step}")
         sched = DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k in ("beta_start", "beta_end",
@@ -336,7 +336,7 @@ class Trainer:
                          f"eta {rate * (cfg.unet_steps - step) / 60:.0f} min")
                 self.record(stage="unet", step=step, loss=loss.item())
             if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
-                _save_state(ckpt, modules, optim, {"step": step})
+                save_state(ckpt, modules, optim, {"step": step})
                 self.checkpoint_time()
                 if cfg.budget_minutes is not None and self.elapsed() > cfg.budget_minutes * 60:
                     self.log(f"unet: time budget reached at step {step}; exporting what we have")

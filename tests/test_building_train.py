@@ -1,0 +1,53 @@
+"""The building trainer of issue #19 (U-Net + text encoder + depth ControlNet on buildings mixed with material tiles)
+on a few tiny steps: a resumed run ends with the same weights as an uninterrupted one (bit for bit), a checkpoint
+of other settings is refused, and the export installs into a copy of the embedded bundle, which then loads and
+records how it was trained."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sfumato.threed import building_train as bt
+
+TINY = bt.BuildingTrainConfig(steps=3, size=64, building_batch=2, material_batch=2, material_tiles=8, warmup=2,
+                              checkpoint_every=1, validation=2, threads=1, log_every=1)
+
+
+def _weights(nets: dict) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v.detach().clone() for n, net in nets.items() for k, v in net.state_dict().items()}
+
+
+def test_three_steps_resume_bit_for_bit_and_install(tmp_path):
+    straight, record = bt.train(TINY, tmp_path / "a", log=lambda _: None)
+    assert record["step"] == 3 and len(record["history"]) == 3
+    assert set(record["start"]) == {"buildings_depth", "buildings_text_only", "materials"}
+    first, _ = bt.train(TINY, tmp_path / "b", until=2, log=lambda _: None)
+    first = _weights(first)
+    resumed, record_b = bt.train(TINY, tmp_path / "b", log=lambda _: None)
+    assert record_b["step"] == 3 and "resumed at step 2" in (tmp_path / "b" / "progress.log").read_text()
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    changed = {k.split(".")[0] for k in a if not torch.equal(a[k], first[k])}
+    assert changed == set(bt.COMPONENTS)  # the third step moved every trained net
+
+    with pytest.raises(ValueError, match="another run"):
+        bt.train(bt.BuildingTrainConfig(**{**TINY.__dict__, "unet_lr": 1e-3}), tmp_path / "a", log=lambda _: None)
+
+    from sfumato.core.bundle import embedded_dir, open_bundle
+    from sfumato.core.loading import load_models
+
+    out = bt.export(straight, tmp_path / "export", record)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(embedded_dir() / "materials", bundle)
+    bt.install(out, bundle)
+    models = load_models(open_bundle(bundle), torch.device("cpu"), torch.float32, controls=("depth",))
+    for name, net in (("unet", models.unet), ("text_encoder", models.text_encoders[0]),
+                      ("controlnet_depth", models.controlnets["depth"])):
+        mine = dict(straight[name].named_parameters())
+        assert all(torch.equal(p, mine[k].half().float()) for k, p in net.named_parameters()), name
+    trained = json.loads((bundle / "sfumato.json").read_text())["building_training"]
+    assert trained["steps"] == 3 and trained["validation"]["step"] == 3 and trained["validation_at_start"]
