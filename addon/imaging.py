@@ -79,6 +79,13 @@ def prepare(context, s: request.ImageSettings, *, seed: int | None = None, n: in
     return Prepared(params, output, job_context)
 
 
+def warnings_note(state: JobState) -> str | None:
+    """What the engine warned about the inputs (a condition map resized, a depth map with no shape), for the
+    panel's last message."""
+    warnings = (state.result or {}).get("warnings") or []
+    return "; ".join(warnings) or None
+
+
 def finish(state: JobState, context=None) -> list[bpy.types.Image]:
     """Step 5, on the main thread: the result's files become image datablocks."""
     context = context or bpy.context

@@ -120,7 +120,8 @@ class SFUMATO_OT_image(_Sampled, bpy.types.Operator):
             runtime.LAST_MESSAGE = (str(exc), True)  # the panel shows it too
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
-        state = engine.JobState(tag="image", context=job.context, on_final=runtime.applying(imaging.finish, "result"))
+        state = engine.JobState(tag="image", context=job.context)
+        state.on_final = runtime.applying(imaging.finish, "result", lambda _images: imaging.warnings_note(state))
         runtime.CURRENT, runtime.LAST_MESSAGE = state, None
         if not _blocking(self.blocking):
             runtime.track(state)
@@ -133,6 +134,8 @@ class SFUMATO_OT_image(_Sampled, bpy.types.Operator):
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         images = imaging.finish(state, context)
+        for warning in state.result.get("warnings", []):
+            self.report({'WARNING'}, f"Sfumato: {warning}")
         self.report({'INFO'}, "Sfumato: " + ", ".join(img.name for img in images))
         return {'FINISHED'}
 

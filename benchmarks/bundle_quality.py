@@ -76,6 +76,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", default="materials")
+    p.add_argument("--baseline", default=None, help="a second bundle judged the same way in the same run (points "
+                   "of change printed beside)")
     p.add_argument("--per-family", type=int, default=3, help="prompts per material family (16 families)")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--size", type=int, default=128, help="judged image size (the bundle's training scale)")
@@ -95,29 +97,40 @@ def main() -> None:
         args.per_family, args.seeds = 1, 2
     judge = load_judge(args.judge)
     own_material, own_colour = judges.self_check(judge)
-    bundle = resolve(args.bundle)
-    models = load_models(bundle, torch.device("cpu"), torch.float32)
-    from sfumato.core.denoiser import Denoiser
+    judged = {}
+    for name in [args.bundle, *([args.baseline] if args.baseline else [])]:
+        bundle = resolve(name)
+        models = load_models(bundle, torch.device("cpu"), torch.float32)
+        from sfumato.core.denoiser import Denoiser
 
-    precision = "bfloat16 U-Net" if Denoiser(models, fast=args.fast).cpu_bf16 else "float32"
-    print(f"bundle {bundle.name} ({bundle.identity()}) · judged at {args.size}² · {args.steps} steps · seamless xy"
-          f" · fast {args.fast} ({precision})")
-    print(f"judges on fresh procedural samples: material {own_material:.1%}, colour {own_colour:.1%}")
-
-    rows = []
-    for style in args.sets.split(","):
-        prompts = materials.prompt_set(style, args.per_family, seed=11)
-        print(f"{style}: {len(prompts)} prompts × {args.seeds} seeds, e.g. {prompts[0]['prompt']!r}")
-        rows.append((style, evaluate(models, judge, prompts, args.seeds, args.size, args.steps, fast=args.fast)))
+        precision = "bfloat16 U-Net" if Denoiser(models, fast=args.fast).cpu_bf16 else "float32"
+        print(f"bundle {bundle.name} ({bundle.identity()}) · judged at {args.size}² · {args.steps} steps · seamless "
+              f"xy · fast {args.fast} ({precision})")
+        print(f"judges on fresh procedural samples: material {own_material:.1%}, colour {own_colour:.1%}")
+        rows = []
+        for style in args.sets.split(","):
+            prompts = materials.prompt_set(style, args.per_family, seed=11)
+            print(f"{style}: {len(prompts)} prompts × {args.seeds} seeds, e.g. {prompts[0]['prompt']!r}")
+            rows.append((style, evaluate(models, judge, prompts, args.seeds, args.size, args.steps, fast=args.fast)))
+        judged[f"{bundle.name} ({bundle.identity()})"] = rows
 
     chance_material = 1 / len(materials.FAMILIES)
     chance_colour = float(np.mean([1 / len(s.colours) for s in materials.FAMILIES.values()]))
-    print(f"\n{'prompt set':12} {'images':>6} {'material':>9} {'colour':>7}")
-    for style, r in rows:
-        print(f"{style:12} {r['images']:6d} {r['material']:9.1%} {r['colour']:7.1%}")
-    print(f"{'chance':12} {'':6} {chance_material:9.1%} {chance_colour:7.1%}   (colour: uniform over each family's colours)")
-    for style, r in rows:
-        print(f"most frequent mistakes ({style}): " + "; ".join(f"{k} ×{v}" for k, v in r["wrong"]))
+    for label, rows in judged.items():
+        print(f"\n{label}\n{'prompt set':12} {'images':>6} {'material':>9} {'colour':>7}")
+        for style, r in rows:
+            print(f"{style:12} {r['images']:6d} {r['material']:9.1%} {r['colour']:7.1%}")
+        print(f"{'chance':12} {'':6} {chance_material:9.1%} {chance_colour:7.1%}   (colour: uniform over each "
+              "family's colours)")
+        for style, r in rows:
+            print(f"most frequent mistakes ({style}): " + "; ".join(f"{k} ×{v}" for k, v in r["wrong"]))
+    if len(judged) == 2:
+        (a, rows_a), (b, rows_b) = judged.items()
+        print(f"\n{'prompt set':12} {'material':>9} {'baseline':>9} {'change':>7} {'colour':>7} {'baseline':>9} "
+              f"{'change':>7}   ({a} against {b})")
+        for (style, r), (_, q) in zip(rows_a, rows_b):
+            print(f"{style:12} {r['material']:9.1%} {q['material']:9.1%} {100 * (r['material'] - q['material']):+6.1f} "
+                  f"{r['colour']:7.1%} {q['colour']:9.1%} {100 * (r['colour'] - q['colour']):+6.1f}")
 
     req = ImageRequest(prompt="red brick wall, running bond", seed=1, width=256, height=256, seamless="xy",
                        fast=args.fast)

@@ -365,12 +365,12 @@ def turntables(models, args) -> dict[str, tuple[float, float, float, float | Non
 
 
 # ---- the picture --------------------------------------------------------------------------------------------------
-def picture(shown: list, path: Path, cell: int = 160) -> None:
-    """Rows of held-out massings: depth | with the depth ControlNet | same prompt and seed without it | the
-    procedural render of that geometry (what the training pictures look like). 256 colours, so it stays small."""
+def picture(shown: list, path: Path, columns: str, cell: int = 160) -> None:
+    """Rows of held-out massings: the depth, then the images ``columns`` names (with the depth ControlNet, without
+    it, the baseline bundle's, the procedural render of that geometry). 256 colours, so it stays small."""
     from PIL import Image
 
-    sheet = Image.new("RGB", (4 * cell, len(shown) * cell), "white")
+    sheet = Image.new("RGB", (len(shown[0]) * cell, len(shown) * cell), "white")
     for r, row in enumerate(shown):
         depth, *images = row
         tiles = [np.repeat((depth * 255).astype(np.uint8)[..., None], 3, -1), *images]
@@ -378,8 +378,7 @@ def picture(shown: list, path: Path, cell: int = 160) -> None:
             sheet.paste(Image.fromarray(tile).resize((cell, cell), Image.LANCZOS), (c * cell, r * cell))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.quantize(256).save(path, optimize=True)
-    print(f"picture: {path} ({path.stat().st_size // 1000} KB; columns: depth | with the depth ControlNet | "
-          "without it, same prompt and seed | the procedural render)")
+    print(f"picture: {path} ({path.stat().st_size // 1000} KB; columns: depth | {columns})")
 
 
 # ---- the report ---------------------------------------------------------------------------------------------------
@@ -426,6 +425,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, help="a bundle (folder or name) with a controlnet_depth component")
+    p.add_argument("--baseline", default=None, help="a second bundle with a depth ControlNet, drawn on the same inputs "
+                   "in the same run (e.g. the embedded bundle before `sfumato train buildings`)")
     p.add_argument("--count", type=int, default=12, help="held-out massings")
     p.add_argument("--views", type=int, default=len(BLENDER_VIEWS), help="cameras on the Blender house (0: none)")
     p.add_argument("--size", type=int, default=256, help="picture side")
@@ -484,9 +485,26 @@ def main() -> None:
         if rows is not None:
             sets["Blender house"] = rows
     turns = turntables(models, args) if args.frames else {}
+    columns = "with the depth ControlNet | without it, same prompt and seed | the procedural render"
+    if args.baseline:
+        base = load_models(resolve(args.baseline), torch.device("cpu"), torch.float32, need_controlnet=True)
+        for depth in (None, npy):
+            generate(ImageRequest(prompt="house", seed=0, steps=2, width=args.size, height=args.size,
+                                  fast=args.fast, depth_image=str(npy) if depth else None), base)
+        name = f"baseline {base.bundle.name} ({base.bundle.identity()})"
+        print(f"the same with the {name}:")
+        rows, base_shown = massings(base, judge, args, folder)
+        sets["held-out massings"].update({f"{name}, {k}": v for k, v in rows.items() if "reference" not in k})
+        shown = [(d, w, b[1], r) for (d, w, _, r), b in zip(shown, base_shown)]
+        columns = f"with the depth ControlNet | the {name} with its depth ControlNet | the procedural render"
+        if "Blender house" in sets:
+            rows = blender_rows(base, judge, args, folder) or {}
+            sets["Blender house"].update({f"{name}, {k}": v for k, v in rows.items()})
+        if args.frames:
+            turns.update({f"{name}, {k}": v for k, v in turntables(base, args).items() if "exact" not in k})
     report(sets, turns, args)
     if args.picture:
-        picture(shown[:args.picture_rows], Path(args.picture))
+        picture(shown[:args.picture_rows], Path(args.picture), columns)
 
 
 if __name__ == "__main__":

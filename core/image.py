@@ -136,6 +136,38 @@ def load_depth(path: str, width: int, height: int, field_name: str = "depth_imag
     return t.clamp(0, 1).repeat(1, 3, 1, 1)
 
 
+def condition_notes(req: ImageRequest, width: int, height: int) -> list[str]:
+    """What a job tells about its input images without refusing them: one of another size than the request is
+    resized (said, with its aspect ratio when that changes), and a depth map with one value everywhere gives the
+    ControlNet no shape to follow (warned). Headers only, except the depth maps, which are read whole."""
+    notes = []
+    inputs = [("init_image", req.init_image)] if req.init_image else []
+    inputs += [("depth_image" if u.kind == "depth" and req.depth_image else "controls", u.image)
+               for u in control_uses(req)]
+    for name, path in inputs:
+        if path.lower().endswith(".npy"):
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            size = (int(shape[1]), int(shape[0]))
+        else:
+            with _open_header(name, path) as image:
+                size = image.size
+        if size != (width, height):
+            stretched = abs(size[0] / size[1] - width / height) > 0.01
+            notes.append(f"{name} {Path(path).name} is {size[0]}x{size[1]}; resized to the request's {width}x{height}"
+                         + (f" (aspect {size[0] / size[1]:.2f} stretched to {width / height:.2f}; give a map of the "
+                            "same proportions to keep shapes true)" if stretched else ""))
+    for use in control_uses(req):
+        if use.kind != "depth":
+            continue
+        depth = load_depth(use.image, width, height, "depth_image" if req.depth_image else "controls")
+        low, high = float(depth.min()), float(depth.max())
+        if high - low < 1 / 255:
+            notes.append(f"depth map {Path(use.image).name} has one value everywhere ({low:.2f}): the depth ControlNet "
+                         "has no shape to follow, so the result follows the prompt alone; render depth from a camera "
+                         "that sees the model")
+    return notes
+
+
 def native_size(models: Models) -> int:
     """The bundle's default size: its manifest's ``default_size``, else what the U-Net was built for."""
     default = models.bundle.manifest.get("default_size")

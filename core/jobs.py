@@ -214,7 +214,7 @@ class CancelInside:
 
 def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     """Generate ``job.request`` (an ``ImageRequest``) into ``output``; each batch is saved as it finishes."""
-    from .image import check_image_file, generate_safely, output_paths
+    from .image import check_image_file, condition_notes, generate_safely, native_size, output_paths
     from .latents import preview
     from .provenance import atomic_write, save_png
 
@@ -232,6 +232,7 @@ def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     ctx.emit("progress", id=ctx.job_id, stage="loading", step=0, total=req.steps, image=0, images=req.n,
              preview=None)
     models = load_models(job, ctx, need_controlnet=False, controls=tuple(u.kind for u in uses))
+    notes = condition_notes(req, req.width or native_size(models), req.height or native_size(models))
     metadata: list[dict[str, Any]] = []
 
     def on_step(info) -> None:
@@ -253,6 +254,8 @@ def image_job(job: Opened, output: Path, ctx: JobContext) -> dict[str, Any]:
     seen = len(graphs.events) if graphs is not None else 0
     generate_safely(req, models, on_step=on_step, on_images=on_images)
     result: dict[str, Any] = {"files": list(ctx.saved), "metadata": metadata}
+    if notes:
+        result["warnings"] = notes
     graphs = models.extras.get("graphs")
     if graphs is not None and len(graphs.events) > seen:  # the fast path recorded new shapes in this job
         result["fast_path"] = graphs.events[seen:]

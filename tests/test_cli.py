@@ -56,3 +56,23 @@ def test_info_reports_device_and_bundles(bundle_root):
     r = sfumato("info", bundles=bundle_root)
     info = json.loads(r.stdout)
     assert info["device"] == "cpu" and info["dtype"] == "float32" and "tiny-sd15" in info["bundles"]
+
+
+def test_a_depth_map_of_another_size_is_resized_and_said_and_a_flat_one_warned(bundle_root, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sfumato.core.provenance import read_png_metadata
+
+    ramp = np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (48, 1))  # 96x48: twice as wide as tall
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "flat.png")
+    args = ("image", "a house", "--bundle", "tiny-sd15", "--steps", "2", "--width", "64", "--height", "64")
+    r = sfumato(*args, "-o", str(tmp_path / "a.png"), "--depth", str(tmp_path / "wide.png"), bundles=bundle_root)
+    assert r.returncode == 0, r.stderr
+    assert ("warning: depth_image wide.png is 96x48; resized to the request's 64x64 (aspect 2.00 stretched to 1.00"
+            in r.stderr)
+    assert read_png_metadata(tmp_path / "a.png")["mode"] == "depth"
+    r = sfumato(*args, "-o", str(tmp_path / "b.png"), "--depth", str(tmp_path / "flat.png"), bundles=bundle_root)
+    assert r.returncode == 0, r.stderr
+    assert "warning: depth map flat.png has one value everywhere (0.50)" in r.stderr and "resized" not in r.stderr
