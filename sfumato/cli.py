@@ -218,6 +218,21 @@ def _train_buildings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_decoder(args: argparse.Namespace) -> int:
+    """``sfumato train decoder``: the embedded VAE's decoder on buildings and material tiles (encoder frozen)."""
+    from .core.bundle import user_dir
+    from .threed.vae_decoder_train import DecoderTrainConfig, export, train
+
+    given = {k: getattr(args, k) for k in ("steps", "threads") if getattr(args, k) is not None}
+    if args.budget_minutes is not None:
+        given["time_budget"] = 60 * args.budget_minutes
+    work = Path(args.work) if args.work else user_dir().parent / "training" / "decoder"
+    vae, record = train(DecoderTrainConfig(**given), work, log=lambda m: print(m, flush=True))
+    if args.out:
+        print(f"exported {export(vae, Path(args.out), record)}", flush=True)
+    return 0
+
+
 def _train_motion(args: argparse.Namespace) -> int:
     from .core.bundle import user_dir
     from .video.train import MotionTrainConfig, MotionTrainer
@@ -376,6 +391,17 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--budget-minutes", type=float, default=None,
                     help="stop at the first checkpoint past this much training time")
     tb.set_defaults(run=_train_buildings)
+
+    tv = tsub.add_parser("decoder", help="fine-tune the embedded VAE's decoder on procedural buildings and its "
+                         "material tiles, the encoder frozen (rerun to resume)")
+    tv.add_argument("--work", default=None, help="checkpoints and progress.log (default: user data folder)")
+    tv.add_argument("--out", default=None, help="export vae/ (fp16) under this folder when done")
+    tv.add_argument("--steps", type=int, default=None, help="optimiser steps of the whole run (default: the "
+                    "trainer's, about 40 minutes on one CPU thread)")
+    tv.add_argument("--threads", type=int, default=None, help="CPU threads (resume with the same number)")
+    tv.add_argument("--budget-minutes", type=float, default=None,
+                    help="stop at the first checkpoint past this much training time")
+    tv.set_defaults(run=_train_decoder)
 
     ts = tsub.add_parser("style", help="train a style LoRA on 5 to 50 reference images into a bundle (--lora "
                          "NAME uses it); rerun the same command to resume")

@@ -1,4 +1,4 @@
-"""The building trainer of issue #19 (U-Net + text encoder + depth ControlNet on buildings mixed with material tiles)
+"""The building trainer of issue #19 (U-Net + depth ControlNet on buildings mixed with material tiles)
 on a few tiny steps: a resumed run ends with the same weights as an uninterrupted one (bit for bit), a checkpoint
 of other settings is refused, and the export installs into a copy of the embedded bundle, which then loads and
 records how it was trained."""
@@ -32,7 +32,7 @@ def test_three_steps_resume_bit_for_bit_and_install(tmp_path):
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     changed = {k.split(".")[0] for k in a if not torch.equal(a[k], first[k])}
-    assert changed == set(bt.COMPONENTS)  # the third step moved every trained net
+    assert changed == {"unet", "controlnet_depth"}  # the third step moved every trained net; the text encoder is frozen
 
     with pytest.raises(ValueError, match="another run"):
         bt.train(bt.BuildingTrainConfig(**{**TINY.__dict__, "unet_lr": 1e-3}), tmp_path / "a", log=lambda _: None)
@@ -43,11 +43,20 @@ def test_three_steps_resume_bit_for_bit_and_install(tmp_path):
     out = bt.export(straight, tmp_path / "export", record)
     bundle = tmp_path / "bundle"
     shutil.copytree(embedded_dir() / "materials", bundle)
+    assert sorted(p.name for p in out.iterdir()) == ["controlnet_depth", "training.json", "unet"]
+    text_before = (bundle / "text_encoder" / "model.safetensors").read_bytes()
     bt.install(out, bundle)
+    assert (bundle / "text_encoder" / "model.safetensors").read_bytes() == text_before
     models = load_models(open_bundle(bundle), torch.device("cpu"), torch.float32, controls=("depth",))
-    for name, net in (("unet", models.unet), ("text_encoder", models.text_encoders[0]),
-                      ("controlnet_depth", models.controlnets["depth"])):
+    for name, net in (("unet", models.unet), ("controlnet_depth", models.controlnets["depth"])):
         mine = dict(straight[name].named_parameters())
         assert all(torch.equal(p, mine[k].half().float()) for k, p in net.named_parameters()), name
     trained = json.loads((bundle / "sfumato.json").read_text())["building_training"]
     assert trained["steps"] == 3 and trained["validation"]["step"] == 3 and trained["validation_at_start"]
+
+
+def test_a_text_rate_trains_and_exports_the_text_encoder_too(tmp_path):
+    cfg = bt.BuildingTrainConfig(**{**TINY.__dict__, "steps": 1, "text_lr": 1e-4, "validation": 0})
+    nets, _ = bt.train(cfg, tmp_path / "w", log=lambda _: None)
+    assert set(nets) == set(bt.COMPONENTS)
+    assert (bt.export(nets, tmp_path / "out") / "text_encoder").is_dir()
