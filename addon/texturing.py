@@ -505,6 +505,13 @@ def assign(obj: bpy.types.Object, material: bpy.types.Material) -> None:
         slot.material = material
 
 
+def _slot_shown_elsewhere(obj: bpy.types.Object) -> bool:
+    """Whether another object sharing ``obj``'s mesh shows a material in a slot: removing the mesh's slot would take
+    it from that object too (a texture the user made there, or their own object-linked material)."""
+    return any(other is not obj and other.data == obj.data and any(slot.material for slot in other.material_slots)
+               for other in bpy.data.objects)
+
+
 def revert(obj: bpy.types.Object) -> bool:
     """Put back the materials ``obj`` had before it was first textured; False when there is nothing to revert.
     The textures made since stay in the file."""
@@ -515,8 +522,18 @@ def revert(obj: bpy.types.Object) -> bool:
         slot.link = 'OBJECT'
         slot.material = bpy.data.materials.get(was["object_material"]) if was["object_material"] else None
         slot.link = was["link"]
-    if record["added_slot"] and len(obj.data.materials) == 1 and obj.data.materials[0] is None:
-        # the one empty slot ``assign`` added (``pop`` leaves the object's slot behind); faces keep their index
-        obj.data.polygons.foreach_set("material_index", clear_slots(obj.data))
+    if record["added_slot"] and obj.material_slots and not record["slots"]:  # the slot ``assign`` added: empty
+        slot = obj.material_slots[0]
+        slot.link = 'OBJECT'
+        slot.material = None
+        slot.link = 'DATA'
+    if record["added_slot"] and len(obj.data.materials) == 1 and obj.data.materials[0] is None and \
+            not obj.material_slots[0].material:
+        if _slot_shown_elsewhere(obj):  # a linked duplicate textured since: the last one reverted takes the slot
+            for other in bpy.data.objects:
+                if other is not obj and other.data == obj.data and ORIGINAL in other:
+                    other[ORIGINAL] = json.dumps(dict(json.loads(other[ORIGINAL]), added_slot=True))
+        else:  # the one empty slot ``assign`` added (``pop`` leaves the object's slot behind); faces keep their index
+            obj.data.polygons.foreach_set("material_index", clear_slots(obj.data))
     del obj[ORIGINAL]
     return True

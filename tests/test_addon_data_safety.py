@@ -287,6 +287,16 @@ def test_texturing_keeps_slots_and_face_assignment_and_revert_puts_the_materials
     assert len(bare.material_slots) == 1 and bare.active_material.name.startswith("Sfumato texture")
     assert sfumato_api.revert("Statue") and len(bare.material_slots) == 0
     assert _mesh_bytes(bare.data) == bare_before  # its faces' material indices too, though it has no slot now
+    twin = bpy.data.objects.new("Statue twin", bare.data)  # a linked duplicate textured too: its texture stays
+    bpy.context.scene.collection.objects.link(twin)
+    for target in (bare, twin):
+        _finish_fake(texturing.prepare(bpy.context, target, s.replace(mode="material"), seed=4, folder=tmp_path),
+                     tmp_path)
+    shown = twin.active_material
+    assert sfumato_api.revert("Statue") and bare.active_material is None
+    assert twin.active_material == shown and shown.name.startswith("Sfumato texture")
+    assert sfumato_api.revert("Statue twin") and len(twin.material_slots) == 0
+    assert _mesh_bytes(bare.data) == bare_before
 
 
 def test_a_hidden_object_is_unwrapped_alone_and_stays_hidden(enabled):
