@@ -530,6 +530,11 @@ def save_component(model: Any, folder: Path) -> None:
 
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
+    config = folder / "config.json"
+    if config.is_file():  # diffusers writes where the model was loaded from: a path of this machine, not of the bundle
+        settings = json.loads(config.read_text())
+        if settings.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     if type(model).__name__ != "CLIPTextModel":
         return
     for f in folder.glob("*.safetensors"):

@@ -60,3 +60,32 @@ def test_a_text_rate_trains_and_exports_the_text_encoder_too(tmp_path):
     nets, _ = bt.train(cfg, tmp_path / "w", log=lambda _: None)
     assert set(nets) == set(bt.COMPONENTS)
     assert (bt.export(nets, tmp_path / "out") / "text_encoder").is_dir()
+
+
+def test_install_with_unet_blend_moves_the_bundles_unet_part_way(tmp_path):
+    from safetensors.torch import load_file
+
+    from sfumato.core.bundle import embedded_dir
+
+    cfg = bt.BuildingTrainConfig(**{**TINY.__dict__, "steps": 1, "validation": 0})
+    nets, record = bt.train(cfg, tmp_path / "w", log=lambda _: None)
+    out = bt.export(nets, tmp_path / "export", record)
+    for name in ("unet", "controlnet_depth"):  # no path of the machine that trained it travels with the weights
+        assert "_name_or_path" not in json.loads((out / name / "config.json").read_text())
+    bundle = tmp_path / "bundle"
+    shutil.copytree(embedded_dir() / "materials", bundle)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    old, new = load_file(str(bundle / weights)), load_file(str(out / weights))
+    with pytest.raises(ValueError, match=r"unet_blend=1.5 is not allowed: a number in \(0, 1\]"):
+        bt.install(out, bundle, unet_blend=1.5)
+    assert load_file(str(bundle / weights)).keys() == old.keys()  # refused before anything moved
+    bt.install(out, bundle, unet_blend=0.5)
+    got = load_file(str(bundle / weights))
+    moved = [k for k in old if not torch.equal(old[k], new[k])]
+    assert moved and all(torch.allclose(got[k].float(), (old[k].float() + new[k].float()) / 2, atol=1e-3) for k in old)
+    assert (bundle / "controlnet_depth").is_dir()  # the other components go in whole
+    manifest = json.loads((bundle / "sfumato.json").read_text())
+    assert manifest["building_training"]["unet_blend"] == 0.5
+    from sfumato.core.bundle import open_bundle, verify
+
+    verify(open_bundle(bundle))  # the rewritten manifest's hashes match the blended file (raises if not)

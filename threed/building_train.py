@@ -402,21 +402,31 @@ def export(ema: dict[str, Any], out: Path, record: dict[str, Any] | None = None)
 
 
 def install(exported: Path, bundle_dir: Path, record_key: str = "building_training",
-            command: str = "sfumato train buildings") -> Path:
+            command: str = "sfumato train buildings", unet_blend: float = 1.0) -> Path:
     """Put exported components (this trainer's, or ``vae/`` of ``vae_decoder_train``) into a bundle folder as a
     maintainer does for the embedded bundle: each folder moved in whole, the manifest rewritten with every weight's
-    hash and a ``record_key`` record of how they were made."""
+    hash and a ``record_key`` record of how they were made. ``unet_blend`` < 1 installs the bundle's own U-Net moved
+    that far towards the exported one (``old + blend * (new - old)``, weight-space ensembling: it keeps more of what
+    the bundle knew, here its material prompts, for part of what the fine-tune learnt)."""
     import platform
     import shutil
 
     from ..core.bundle import MANIFEST, write_manifest
 
+    if not 0 < unet_blend <= 1:
+        raise ValueError(f"unet_blend={unet_blend!r} is not allowed: a number in (0, 1] (1: the exported U-Net)")
     exported, bundle_dir = Path(exported), Path(bundle_dir)
     record = json.loads((exported / "training.json").read_text()) if (exported / "training.json").is_file() else {}
     for name in [c for c in (*COMPONENTS, "vae") if (exported / c).is_dir()]:
         tmp, target = bundle_dir / f".{name}.tmp", bundle_dir / name
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(exported / name, tmp)
+        if name == "unet" and unet_blend < 1:
+            try:
+                _blend_weights(tmp, target, unet_blend)
+            except ValueError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
@@ -427,10 +437,25 @@ def install(exported: Path, bundle_dir: Path, record_key: str = "building_traini
         "command": command, "steps": record.get("step"), "seconds": round(record.get("seconds", 0)),
         "hardware": f"{platform.processor() or platform.machine()}, {record.get('config', {}).get('threads')} CPU "
                     f"thread(s), torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-        "validation": history[-1], "validation_at_start": record.get("start", {}), "config": record.get("config", {})}
+        "validation": history[-1], "validation_at_start": record.get("start", {}), "config": record.get("config", {}),
+        **({"unet_blend": unet_blend} if unet_blend < 1 else {})}
     write_manifest(bundle_dir, name=manifest["name"], family=manifest["family"], license=manifest["license"],
                    description=manifest.get("description", ""), extra=extra)
     return bundle_dir
+
+
+def _blend_weights(new: Path, old: Path, blend: float) -> None:
+    """Rewrite each weight file of the folder ``new`` as ``old + blend * (new - old)``, in the new file's dtype."""
+    from safetensors.torch import load_file, save_file
+
+    for path in sorted(new.glob("*.safetensors")):
+        if not (old / path.name).is_file():
+            raise ValueError(f"unet_blend={blend!r} needs the bundle's own {path.name} to blend with; it has none")
+        a, b = load_file(str(old / path.name)), load_file(str(path))
+        if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+            raise ValueError(f"unet_blend={blend!r} is not allowed here: the exported U-Net's layout is not the "
+                             "bundle's (blend only a fine-tune of the same U-Net)")
+        save_file({k: (a[k].float() + blend * (b[k].float() - a[k].float())).to(b[k].dtype) for k in b}, str(path))
 
 
 def main(argv: list[str] | None = None) -> None:
