@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.bundle import embedded_dir, open_bundle
+from ..core.bundle import embedded_dir, open_bundle, save_component
 from .building_render import sample
 
 HELD_OUT = 10_000_000  # building seeds at or above this are never trained on (validation uses them)
@@ -283,7 +283,7 @@ def export(net: torch.nn.Module, out: Path, record: dict[str, Any] | None = None
     shutil.rmtree(tmp, ignore_errors=True)
     half = type(net).from_config(net.config).to(torch.float16)
     half.load_state_dict({k: v.to(torch.float16) for k, v in net.state_dict().items()})
-    half.save_pretrained(str(tmp), safe_serialization=True)
+    save_component(half, tmp)
     size = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
     if size > MAX_BYTES:
         shutil.rmtree(tmp)
