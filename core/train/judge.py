@@ -8,6 +8,12 @@
 
 Both report their own accuracy on fresh procedural samples, so a reader can tell a weak judge
 from a weak generator.
+
+A fit runs on one CPU thread whatever the caller set: a CNN fitted with two threads differs from one fitted
+with one (the order of floating-point sums differs), and two such judges scored the same images about three
+points apart. With one thread a fit is the same file every time on a machine (checked by
+tests/test_judge.py). Fits from different seeds still disagree by a few points, so benchmarks judge with
+several seeds and report the spread (``benchmarks/bundle_quality.py --judges``).
 """
 
 from __future__ import annotations
@@ -111,6 +117,16 @@ def procedural(n: int, size: int, seed: int) -> tuple[np.ndarray, list[dict]]:
 
 
 def fit(cfg: JudgeConfig, log=print) -> Judge:
+    """Fit both judges on one CPU thread (reproducible; see the module's docstring)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(cfg, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(cfg: JudgeConfig, log) -> Judge:
     images, labels = procedural(cfg.samples, cfg.size, cfg.seed)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
