@@ -635,7 +635,9 @@ def field_problems(req: Any, *, files: bool = False) -> list[Problem]:
         if not value_ok(f, hints[f.name], v):
             found.append(Problem(f.name, v, describe(f, hints[f.name]) + nearest(f, v)))
         elif files and s.path and v is not None and not os.path.isfile(v):
-            found.append(Problem(f.name, v, f"an existing file ({describe(f, hints[f.name])})"))
+            what = describe(f, hints[f.name])
+            kind = f" ({what})" if s.suffixes else ""
+            found.append(Problem(f.name, v, f"an existing file{kind}; nothing is there"))
     return found
 
 
