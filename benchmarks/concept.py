@@ -193,7 +193,9 @@ def generate_pair(models, prompt: str, seed: int, npy: Path, args) -> tuple[np.n
     out = []
     for depth in (str(npy), None):
         req = ImageRequest(prompt=prompt, seed=seed, steps=args.steps, width=args.size, height=args.size,
-                           depth_image=depth, control_scale=args.control_scale, fast=args.fast)
+                           depth_image=depth, control_scale=args.control_scale, fast=args.fast,
+                           control_weights=(f"depth={args.control_scale},0,{args.control_end}",)
+                           if depth and args.control_end < 1 else ())
         start = time.perf_counter()
         image = np.asarray(generate(req, models)[0].image.convert("RGB"))
         out += [image, time.perf_counter() - start]
@@ -432,6 +434,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256, help="picture side")
     p.add_argument("--steps", type=int, default=None, help="default: the bundle's")
     p.add_argument("--control-scale", type=float, default=1.0)
+    p.add_argument("--control-end", type=float, default=1.0,
+                   help="the depth ControlNet acts on the first this share of the steps (the still images)")
     p.add_argument("--tolerance", type=int, default=2, help="edge F-score tolerance, pixels")
     p.add_argument("--frames", type=int, default=8, help="turntable frames (0: no turntables)")
     p.add_argument("--frame-size", type=int, default=128, help="turntable frame side")
@@ -467,7 +471,8 @@ def main() -> None:
         r = json.loads(record.read_text())
         trained = f" · ControlNet trained {r.get('step')} steps ({r.get('seconds', 0) / 60:.0f} min)"
     print(f"bundle {bundle.name} ({bundle.identity()}){trained} · {args.size}² · {args.steps} steps · control scale "
-          f"{args.control_scale} · fast {args.fast} ({precision}) · {torch.get_num_threads()} thread(s)")
+          f"{args.control_scale} over the first {args.control_end:.0%} of the steps · fast {args.fast} ({precision}) · "
+          f"{torch.get_num_threads()} thread(s)")
     print(f"judges on fresh procedural material samples: material {own_material:.0%}, colour {own_colour:.0%}")
     folder = Path(tempfile.mkdtemp(prefix="sfumato-concept-"))
     npy = folder / "warm.npy"
