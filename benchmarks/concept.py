@@ -448,6 +448,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 massings, 1 view, 4 frames, 4 steps")
     args = p.parse_args()
+    if not 0 < args.control_end <= 1:
+        p.error(f"--control-end={args.control_end} is not allowed: a share of the steps, above 0 and at most 1")
     quiet_libraries()
     # captions past the text encoder's 77 tokens are cut (as in training): say so once, not per image
     logging.getLogger("sfumato").addFilter(lambda record: "longer than" not in record.getMessage())

@@ -637,7 +637,8 @@ def field_problems(req: Any, *, files: bool = False) -> list[Problem]:
         elif files and s.path and v is not None and not os.path.isfile(v):
             what = describe(f, hints[f.name])
             kind = f" ({what})" if s.suffixes else ""
-            found.append(Problem(f.name, v, f"an existing file{kind}; nothing is there"))
+            there = "a folder is there" if os.path.isdir(v) else "nothing is there"
+            found.append(Problem(f.name, v, f"an existing file{kind}; {there}"))
     return found
 
 

@@ -147,6 +147,15 @@ def test_scale_3_is_refused_with_what_is_allowed():
     assert [p.field for p in schema.problems(req)] == ["overlap"]
 
 
+def test_a_missing_image_says_what_is_there_instead(tmp_path):
+    req, _ = schema.parse(schema.UpscaleRequest, {"image": str(tmp_path / "gone.png")})
+    (problem,) = schema.field_problems(req, files=True)
+    assert problem.field == "image" and "an existing file" in str(problem) and "nothing is there" in str(problem)
+    req, _ = schema.parse(schema.UpscaleRequest, {"image": str(tmp_path)})
+    (problem,) = schema.field_problems(req, files=True)
+    assert problem.field == "image" and "a folder is there" in str(problem)
+
+
 def test_bad_input_is_refused_before_any_model_loads(sd15, tmp_path, monkeypatch):
     _no_models(monkeypatch)
     wide = _picture(tmp_path / "wide.png", size=(4100, 40))
